@@ -1,0 +1,235 @@
+//! Process runtime: shared state, start-up checks, the roles a process plays and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Secret};
+use crate::nodes::{self, Node};
+use crate::store::{Store, StoreError};
+use crate::{http, telemetry};
+
+/// Heartbeats older than this mark a process as gone; its registry row is then pruned.
+const NODE_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// What a process does. `All` is the embedded default; the others scale out separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    All,
+    Api,
+    Worker,
+    Scheduler,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Api => "api",
+            Self::Worker => "worker",
+            Self::Scheduler => "scheduler",
+        }
+    }
+
+    /// Whether this process serves the public API (the others serve only health and metrics).
+    pub fn serves_api(self) -> bool {
+        matches!(self, Self::All | Self::Api)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot read or create the development secret key at {path}: {source}")]
+    SecretKey {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Everything request handlers and background loops share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub redis: Option<redis::Client>,
+    pub secret_key: Secret,
+    pub metrics: PrometheusHandle,
+    /// Cancelled when the process begins shutting down; readiness reports 503 from then on.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// Opens the database (and Redis client), applies migrations when `AUTO_MIGRATE` is on and
+    /// refuses a schema newer than this binary.
+    pub async fn initialise(config: Config) -> Result<Self, StartError> {
+        let store = Store::connect(&config).await?;
+        if config.auto_migrate {
+            let status = store.migrate().await?;
+            tracing::info!(schema_version = status.binary_version, "database migrated");
+        } else {
+            match store.ensure_not_too_new().await {
+                Ok(status) if !status.is_current() => tracing::warn!(
+                    pending = status.pending,
+                    "database migrations are pending; run `docket migrate` (readiness reports 503 until then)"
+                ),
+                Ok(_) => {}
+                // PostgreSQL may be briefly unreachable at start; readiness reports it until it returns.
+                Err(StoreError::Sqlx(e)) => tracing::warn!(error = %e, "database not reachable at start"),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let (secret_key, generated) = config.resolve_secret_key().map_err(|source| StartError::SecretKey {
+            path: config.dev_secret_key_path().display().to_string(),
+            source,
+        })?;
+        if generated {
+            tracing::warn!(
+                path = %config.dev_secret_key_path().display(),
+                "SECRET_KEY is not set: generated a development key; set SECRET_KEY in production"
+            );
+        } else if config.secret_key.is_none() {
+            tracing::warn!("SECRET_KEY is not set: using the development key stored under DATA_DIR");
+        }
+        // The URL was validated with the configuration, so opening the client cannot fail here.
+        let redis = config
+            .redis_url
+            .as_ref()
+            .and_then(|url| redis::Client::open(url.expose()).ok());
+        Ok(Self {
+            config: Arc::new(config),
+            store,
+            redis,
+            secret_key,
+            metrics: telemetry::metrics_handle(),
+            shutdown: CancellationToken::new(),
+        })
+    }
+}
+
+/// A bound server: the listener is open (so the address is known) but not yet serving.
+pub struct Server {
+    state: AppState,
+    role: Role,
+    listener: TcpListener,
+}
+
+impl Server {
+    pub async fn bind(state: AppState, role: Role) -> Result<Self, StartError> {
+        let addr = format!("{}:{}", state.config.host, state.config.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        Ok(Self { state, role, listener })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `state.shutdown` is cancelled, then lets in-flight requests finish for up to
+    /// `SHUTDOWN_GRACE_SECONDS` before giving up on them.
+    pub async fn run(self) -> Result<(), StartError> {
+        let Self { state, role, listener } = self;
+        let grace = state.config.shutdown_grace;
+        let shutdown = state.shutdown.clone();
+        let node = Node::this_process(role.as_str(), Utc::now());
+        if let Err(e) = nodes::register(&state.store, &node).await {
+            tracing::warn!(error = %e, "cannot register this process; will retry with the heartbeat");
+        }
+        let heartbeat = tokio::spawn(heartbeat_loop(state.store.clone(), node.clone(), shutdown.clone()));
+
+        tracing::info!(
+            role = role.as_str(),
+            address = %listener.local_addr().map_err(StartError::Serve)?,
+            version = env!("CARGO_PKG_VERSION"),
+            "docket started"
+        );
+        let app = http::router(state.clone(), role);
+        let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let mut server = std::pin::pin!(server.into_future());
+
+        let result = tokio::select! {
+            result = &mut server => result.map_err(StartError::Serve),
+            () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(grace_seconds = grace.as_secs(), "in-flight requests did not finish within the grace period; closing them");
+                Ok(())
+            }
+        };
+        heartbeat.abort();
+        if let Err(e) = nodes::deregister(&state.store, &node.id).await {
+            tracing::warn!(error = %e, "cannot deregister this process");
+        }
+        state.store.close().await;
+        tracing::info!("docket stopped");
+        result
+    }
+}
+
+async fn heartbeat_loop(store: Store, node: Node, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(nodes::HEARTBEAT_INTERVAL);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let now = Utc::now();
+        if let Err(e) = nodes::heartbeat(&store, &node, now).await {
+            tracing::warn!(error = %e, "heartbeat failed");
+            continue;
+        }
+        let cutoff = now - chrono::Duration::from_std(NODE_RETENTION).unwrap_or(chrono::Duration::days(1));
+        if let Err(e) = nodes::prune(&store, cutoff).await {
+            tracing::warn!(error = %e, "pruning stale processes failed");
+        }
+    }
+}
+
+/// Cancels `token` on SIGTERM or SIGINT (Ctrl-C).
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = async {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                tracing::error!(error = %e, "cannot listen for Ctrl-C");
+                std::future::pending::<()>().await;
+            }
+        };
+        #[cfg(unix)]
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut sig) => {
+                    sig.recv().await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => {}
+            () = terminate => {}
+        }
+        tracing::info!("shutdown requested; draining");
+        token.cancel();
+    });
+}

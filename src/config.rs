@@ -1,0 +1,540 @@
+//! Configuration: read from the environment (plus an optional `.env` file) once at start,
+//! validated into one [`Config`]. A bad value is reported as a single line naming the variable.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+
+/// Minimum length of `SECRET_KEY`; HS256 keys shorter than the hash output are weak.
+pub const MIN_SECRET_KEY_BYTES: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Sqlite,
+    Postgres,
+}
+
+/// A value that must never be printed or logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub environment: Environment,
+    pub host: String,
+    pub port: u16,
+    pub database_url: Secret,
+    pub database_kind: DatabaseKind,
+    pub db_pool_size: u32,
+    pub redis_url: Option<Secret>,
+    pub data_dir: PathBuf,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// `None` in development when unset: a key is then generated under `data_dir`.
+    pub secret_key: Option<Secret>,
+    pub api_v1_prefix: String,
+    pub cors_origins: Vec<String>,
+    pub healthcheck_path: String,
+    pub auto_migrate: bool,
+    pub shutdown_grace: Duration,
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub metrics_token: Option<Secret>,
+}
+
+/// A configuration problem, always tied to the variable that caused it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(var: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            var,
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `.env` (if present in the working directory) and then reads the process environment.
+    /// Variables already set in the environment win over `.env`.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        match dotenvy::dotenv() {
+            Ok(_) => {}
+            Err(e) if e.not_found() => {}
+            Err(e) => return Err(ConfigError::new(".env", e.to_string())),
+        }
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Builds the configuration from any variable source; the environment in production, a map in tests.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+
+        let environment = match get("ENVIRONMENT").as_deref().map(str::trim) {
+            None | Some("development") => Environment::Development,
+            Some("production") => Environment::Production,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "ENVIRONMENT",
+                    format!("must be \"development\" or \"production\", got {other:?}"),
+                ));
+            }
+        };
+        let production = environment == Environment::Production;
+
+        let host = get("HOST").unwrap_or_else(|| "127.0.0.1".to_owned());
+        if host != "localhost" && host.parse::<IpAddr>().is_err() {
+            return Err(ConfigError::new(
+                "HOST",
+                format!("must be an IP address (e.g. 0.0.0.0) or \"localhost\", got {host:?}"),
+            ));
+        }
+        let port = parse_number::<u16>("PORT", get("PORT"), 8000)?;
+        if port == 0 {
+            return Err(ConfigError::new("PORT", "must be between 1 and 65535"));
+        }
+
+        let data_dir = PathBuf::from(get("DATA_DIR").unwrap_or_else(|| "data".to_owned()));
+        let database_url = get("DATABASE_URL").unwrap_or_else(|| "sqlite://data/docket.db".to_owned());
+        let database_kind = database_kind(&database_url)?;
+        let db_pool_size = parse_number::<u32>("DB_POOL_SIZE", get("DB_POOL_SIZE"), 10)?;
+        if db_pool_size == 0 {
+            return Err(ConfigError::new("DB_POOL_SIZE", "must be at least 1"));
+        }
+
+        let redis_url = get("REDIS_URL").map(|url| validate_redis_url(&url).map(|()| Secret(url))).transpose()?;
+
+        let log_level = get("LOG_LEVEL").unwrap_or_else(|| "info".to_owned());
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&log_level) {
+            return Err(ConfigError::new(
+                "LOG_LEVEL",
+                format!("not a valid level or filter ({e}); use e.g. info, debug or docket=debug,info"),
+            ));
+        }
+        let log_format = match get("LOG_FORMAT").as_deref() {
+            None if production => LogFormat::Json,
+            None => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "LOG_FORMAT",
+                    format!("must be \"json\" or \"pretty\", got {other:?}"),
+                ));
+            }
+        };
+
+        let secret_key = match get("SECRET_KEY") {
+            Some(key) if production && key.len() < MIN_SECRET_KEY_BYTES => {
+                return Err(ConfigError::new(
+                    "SECRET_KEY",
+                    format!(
+                        "must be at least {MIN_SECRET_KEY_BYTES} bytes in production (got {}); generate one with `openssl rand -hex 32`",
+                        key.len()
+                    ),
+                ));
+            }
+            Some(key) => Some(Secret(key)),
+            None if production => {
+                return Err(ConfigError::new(
+                    "SECRET_KEY",
+                    "is required in production; generate one with `openssl rand -hex 32`",
+                ));
+            }
+            None => None,
+        };
+
+        let api_v1_prefix = get("API_V1_PREFIX").unwrap_or_else(|| "/api/v1".to_owned());
+        validate_path_prefix("API_V1_PREFIX", &api_v1_prefix)?;
+        let healthcheck_path = get("HEALTHCHECK_PATH").unwrap_or_else(|| "/health".to_owned());
+        validate_path_prefix("HEALTHCHECK_PATH", &healthcheck_path)?;
+
+        let cors_origins = match get("CORS_ORIGINS") {
+            None => Vec::new(),
+            Some(raw) => parse_cors_origins(&raw)?,
+        };
+
+        let auto_migrate = parse_bool("AUTO_MIGRATE", get("AUTO_MIGRATE"), !production)?;
+        let shutdown_grace =
+            Duration::from_secs(parse_number::<u64>("SHUTDOWN_GRACE_SECONDS", get("SHUTDOWN_GRACE_SECONDS"), 30)?);
+        let request_timeout =
+            Duration::from_secs(parse_number::<u64>("REQUEST_TIMEOUT_SECONDS", get("REQUEST_TIMEOUT_SECONDS"), 30)?);
+        if request_timeout.is_zero() {
+            return Err(ConfigError::new("REQUEST_TIMEOUT_SECONDS", "must be at least 1"));
+        }
+        let max_body_bytes = parse_number::<usize>("MAX_BODY_BYTES", get("MAX_BODY_BYTES"), 2 * 1024 * 1024)?;
+        if max_body_bytes == 0 {
+            return Err(ConfigError::new("MAX_BODY_BYTES", "must be at least 1"));
+        }
+        let metrics_token = get("METRICS_TOKEN").map(Secret);
+
+        Ok(Self {
+            environment,
+            host,
+            port,
+            database_url: Secret(database_url),
+            database_kind,
+            db_pool_size,
+            redis_url,
+            data_dir,
+            log_level,
+            log_format,
+            secret_key,
+            api_v1_prefix,
+            cors_origins,
+            healthcheck_path,
+            auto_migrate,
+            shutdown_grace,
+            request_timeout,
+            max_body_bytes,
+            metrics_token,
+        })
+    }
+
+    /// The effective configuration as `NAME=value` lines, secrets and URL passwords redacted.
+    pub fn redacted_lines(&self) -> Vec<String> {
+        let environment = match self.environment {
+            Environment::Development => "development",
+            Environment::Production => "production",
+        };
+        let log_format = match self.log_format {
+            LogFormat::Json => "json",
+            LogFormat::Pretty => "pretty",
+        };
+        let secret = |s: &Option<Secret>| match s {
+            Some(_) => "<redacted>".to_owned(),
+            None => "<unset>".to_owned(),
+        };
+        let secret_key = match &self.secret_key {
+            Some(_) => "<redacted>".to_owned(),
+            None => format!("<generated, stored in {}>", self.dev_secret_key_path().display()),
+        };
+        vec![
+            format!("ENVIRONMENT={environment}"),
+            format!("HOST={}", self.host),
+            format!("PORT={}", self.port),
+            format!("DATABASE_URL={}", redact_url(self.database_url.expose())),
+            format!("DB_POOL_SIZE={}", self.db_pool_size),
+            format!(
+                "REDIS_URL={}",
+                self.redis_url.as_ref().map_or_else(|| "<unset>".to_owned(), |u| redact_url(u.expose()))
+            ),
+            format!("DATA_DIR={}", self.data_dir.display()),
+            format!("LOG_LEVEL={}", self.log_level),
+            format!("LOG_FORMAT={log_format}"),
+            format!("SECRET_KEY={secret_key}"),
+            format!("API_V1_PREFIX={}", self.api_v1_prefix),
+            format!(
+                "CORS_ORIGINS={}",
+                serde_json::to_string(&self.cors_origins).unwrap_or_default()
+            ),
+            format!("HEALTHCHECK_PATH={}", self.healthcheck_path),
+            format!("AUTO_MIGRATE={}", self.auto_migrate),
+            format!("SHUTDOWN_GRACE_SECONDS={}", self.shutdown_grace.as_secs()),
+            format!("REQUEST_TIMEOUT_SECONDS={}", self.request_timeout.as_secs()),
+            format!("MAX_BODY_BYTES={}", self.max_body_bytes),
+            format!("METRICS_TOKEN={}", secret(&self.metrics_token)),
+        ]
+    }
+
+    pub fn dev_secret_key_path(&self) -> PathBuf {
+        self.data_dir.join("secret_key")
+    }
+
+    /// The signing key: the configured one, or in development a random key persisted under
+    /// `data_dir` so sessions survive restarts. Returns whether the key was generated just now.
+    pub fn resolve_secret_key(&self) -> std::io::Result<(Secret, bool)> {
+        if let Some(key) = &self.secret_key {
+            return Ok((key.clone(), false));
+        }
+        load_or_create_dev_key(&self.dev_secret_key_path())
+    }
+}
+
+fn load_or_create_dev_key(path: &Path) -> std::io::Result<(Secret, bool)> {
+    match std::fs::read_to_string(path) {
+        Ok(existing) if existing.trim().len() >= MIN_SECRET_KEY_BYTES => {
+            return Ok((Secret(existing.trim().to_owned()), false));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let bytes: [u8; 32] = rand::random();
+    let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_private_file(path, &key)?;
+    Ok((Secret(key), true))
+}
+
+#[cfg(unix)]
+fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    std::fs::write(path, contents)
+}
+
+fn parse_number<T: FromStr>(var: &'static str, raw: Option<String>, default: T) -> Result<T, ConfigError> {
+    match raw {
+        None => Ok(default),
+        Some(raw) => raw
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::new(var, format!("must be a non-negative whole number, got {raw:?}"))),
+    }
+}
+
+fn parse_bool(var: &'static str, raw: Option<String>, default: bool) -> Result<bool, ConfigError> {
+    match raw.as_deref().map(|r| r.trim().to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) if matches!(v.as_str(), "true" | "1" | "yes" | "on") => Ok(true),
+        Some(v) if matches!(v.as_str(), "false" | "0" | "no" | "off") => Ok(false),
+        Some(v) => Err(ConfigError::new(var, format!("must be true or false, got {v:?}"))),
+    }
+}
+
+fn validate_path_prefix(var: &'static str, value: &str) -> Result<(), ConfigError> {
+    let valid = value.starts_with('/')
+        && value.len() > 1
+        && !value.ends_with('/')
+        && !value.contains(['?', '#', ' ', '{', '}']);
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            var,
+            format!("must be a path such as /api/v1 (leading slash, no trailing slash), got {value:?}"),
+        ))
+    }
+}
+
+fn database_kind(url: &str) -> Result<DatabaseKind, ConfigError> {
+    let var = "DATABASE_URL";
+    if url.starts_with("sqlite:") {
+        SqliteConnectOptions::from_str(url)
+            .map_err(|e| ConfigError::new(var, format!("not a valid SQLite URL: {e}")))?;
+        Ok(DatabaseKind::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        PgConnectOptions::from_str(url)
+            .map_err(|e| ConfigError::new(var, format!("not a valid PostgreSQL URL: {e}")))?;
+        Ok(DatabaseKind::Postgres)
+    } else {
+        Err(ConfigError::new(
+            var,
+            "must start with sqlite:// or postgres:// (e.g. sqlite://data/docket.db)",
+        ))
+    }
+}
+
+fn validate_redis_url(url: &str) -> Result<(), ConfigError> {
+    let var = "REDIS_URL";
+    let parsed = url::Url::parse(url).map_err(|e| ConfigError::new(var, format!("not a valid URL: {e}")))?;
+    match parsed.scheme() {
+        "redis" => {}
+        "rediss" => return Err(ConfigError::new(var, "rediss:// (TLS) is not supported yet; use redis://")),
+        other => return Err(ConfigError::new(var, format!("must use the redis:// scheme, got {other}://"))),
+    }
+    redis::Client::open(url).map_err(|e| ConfigError::new(var, format!("not a valid Redis URL: {e}")))?;
+    Ok(())
+}
+
+fn parse_cors_origins(raw: &str) -> Result<Vec<String>, ConfigError> {
+    let var = "CORS_ORIGINS";
+    let origins: Vec<String> = serde_json::from_str(raw).map_err(|_| {
+        ConfigError::new(
+            var,
+            format!("must be a JSON list of origins such as [\"https://app.example.com\"], got {raw:?}"),
+        )
+    })?;
+    for origin in &origins {
+        if origin == "*" {
+            continue;
+        }
+        let valid = url::Url::parse(origin).is_ok_and(|u| {
+            matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.path() == "/" && !origin.ends_with('/')
+        });
+        if !valid {
+            return Err(ConfigError::new(
+                var,
+                format!("{origin:?} is not an origin (scheme://host[:port], no path or trailing slash)"),
+            ));
+        }
+    }
+    Ok(origins)
+}
+
+/// Replaces the password of a URL (if any) so it can be printed.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) if url.password().is_some() => {
+            // Setting a password only fails for URLs that cannot have one, which we just ruled out.
+            let _ = url.set_password(Some("<redacted>"));
+            url.to_string()
+        }
+        _ => raw.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_development_setup() {
+        let config = load(&[]).unwrap();
+        assert_eq!(config.environment, Environment::Development);
+        assert_eq!(config.host, "127.0.0.1");
+        assert_eq!(config.port, 8000);
+        assert_eq!(config.database_url.expose(), "sqlite://data/docket.db");
+        assert_eq!(config.database_kind, DatabaseKind::Sqlite);
+        assert_eq!(config.log_format, LogFormat::Pretty);
+        assert_eq!(config.api_v1_prefix, "/api/v1");
+        assert_eq!(config.healthcheck_path, "/health");
+        assert!(config.auto_migrate);
+        assert!(config.secret_key.is_none());
+        assert!(config.redis_url.is_none());
+        assert!(config.cors_origins.is_empty());
+    }
+
+    #[test]
+    fn production_defaults_to_json_logs_and_no_auto_migrate() {
+        let key = "k".repeat(32);
+        let config = load(&[("ENVIRONMENT", "production"), ("SECRET_KEY", &key)]).unwrap();
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert!(!config.auto_migrate);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("PORT", "abc")], "PORT"),
+            (&[("PORT", "0")], "PORT"),
+            (&[("PORT", "70000")], "PORT"),
+            (&[("HOST", "not a host")], "HOST"),
+            (&[("ENVIRONMENT", "staging")], "ENVIRONMENT"),
+            (&[("ENVIRONMENT", "production")], "SECRET_KEY"),
+            (&[("ENVIRONMENT", "production"), ("SECRET_KEY", "short")], "SECRET_KEY"),
+            (&[("DATABASE_URL", "mysql://x")], "DATABASE_URL"),
+            (&[("REDIS_URL", "http://x")], "REDIS_URL"),
+            (&[("LOG_LEVEL", "loud=")], "LOG_LEVEL"),
+            (&[("LOG_FORMAT", "xml")], "LOG_FORMAT"),
+            (&[("API_V1_PREFIX", "api")], "API_V1_PREFIX"),
+            (&[("API_V1_PREFIX", "/api/")], "API_V1_PREFIX"),
+            (&[("HEALTHCHECK_PATH", "health")], "HEALTHCHECK_PATH"),
+            (&[("CORS_ORIGINS", "https://a.example")], "CORS_ORIGINS"),
+            (&[("CORS_ORIGINS", "[\"https://a.example/path\"]")], "CORS_ORIGINS"),
+            (&[("AUTO_MIGRATE", "maybe")], "AUTO_MIGRATE"),
+            (&[("SHUTDOWN_GRACE_SECONDS", "-1")], "SHUTDOWN_GRACE_SECONDS"),
+            (&[("DB_POOL_SIZE", "0")], "DB_POOL_SIZE"),
+            (&[("MAX_BODY_BYTES", "lots")], "MAX_BODY_BYTES"),
+        ];
+        for (vars, expected) in cases {
+            let err = load(vars).expect_err(&format!("{vars:?} should be rejected"));
+            assert_eq!(err.var, *expected, "{vars:?}");
+            let line = err.to_string();
+            assert!(!line.contains('\n'), "one line: {line}");
+            assert!(line.contains(expected), "{line}");
+        }
+    }
+
+    #[test]
+    fn accepts_postgres_urls_with_sslmode_and_cors_lists() {
+        let config = load(&[
+            ("DATABASE_URL", "postgres://docket:pw@db.internal:5432/docket?sslmode=require"),
+            ("REDIS_URL", "redis://:pw@127.0.0.1:6379/0"),
+            ("CORS_ORIGINS", r#"["https://app.example.com", "http://localhost:3000"]"#),
+            ("AUTO_MIGRATE", "false"),
+        ])
+        .unwrap();
+        assert_eq!(config.database_kind, DatabaseKind::Postgres);
+        assert_eq!(config.cors_origins.len(), 2);
+        assert!(!config.auto_migrate);
+    }
+
+    #[test]
+    fn redacted_lines_hide_secrets_and_url_passwords() {
+        let key = "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t";
+        let config = load(&[
+            ("SECRET_KEY", key),
+            ("DATABASE_URL", "postgres://docket:hunter2@db/docket"),
+            ("REDIS_URL", "redis://:redispw@127.0.0.1:6379"),
+            ("METRICS_TOKEN", "metrics-token-value"),
+        ])
+        .unwrap();
+        let text = config.redacted_lines().join("\n");
+        for secret in [key, "hunter2", "redispw", "metrics-token-value"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        assert!(text.contains("DATABASE_URL=postgres://docket:<redacted>@db/docket"), "{text}");
+    }
+
+    #[test]
+    fn development_key_is_generated_once_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let config = load(&[("DATA_DIR", data_dir.to_str().unwrap())]).unwrap();
+        let (first, generated) = config.resolve_secret_key().unwrap();
+        assert!(generated);
+        assert!(first.expose().len() >= MIN_SECRET_KEY_BYTES);
+        let (second, generated_again) = config.resolve_secret_key().unwrap();
+        assert!(!generated_again);
+        assert_eq!(first, second);
+    }
+}

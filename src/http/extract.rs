@@ -1,0 +1,117 @@
+//! Extractors whose rejections use the API error shape instead of axum's plain-text ones.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::error::ApiError;
+
+/// A JSON request body. Malformed JSON is 400, a body of the wrong shape 422 (with the serde path),
+/// a missing `Content-Type: application/json` 415 and an oversized body 413.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::bad_request("malformed_json", "The request body is not valid JSON.")
+                .with_details(json!({ "reason": e.body_text() }))
+        }
+        JsonRejection::JsonDataError(e) => {
+            ApiError::validation("The request body does not have the expected fields or types.")
+                .with_details(json!({ "reason": e.body_text() }))
+        }
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Send the body as JSON with `Content-Type: application/json`.",
+        ),
+        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE)
+        }
+        other => ApiError::new(other.status(), "invalid_body", other.body_text()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::body::{Body, to_bytes};
+    use axum::extract::DefaultBodyLimit;
+    use axum::routing::post;
+    use serde::Deserialize;
+    use serde_json::Value;
+    use tower::ServiceExt;
+
+    #[derive(Deserialize)]
+    struct Greeting {
+        name: String,
+        times: u8,
+    }
+
+    async fn greet(Json(g): Json<Greeting>) -> String {
+        g.name.repeat(usize::from(g.times))
+    }
+
+    async fn send(content_type: Option<&str>, body: impl Into<Body>) -> (StatusCode, Value) {
+        let app = Router::new().route("/", post(greet)).layer(DefaultBodyLimit::max(64));
+        let mut req = axum::http::Request::post("/");
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let res = app.oneshot(req.body(body.into()).unwrap()).await.unwrap();
+        let status = res.status();
+        let bytes = to_bytes(res.into_body(), usize::MAX).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    #[tokio::test]
+    async fn valid_body_is_accepted() {
+        let app = Router::new().route("/", post(greet));
+        let req = axum::http::Request::post("/")
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"name":"ab","times":2}"#))
+            .unwrap();
+        let res = app.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(to_bytes(res.into_body(), 100).await.unwrap(), "abab");
+    }
+
+    #[tokio::test]
+    async fn rejections_use_the_error_shape() {
+        let json = Some("application/json");
+        let cases = [
+            (json, "{not json", StatusCode::BAD_REQUEST, "malformed_json"),
+            (json, r#"{"name":"a","times":"x"}"#, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            (json, r#"{"name":"a"}"#, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            (None, r#"{"name":"a","times":1}"#, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        ];
+        for (content_type, body, status, code) in cases {
+            let (got_status, got) = send(content_type, body).await;
+            assert_eq!(got_status, status, "{body}");
+            assert_eq!(got["error"]["code"], code, "{body}: {got}");
+            assert!(got["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        }
+        let (status, got) = send(json, format!(r#"{{"name":"{}","times":1}}"#, "x".repeat(100))).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(got["error"]["code"], "payload_too_large");
+    }
+}

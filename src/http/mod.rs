@@ -1,0 +1,111 @@
+//! Router assembly, middleware and the OpenAPI document.
+
+pub mod error;
+pub mod extract;
+mod middleware;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::{AppState, Role};
+use crate::ops;
+use error::ApiError;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Docket",
+        description = "Scheduler, durable job queue, pipelines, review decisions and knowledge search."
+    ),
+    tags((name = "health", description = "Probes and metrics"))
+)]
+struct ApiDoc;
+
+/// The full router for a process of the given role: the public API (for roles that serve it) plus
+/// the health and metrics endpoints every role serves, wrapped in the common middleware.
+pub fn router(state: AppState, role: Role) -> Router {
+    let config = state.config.clone();
+    let prefix = config.api_v1_prefix.clone();
+
+    let mut ops_routes = OpenApiRouter::new()
+        .routes(routes!(ops::health))
+        .routes(routes!(ops::live))
+        .routes(routes!(ops::ready))
+        .routes(routes!(ops::metrics));
+    if config.healthcheck_path != "/health" {
+        ops_routes = ops_routes.route(&config.healthcheck_path, get(ops::health));
+    }
+
+    let mut app = OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(ops_routes);
+    if role.serves_api() {
+        let v1 = OpenApiRouter::new().routes(routes!(ops::health));
+        app = app.nest(&prefix, v1);
+    }
+    let (router, openapi) = app.split_for_parts();
+
+    let mut router = router;
+    if role.serves_api() {
+        let spec_path = format!("{prefix}/openapi.json");
+        let docs = swagger_ui_page(&spec_path);
+        let redoc = redoc_page(&spec_path);
+        router = router
+            .route(&spec_path, get(move || async move { axum::Json(openapi) }))
+            .route("/docs", get(move || async move { Html(docs) }))
+            .route("/redoc", get(move || async move { Html(redoc) }));
+    }
+
+    let router = router
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .with_state(state);
+    middleware::apply(router, &config)
+}
+
+async fn not_found() -> impl IntoResponse {
+    ApiError::not_found("No route matches this path.")
+}
+
+/// Swagger UI, loaded from a CDN when the page is viewed (nothing is fetched at build time).
+fn swagger_ui_page(spec_path: &str) -> String {
+    format!(
+        r##"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Docket API</title>
+<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js" crossorigin></script>
+<script>
+window.onload = () => {{ window.ui = SwaggerUIBundle({{ url: "{spec_path}", dom_id: "#swagger-ui" }}); }};
+</script>
+</body>
+</html>
+"##
+    )
+}
+
+/// ReDoc, loaded from a CDN when the page is viewed.
+fn redoc_page(spec_path: &str) -> String {
+    format!(
+        r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Docket API reference</title>
+</head>
+<body>
+<redoc spec-url="{spec_path}"></redoc>
+<script src="https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js"></script>
+</body>
+</html>
+"#
+    )
+}

@@ -1,0 +1,11 @@
+//! Docket: a self-hosted backend for scheduled automation and AI-assisted decisions.
+//! See `DESIGN.md` in the shared docs for the architecture; each module owns one domain.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod nodes;
+pub mod ops;
+pub mod store;
+pub mod telemetry;

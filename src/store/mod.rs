@@ -1,0 +1,279 @@
+//! Storage: the database pools, migrations and the few places where SQLite and PostgreSQL differ.
+//!
+//! Domain modules write portable SQL (`$1` placeholders work on both backends through sqlx) and run it
+//! with [`with_pool!`](crate::with_pool); anything backend-specific lives in this module.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::config::{Config, DatabaseKind};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// How long a request waits for a pooled connection before failing instead of hanging.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long SQLite waits on a locked database before giving up with SQLITE_BUSY.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("cannot create the database directory {path}: {source}")]
+    CreateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the database schema (version {database}) is newer than this binary knows (version {binary}); \
+         run a newer docket or restore a matching backup"
+    )]
+    SchemaTooNew { database: i64, binary: i64 },
+    #[error("migration failed: {0}")]
+    Migrate(#[from] MigrateError),
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+}
+
+/// The application database: an SQLite file (embedded default) or a PostgreSQL server.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs one expression against whichever pool backs `store`; the expression is compiled once per
+/// backend, so portable query code is written once.
+#[macro_export]
+macro_rules! with_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            $crate::store::Store::Sqlite($pool) => $body,
+            $crate::store::Store::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Where the database schema stands relative to the migrations compiled into this binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaStatus {
+    /// Highest migration applied to the database, if any.
+    pub database_version: Option<i64>,
+    /// Highest migration this binary ships.
+    pub binary_version: i64,
+    /// Migrations this binary ships that the database has not applied yet.
+    pub pending: usize,
+}
+
+impl SchemaStatus {
+    pub fn is_current(&self) -> bool {
+        self.pending == 0 && !self.is_too_new()
+    }
+
+    pub fn is_too_new(&self) -> bool {
+        self.database_version.is_some_and(|v| v > self.binary_version)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    pub size: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
+impl Store {
+    /// Opens the pool. SQLite files (and their directory) are created when missing and run in WAL
+    /// mode with a busy timeout, so the API, worker and scheduler of one process can share them.
+    pub async fn connect(config: &Config) -> Result<Self, StoreError> {
+        let url = config.database_url.expose();
+        match config.database_kind {
+            DatabaseKind::Sqlite => {
+                let options = SqliteConnectOptions::from_str(url)
+                    .map_err(StoreError::Connect)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                    .foreign_keys(true);
+                if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                        path: dir.display().to_string(),
+                        source,
+                    })?;
+                }
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(config.db_pool_size)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_with(options)
+                    .await
+                    .map_err(StoreError::Connect)?;
+                Ok(Self::Sqlite(pool))
+            }
+            DatabaseKind::Postgres => {
+                let options = PgConnectOptions::from_str(url)
+                    .map_err(StoreError::Connect)?
+                    .application_name("docket");
+                // Lazy: a process that starts while PostgreSQL is briefly down still starts, reports
+                // itself unready, and recovers once the server answers.
+                let pool = PgPoolOptions::new()
+                    .max_connections(config.db_pool_size)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_lazy_with(options);
+                Ok(Self::Postgres(pool))
+            }
+        }
+    }
+
+    pub fn kind(&self) -> DatabaseKind {
+        match self {
+            Self::Sqlite(_) => DatabaseKind::Sqlite,
+            Self::Postgres(_) => DatabaseKind::Postgres,
+        }
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        match self {
+            Self::Sqlite(_) => &SQLITE_MIGRATIONS,
+            Self::Postgres(_) => &POSTGRES_MIGRATIONS,
+        }
+    }
+
+    /// Applies pending migrations. Refuses a database whose schema is newer than this binary.
+    /// Concurrent callers are serialised by the migrator's database lock.
+    pub async fn migrate(&self) -> Result<SchemaStatus, StoreError> {
+        self.ensure_not_too_new().await?;
+        match self {
+            Self::Sqlite(pool) => self.migrator().run(pool).await?,
+            Self::Postgres(pool) => self.migrator().run(pool).await?,
+        }
+        self.schema_status().await
+    }
+
+    /// Fails with [`StoreError::SchemaTooNew`] when a newer binary already migrated this database.
+    pub async fn ensure_not_too_new(&self) -> Result<SchemaStatus, StoreError> {
+        let status = self.schema_status().await?;
+        if status.is_too_new() {
+            return Err(StoreError::SchemaTooNew {
+                database: status.database_version.unwrap_or_default(),
+                binary: status.binary_version,
+            });
+        }
+        Ok(status)
+    }
+
+    pub async fn schema_status(&self) -> Result<SchemaStatus, StoreError> {
+        let applied = self.applied_migrations().await?;
+        let migrator = self.migrator();
+        let binary_version = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+        let pending = migrator.iter().filter(|m| !applied.contains(&m.version)).count();
+        Ok(SchemaStatus {
+            database_version: applied.iter().copied().max(),
+            binary_version,
+            pending,
+        })
+    }
+
+    async fn applied_migrations(&self) -> Result<Vec<i64>, sqlx::Error> {
+        let table_exists: bool = match self {
+            Self::Sqlite(pool) => {
+                sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+                )
+                .fetch_one(pool)
+                .await?
+            }
+            Self::Postgres(pool) => {
+                sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                    .fetch_one(pool)
+                    .await?
+            }
+        };
+        if !table_exists {
+            return Ok(Vec::new());
+        }
+        with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                .fetch_all(pool)
+                .await
+        })
+    }
+
+    /// A round trip to the database.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        with_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
+    }
+
+    pub fn pool_stats(&self) -> PoolStats {
+        let (size, idle, max) = with_pool!(self, pool => {
+            (pool.size(), pool.num_idle(), pool.options().get_max_connections())
+        });
+        PoolStats {
+            size,
+            idle: u32::try_from(idle).unwrap_or(u32::MAX),
+            max,
+        }
+    }
+
+    /// Waits for checked-out connections to return, then closes the pool.
+    pub async fn close(&self) {
+        with_pool!(self, pool => pool.close().await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite_config(dir: &std::path::Path) -> Config {
+        let url = format!("sqlite://{}/nested/docket.db", dir.display());
+        Config::from_lookup(|name| (name == "DATABASE_URL").then(|| url.clone())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn sqlite_file_and_directory_are_created_and_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&sqlite_config(dir.path())).await.unwrap();
+        assert!(dir.path().join("nested/docket.db").exists());
+
+        let before = store.schema_status().await.unwrap();
+        assert_eq!(before.database_version, None);
+        assert!(before.pending > 0);
+        assert!(!before.is_current());
+
+        let after = store.migrate().await.unwrap();
+        assert!(after.is_current());
+        assert_eq!(after.database_version, Some(after.binary_version));
+
+        let journal: String = with_pool!(&store, pool => {
+            sqlx::query_scalar("PRAGMA journal_mode").fetch_one(pool).await.unwrap()
+        });
+        assert_eq!(journal, "wal");
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&sqlite_config(dir.path())).await.unwrap();
+        let status = store.migrate().await.unwrap();
+        with_pool!(&store, pool => {
+            sqlx::query(
+                "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+                 VALUES ($1, 'from the future', TRUE, x'00', 0)",
+            )
+            .bind(status.binary_version + 1)
+            .execute(pool)
+            .await
+            .unwrap()
+        });
+        let err = store.migrate().await.unwrap_err();
+        assert!(matches!(err, StoreError::SchemaTooNew { .. }), "{err}");
+        assert!(store.schema_status().await.unwrap().is_too_new());
+    }
+}
