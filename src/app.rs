@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use chrono::Utc;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -90,21 +91,28 @@ impl AppState {
                 ),
                 Ok(_) => {}
                 // PostgreSQL may be briefly unreachable at start; readiness reports it until it returns.
-                Err(StoreError::Sqlx(e)) => tracing::warn!(error = %e, "database not reachable at start"),
+                Err(StoreError::Sqlx(e)) => {
+                    tracing::warn!(error = %e, "database not reachable at start")
+                }
                 Err(e) => return Err(e.into()),
             }
         }
-        let (secret_key, generated) = config.resolve_secret_key().map_err(|source| StartError::SecretKey {
-            path: config.dev_secret_key_path().display().to_string(),
-            source,
-        })?;
+        let (secret_key, generated) =
+            config
+                .resolve_secret_key()
+                .map_err(|source| StartError::SecretKey {
+                    path: config.dev_secret_key_path().display().to_string(),
+                    source,
+                })?;
         if generated {
             tracing::warn!(
                 path = %config.dev_secret_key_path().display(),
                 "SECRET_KEY is not set: generated a development key; set SECRET_KEY in production"
             );
         } else if config.secret_key.is_none() {
-            tracing::warn!("SECRET_KEY is not set: using the development key stored under DATA_DIR");
+            tracing::warn!(
+                "SECRET_KEY is not set: using the development key stored under DATA_DIR"
+            );
         }
         // The URL was validated with the configuration, so opening the client cannot fail here.
         let redis = config
@@ -122,20 +130,33 @@ impl AppState {
     }
 }
 
-/// A bound server: the listener is open (so the address is known) but not yet serving.
+/// A server ready to run: the listener is open (so the address is known) but not yet serving.
 pub struct Server {
     state: AppState,
     role: Role,
     listener: TcpListener,
+    router: Router,
 }
 
 impl Server {
+    /// Listens on `HOST:PORT` and serves the router of `role`.
     pub async fn bind(state: AppState, role: Role) -> Result<Self, StartError> {
         let addr = format!("{}:{}", state.config.host, state.config.port);
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
-        Ok(Self { state, role, listener })
+        let router = http::router(state.clone(), role);
+        Ok(Self::new(state, role, listener, router))
+    }
+
+    /// Serves `router` on an already open listener.
+    pub fn new(state: AppState, role: Role, listener: TcpListener, router: Router) -> Self {
+        Self {
+            state,
+            role,
+            listener,
+            router,
+        }
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -145,14 +166,23 @@ impl Server {
     /// Serves until `state.shutdown` is cancelled, then lets in-flight requests finish for up to
     /// `SHUTDOWN_GRACE_SECONDS` before giving up on them.
     pub async fn run(self) -> Result<(), StartError> {
-        let Self { state, role, listener } = self;
+        let Self {
+            state,
+            role,
+            listener,
+            router,
+        } = self;
         let grace = state.config.shutdown_grace;
         let shutdown = state.shutdown.clone();
         let node = Node::this_process(role.as_str(), Utc::now());
         if let Err(e) = nodes::register(&state.store, &node).await {
             tracing::warn!(error = %e, "cannot register this process; will retry with the heartbeat");
         }
-        let heartbeat = tokio::spawn(heartbeat_loop(state.store.clone(), node.clone(), shutdown.clone()));
+        let heartbeat = tokio::spawn(heartbeat_loop(
+            state.store.clone(),
+            node.clone(),
+            shutdown.clone(),
+        ));
 
         tracing::info!(
             role = role.as_str(),
@@ -160,9 +190,11 @@ impl Server {
             version = env!("CARGO_PKG_VERSION"),
             "docket started"
         );
-        let app = http::router(state.clone(), role);
-        let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let server = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let mut server = std::pin::pin!(server.into_future());
 
         let result = tokio::select! {
@@ -195,7 +227,8 @@ async fn heartbeat_loop(store: Store, node: Node, shutdown: CancellationToken) {
             tracing::warn!(error = %e, "heartbeat failed");
             continue;
         }
-        let cutoff = now - chrono::Duration::from_std(NODE_RETENTION).unwrap_or(chrono::Duration::days(1));
+        let cutoff =
+            now - chrono::Duration::from_std(NODE_RETENTION).unwrap_or(chrono::Duration::days(1));
         if let Err(e) = nodes::prune(&store, cutoff).await {
             tracing::warn!(error = %e, "pruning stale processes failed");
         }

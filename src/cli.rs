@@ -107,9 +107,16 @@ async fn healthcheck(config: &Config) -> ExitCode {
         "0.0.0.0" | "::" | "localhost" => "127.0.0.1",
         other => other,
     };
-    let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
     let url = format!("http://{host}:{}{}", config.port, config.healthcheck_path);
-    let client = match reqwest::Client::builder().timeout(Duration::from_secs(3)).build() {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+    {
         Ok(client) => client,
         Err(e) => {
             eprintln!("docket: cannot build an HTTP client: {e}");

@@ -133,22 +133,20 @@ impl Config {
         }
 
         let data_dir = PathBuf::from(get("DATA_DIR").unwrap_or_else(|| "data".to_owned()));
-        let database_url = get("DATABASE_URL").unwrap_or_else(|| "sqlite://data/docket.db".to_owned());
+        let database_url =
+            get("DATABASE_URL").unwrap_or_else(|| "sqlite://data/docket.db".to_owned());
         let database_kind = database_kind(&database_url)?;
         let db_pool_size = parse_number::<u32>("DB_POOL_SIZE", get("DB_POOL_SIZE"), 10)?;
         if db_pool_size == 0 {
             return Err(ConfigError::new("DB_POOL_SIZE", "must be at least 1"));
         }
 
-        let redis_url = get("REDIS_URL").map(|url| validate_redis_url(&url).map(|()| Secret(url))).transpose()?;
+        let redis_url = get("REDIS_URL")
+            .map(|url| validate_redis_url(&url).map(|()| Secret(url)))
+            .transpose()?;
 
         let log_level = get("LOG_LEVEL").unwrap_or_else(|| "info".to_owned());
-        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&log_level) {
-            return Err(ConfigError::new(
-                "LOG_LEVEL",
-                format!("not a valid level or filter ({e}); use e.g. info, debug or docket=debug,info"),
-            ));
-        }
+        validate_log_level(&log_level)?;
         let log_format = match get("LOG_FORMAT").as_deref() {
             None if production => LogFormat::Json,
             None => LogFormat::Pretty,
@@ -193,14 +191,24 @@ impl Config {
         };
 
         let auto_migrate = parse_bool("AUTO_MIGRATE", get("AUTO_MIGRATE"), !production)?;
-        let shutdown_grace =
-            Duration::from_secs(parse_number::<u64>("SHUTDOWN_GRACE_SECONDS", get("SHUTDOWN_GRACE_SECONDS"), 30)?);
-        let request_timeout =
-            Duration::from_secs(parse_number::<u64>("REQUEST_TIMEOUT_SECONDS", get("REQUEST_TIMEOUT_SECONDS"), 30)?);
+        let shutdown_grace = Duration::from_secs(parse_number::<u64>(
+            "SHUTDOWN_GRACE_SECONDS",
+            get("SHUTDOWN_GRACE_SECONDS"),
+            30,
+        )?);
+        let request_timeout = Duration::from_secs(parse_number::<u64>(
+            "REQUEST_TIMEOUT_SECONDS",
+            get("REQUEST_TIMEOUT_SECONDS"),
+            30,
+        )?);
         if request_timeout.is_zero() {
-            return Err(ConfigError::new("REQUEST_TIMEOUT_SECONDS", "must be at least 1"));
+            return Err(ConfigError::new(
+                "REQUEST_TIMEOUT_SECONDS",
+                "must be at least 1",
+            ));
         }
-        let max_body_bytes = parse_number::<usize>("MAX_BODY_BYTES", get("MAX_BODY_BYTES"), 2 * 1024 * 1024)?;
+        let max_body_bytes =
+            parse_number::<usize>("MAX_BODY_BYTES", get("MAX_BODY_BYTES"), 2 * 1024 * 1024)?;
         if max_body_bytes == 0 {
             return Err(ConfigError::new("MAX_BODY_BYTES", "must be at least 1"));
         }
@@ -245,7 +253,10 @@ impl Config {
         };
         let secret_key = match &self.secret_key {
             Some(_) => "<redacted>".to_owned(),
-            None => format!("<generated, stored in {}>", self.dev_secret_key_path().display()),
+            None => format!(
+                "<generated, stored in {}>",
+                self.dev_secret_key_path().display()
+            ),
         };
         vec![
             format!("ENVIRONMENT={environment}"),
@@ -255,7 +266,9 @@ impl Config {
             format!("DB_POOL_SIZE={}", self.db_pool_size),
             format!(
                 "REDIS_URL={}",
-                self.redis_url.as_ref().map_or_else(|| "<unset>".to_owned(), |u| redact_url(u.expose()))
+                self.redis_url
+                    .as_ref()
+                    .map_or_else(|| "<unset>".to_owned(), |u| redact_url(u.expose()))
             ),
             format!("DATA_DIR={}", self.data_dir.display()),
             format!("LOG_LEVEL={}", self.log_level),
@@ -325,13 +338,19 @@ fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::write(path, contents)
 }
 
-fn parse_number<T: FromStr>(var: &'static str, raw: Option<String>, default: T) -> Result<T, ConfigError> {
+fn parse_number<T: FromStr>(
+    var: &'static str,
+    raw: Option<String>,
+    default: T,
+) -> Result<T, ConfigError> {
     match raw {
         None => Ok(default),
-        Some(raw) => raw
-            .trim()
-            .parse()
-            .map_err(|_| ConfigError::new(var, format!("must be a non-negative whole number, got {raw:?}"))),
+        Some(raw) => raw.trim().parse().map_err(|_| {
+            ConfigError::new(
+                var,
+                format!("must be a non-negative whole number, got {raw:?}"),
+            )
+        }),
     }
 }
 
@@ -340,7 +359,37 @@ fn parse_bool(var: &'static str, raw: Option<String>, default: bool) -> Result<b
         None => Ok(default),
         Some(v) if matches!(v.as_str(), "true" | "1" | "yes" | "on") => Ok(true),
         Some(v) if matches!(v.as_str(), "false" | "0" | "no" | "off") => Ok(false),
-        Some(v) => Err(ConfigError::new(var, format!("must be true or false, got {v:?}"))),
+        Some(v) => Err(ConfigError::new(
+            var,
+            format!("must be true or false, got {v:?}"),
+        )),
+    }
+}
+
+/// Accepts a level (`info`) or comma-separated `target=level` directives. A bare unknown word would
+/// otherwise be read as a target name and silently log nothing useful.
+fn validate_log_level(value: &str) -> Result<(), ConfigError> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let is_level = |s: &str| LEVELS.contains(&s.trim().to_ascii_lowercase().as_str());
+    let directives_ok = value
+        .split(',')
+        .all(|directive| match directive.rsplit_once('=') {
+            Some((target, level)) => !target.trim().is_empty() && is_level(level),
+            None => is_level(directive),
+        });
+    if directives_ok
+        && tracing_subscriber::EnvFilter::builder()
+            .parse(value)
+            .is_ok()
+    {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            "LOG_LEVEL",
+            format!(
+                "must be a level (trace, debug, info, warn, error) or directives such as docket=debug,info; got {value:?}"
+            ),
+        ))
     }
 }
 
@@ -354,7 +403,9 @@ fn validate_path_prefix(var: &'static str, value: &str) -> Result<(), ConfigErro
     } else {
         Err(ConfigError::new(
             var,
-            format!("must be a path such as /api/v1 (leading slash, no trailing slash), got {value:?}"),
+            format!(
+                "must be a path such as /api/v1 (leading slash, no trailing slash), got {value:?}"
+            ),
         ))
     }
 }
@@ -379,13 +430,25 @@ fn database_kind(url: &str) -> Result<DatabaseKind, ConfigError> {
 
 fn validate_redis_url(url: &str) -> Result<(), ConfigError> {
     let var = "REDIS_URL";
-    let parsed = url::Url::parse(url).map_err(|e| ConfigError::new(var, format!("not a valid URL: {e}")))?;
+    let parsed =
+        url::Url::parse(url).map_err(|e| ConfigError::new(var, format!("not a valid URL: {e}")))?;
     match parsed.scheme() {
         "redis" => {}
-        "rediss" => return Err(ConfigError::new(var, "rediss:// (TLS) is not supported yet; use redis://")),
-        other => return Err(ConfigError::new(var, format!("must use the redis:// scheme, got {other}://"))),
+        "rediss" => {
+            return Err(ConfigError::new(
+                var,
+                "rediss:// (TLS) is not supported yet; use redis://",
+            ));
+        }
+        other => {
+            return Err(ConfigError::new(
+                var,
+                format!("must use the redis:// scheme, got {other}://"),
+            ));
+        }
     }
-    redis::Client::open(url).map_err(|e| ConfigError::new(var, format!("not a valid Redis URL: {e}")))?;
+    redis::Client::open(url)
+        .map_err(|e| ConfigError::new(var, format!("not a valid Redis URL: {e}")))?;
     Ok(())
 }
 
@@ -394,7 +457,9 @@ fn parse_cors_origins(raw: &str) -> Result<Vec<String>, ConfigError> {
     let origins: Vec<String> = serde_json::from_str(raw).map_err(|_| {
         ConfigError::new(
             var,
-            format!("must be a JSON list of origins such as [\"https://app.example.com\"], got {raw:?}"),
+            format!(
+                "must be a JSON list of origins such as [\"https://app.example.com\"], got {raw:?}"
+            ),
         )
     })?;
     for origin in &origins {
@@ -402,12 +467,17 @@ fn parse_cors_origins(raw: &str) -> Result<Vec<String>, ConfigError> {
             continue;
         }
         let valid = url::Url::parse(origin).is_ok_and(|u| {
-            matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.path() == "/" && !origin.ends_with('/')
+            matches!(u.scheme(), "http" | "https")
+                && u.host().is_some()
+                && u.path() == "/"
+                && !origin.ends_with('/')
         });
         if !valid {
             return Err(ConfigError::new(
                 var,
-                format!("{origin:?} is not an origin (scheme://host[:port], no path or trailing slash)"),
+                format!(
+                    "{origin:?} is not an origin (scheme://host[:port], no path or trailing slash)"
+                ),
             ));
         }
     }
@@ -419,7 +489,7 @@ pub fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
         Ok(mut url) if url.password().is_some() => {
             // Setting a password only fails for URLs that cannot have one, which we just ruled out.
-            let _ = url.set_password(Some("<redacted>"));
+            let _ = url.set_password(Some("REDACTED"));
             url.to_string()
         }
         _ => raw.to_owned(),
@@ -432,7 +502,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|name| map.get(name).cloned())
     }
 
@@ -470,18 +543,28 @@ mod tests {
             (&[("HOST", "not a host")], "HOST"),
             (&[("ENVIRONMENT", "staging")], "ENVIRONMENT"),
             (&[("ENVIRONMENT", "production")], "SECRET_KEY"),
-            (&[("ENVIRONMENT", "production"), ("SECRET_KEY", "short")], "SECRET_KEY"),
+            (
+                &[("ENVIRONMENT", "production"), ("SECRET_KEY", "short")],
+                "SECRET_KEY",
+            ),
             (&[("DATABASE_URL", "mysql://x")], "DATABASE_URL"),
             (&[("REDIS_URL", "http://x")], "REDIS_URL"),
-            (&[("LOG_LEVEL", "loud=")], "LOG_LEVEL"),
+            (&[("LOG_LEVEL", "loud")], "LOG_LEVEL"),
+            (&[("LOG_LEVEL", "docket=loud")], "LOG_LEVEL"),
             (&[("LOG_FORMAT", "xml")], "LOG_FORMAT"),
             (&[("API_V1_PREFIX", "api")], "API_V1_PREFIX"),
             (&[("API_V1_PREFIX", "/api/")], "API_V1_PREFIX"),
             (&[("HEALTHCHECK_PATH", "health")], "HEALTHCHECK_PATH"),
             (&[("CORS_ORIGINS", "https://a.example")], "CORS_ORIGINS"),
-            (&[("CORS_ORIGINS", "[\"https://a.example/path\"]")], "CORS_ORIGINS"),
+            (
+                &[("CORS_ORIGINS", "[\"https://a.example/path\"]")],
+                "CORS_ORIGINS",
+            ),
             (&[("AUTO_MIGRATE", "maybe")], "AUTO_MIGRATE"),
-            (&[("SHUTDOWN_GRACE_SECONDS", "-1")], "SHUTDOWN_GRACE_SECONDS"),
+            (
+                &[("SHUTDOWN_GRACE_SECONDS", "-1")],
+                "SHUTDOWN_GRACE_SECONDS",
+            ),
             (&[("DB_POOL_SIZE", "0")], "DB_POOL_SIZE"),
             (&[("MAX_BODY_BYTES", "lots")], "MAX_BODY_BYTES"),
         ];
@@ -497,10 +580,17 @@ mod tests {
     #[test]
     fn accepts_postgres_urls_with_sslmode_and_cors_lists() {
         let config = load(&[
-            ("DATABASE_URL", "postgres://docket:pw@db.internal:5432/docket?sslmode=require"),
+            (
+                "DATABASE_URL",
+                "postgres://docket:pw@db.internal:5432/docket?sslmode=require",
+            ),
             ("REDIS_URL", "redis://:pw@127.0.0.1:6379/0"),
-            ("CORS_ORIGINS", r#"["https://app.example.com", "http://localhost:3000"]"#),
+            (
+                "CORS_ORIGINS",
+                r#"["https://app.example.com", "http://localhost:3000"]"#,
+            ),
             ("AUTO_MIGRATE", "false"),
+            ("LOG_LEVEL", "docket=debug,tower_http=warn,info"),
         ])
         .unwrap();
         assert_eq!(config.database_kind, DatabaseKind::Postgres);
@@ -522,7 +612,10 @@ mod tests {
         for secret in [key, "hunter2", "redispw", "metrics-token-value"] {
             assert!(!text.contains(secret), "{secret} leaked: {text}");
         }
-        assert!(text.contains("DATABASE_URL=postgres://docket:<redacted>@db/docket"), "{text}");
+        assert!(
+            text.contains("DATABASE_URL=postgres://docket:REDACTED@db/docket"),
+            "{text}"
+        );
     }
 
     #[test]

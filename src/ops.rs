@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use chrono::Utc;
 use serde::Serialize;
 use subtle::ConstantTimeEq;
@@ -84,6 +84,12 @@ pub async fn health() -> Json<Health> {
     })
 }
 
+/// Liveness and version, under the API prefix for clients that only know the API's base URL.
+#[utoipa::path(get, path = "/health", tag = "health", operation_id = "api_health", responses((status = 200, body = Health)))]
+pub async fn api_health() -> Json<Health> {
+    health().await
+}
+
 /// The process is up (it does not look at dependencies; restart only if this fails).
 #[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, body = Health)))]
 pub async fn live() -> Json<Health> {
@@ -127,7 +133,11 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let body = Readiness {
-        status: if failing.is_empty() { "ready" } else { "unavailable" },
+        status: if failing.is_empty() {
+            "ready"
+        } else {
+            "unavailable"
+        },
         failing,
         checks,
     };
@@ -142,8 +152,18 @@ async fn check_database(state: &AppState) -> (Check, Check) {
         DatabaseKind::Postgres => "postgres",
     };
     match tokio::time::timeout(CHECK_TIMEOUT, state.store.ping()).await {
-        Err(_) => return (Check::down(format!("{backend}: no answer within {CHECK_TIMEOUT:?}")), Check::skipped("database down")),
-        Ok(Err(e)) => return (Check::down(format!("{backend}: {e}")), Check::skipped("database down")),
+        Err(_) => {
+            return (
+                Check::down(format!("{backend}: no answer within {CHECK_TIMEOUT:?}")),
+                Check::skipped("database down"),
+            );
+        }
+        Ok(Err(e)) => {
+            return (
+                Check::down(format!("{backend}: {e}")),
+                Check::skipped("database down"),
+            );
+        }
         Ok(Ok(())) => {}
     }
     let database = Check::up(started, Some(backend.to_owned()));
@@ -155,7 +175,10 @@ async fn check_database(state: &AppState) -> (Check, Check) {
             s.database_version.unwrap_or_default(),
             s.binary_version
         )),
-        Ok(Ok(s)) if s.pending > 0 => Check::down(format!("{} migration(s) pending; run `docket migrate`", s.pending)),
+        Ok(Ok(s)) if s.pending > 0 => Check::down(format!(
+            "{} migration(s) pending; run `docket migrate`",
+            s.pending
+        )),
         Ok(Ok(s)) => Check {
             status: "up",
             latency_ms: None,
@@ -189,7 +212,10 @@ async fn check_redis(state: &AppState) -> Check {
     tag = "health",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain"), (status = 401, body = crate::http::error::ErrorBody))
 )]
-pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     if let Some(token) = &state.config.metrics_token {
         let presented = headers
             .get(header::AUTHORIZATION)
@@ -197,12 +223,17 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Resul
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or_default();
         if !bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes())) {
-            return Err(ApiError::unauthorized("A valid METRICS_TOKEN bearer token is required."));
+            return Err(ApiError::unauthorized(
+                "A valid METRICS_TOKEN bearer token is required.",
+            ));
         }
     }
     record_gauges(&state).await;
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
         .into_response())
@@ -212,12 +243,19 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Resul
 async fn record_gauges(state: &AppState) {
     let pool = state.store.pool_stats();
     metrics::gauge!("db_pool_connections", "state" => "idle").set(f64::from(pool.idle));
-    metrics::gauge!("db_pool_connections", "state" => "in_use").set(f64::from(pool.size.saturating_sub(pool.idle)));
+    metrics::gauge!("db_pool_connections", "state" => "in_use")
+        .set(f64::from(pool.size.saturating_sub(pool.idle)));
     metrics::gauge!("db_pool_max_connections").set(f64::from(pool.max));
 
-    let since = Utc::now() - chrono::Duration::from_std(ALIVE_WINDOW).unwrap_or(chrono::Duration::seconds(30));
-    if let Ok(Ok(alive)) = tokio::time::timeout(CHECK_TIMEOUT, nodes::list_alive(&state.store, since)).await {
-        let mut by_role: BTreeMap<&str, f64> = ["all", "api", "worker", "scheduler"].into_iter().map(|r| (r, 0.0)).collect();
+    let since = Utc::now()
+        - chrono::Duration::from_std(ALIVE_WINDOW).unwrap_or(chrono::Duration::seconds(30));
+    if let Ok(Ok(alive)) =
+        tokio::time::timeout(CHECK_TIMEOUT, nodes::list_alive(&state.store, since)).await
+    {
+        let mut by_role: BTreeMap<&str, f64> = ["all", "api", "worker", "scheduler"]
+            .into_iter()
+            .map(|r| (r, 0.0))
+            .collect();
         for node in &alive {
             if let Some(count) = by_role.get_mut(node.role.as_str()) {
                 *count += 1.0;

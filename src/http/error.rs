@@ -34,7 +34,11 @@ pub struct ErrorDetail {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             status,
             code: code.into(),
@@ -61,7 +65,11 @@ impl ApiError {
     }
 
     pub fn validation(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", message)
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            message,
+        )
     }
 
     /// A failure the client cannot fix. The cause is logged here; the response says nothing about it.
@@ -81,16 +89,35 @@ impl ApiError {
             StatusCode::UNAUTHORIZED => ("unauthorized", "Authentication is required."),
             StatusCode::FORBIDDEN => ("forbidden", "You are not allowed to do this."),
             StatusCode::NOT_FOUND => ("not_found", "No such resource."),
-            StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "This method is not allowed on this resource."),
-            StatusCode::NOT_ACCEPTABLE => ("not_acceptable", "No acceptable representation is available."),
-            StatusCode::REQUEST_TIMEOUT => ("request_timeout", "The request took too long and was cancelled."),
+            StatusCode::METHOD_NOT_ALLOWED => (
+                "method_not_allowed",
+                "This method is not allowed on this resource.",
+            ),
+            StatusCode::NOT_ACCEPTABLE => (
+                "not_acceptable",
+                "No acceptable representation is available.",
+            ),
+            StatusCode::REQUEST_TIMEOUT => (
+                "request_timeout",
+                "The request took too long and was cancelled.",
+            ),
             StatusCode::CONFLICT => ("conflict", "The request conflicts with the current state."),
-            StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "The request body is too large."),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "The content type is not supported."),
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                ("payload_too_large", "The request body is too large.")
+            }
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+                "unsupported_media_type",
+                "The content type is not supported.",
+            ),
             StatusCode::UNPROCESSABLE_ENTITY => ("validation_failed", "The request is invalid."),
             StatusCode::TOO_MANY_REQUESTS => ("rate_limited", "Too many requests; slow down."),
-            StatusCode::SERVICE_UNAVAILABLE => ("service_unavailable", "The service is temporarily unavailable."),
-            s if s.is_server_error() => ("internal_error", "The server failed to handle the request."),
+            StatusCode::SERVICE_UNAVAILABLE => (
+                "service_unavailable",
+                "The service is temporarily unavailable.",
+            ),
+            s if s.is_server_error() => {
+                ("internal_error", "The server failed to handle the request.")
+            }
             _ => ("request_failed", "The request failed."),
         };
         Self::new(status, code, message)
@@ -99,7 +126,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
     }
 }
 

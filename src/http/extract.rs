@@ -72,7 +72,9 @@ mod tests {
     }
 
     async fn send(content_type: Option<&str>, body: impl Into<Body>) -> (StatusCode, Value) {
-        let app = Router::new().route("/", post(greet)).layer(DefaultBodyLimit::max(64));
+        let app = Router::new()
+            .route("/", post(greet))
+            .layer(DefaultBodyLimit::max(64));
         let mut req = axum::http::Request::post("/");
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
@@ -80,7 +82,10 @@ mod tests {
         let res = app.oneshot(req.body(body.into()).unwrap()).await.unwrap();
         let status = res.status();
         let bytes = to_bytes(res.into_body(), usize::MAX).await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     #[tokio::test]
@@ -100,17 +105,40 @@ mod tests {
         let json = Some("application/json");
         let cases = [
             (json, "{not json", StatusCode::BAD_REQUEST, "malformed_json"),
-            (json, r#"{"name":"a","times":"x"}"#, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-            (json, r#"{"name":"a"}"#, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-            (None, r#"{"name":"a","times":1}"#, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            (
+                json,
+                r#"{"name":"a","times":"x"}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+            ),
+            (
+                json,
+                r#"{"name":"a"}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+            ),
+            (
+                None,
+                r#"{"name":"a","times":1}"#,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+            ),
         ];
         for (content_type, body, status, code) in cases {
             let (got_status, got) = send(content_type, body).await;
             assert_eq!(got_status, status, "{body}");
             assert_eq!(got["error"]["code"], code, "{body}: {got}");
-            assert!(got["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+            assert!(
+                got["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty())
+            );
         }
-        let (status, got) = send(json, format!(r#"{{"name":"{}","times":1}}"#, "x".repeat(100))).await;
+        let (status, got) = send(
+            json,
+            format!(r#"{{"name":"{}","times":1}}"#, "x".repeat(100)),
+        )
+        .await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(got["error"]["code"], "payload_too_large");
     }

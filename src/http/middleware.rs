@@ -15,7 +15,9 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, Any as AnyOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
@@ -61,7 +63,9 @@ async fn drop_unusable_request_id(mut request: Request, next: Next) -> Response<
     let usable = request.headers().get(REQUEST_ID_HEADER).is_none_or(|v| {
         !v.is_empty()
             && v.len() <= MAX_CLIENT_REQUEST_ID_LEN
-            && v.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+            && v.as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
     });
     if !usable {
         request.headers_mut().remove(REQUEST_ID_HEADER);
@@ -180,6 +184,70 @@ async fn record_metrics(request: Request, next: Next) -> Response<Body> {
     let status = response.status().as_u16().to_string();
     let labels = [("method", method), ("route", route), ("status", status)];
     metrics::counter!(HTTP_REQUESTS_TOTAL, &labels).increment(1);
-    metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS, &labels).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS, &labels)
+        .record(started.elapsed().as_secs_f64());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::to_bytes;
+    use axum::routing::get;
+    use serde_json::Value;
+    use tower::ServiceExt;
+
+    fn config(vars: &[(&str, &str)]) -> Config {
+        let vars: std::collections::HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| vars.get(name).cloned()).unwrap()
+    }
+
+    async fn call(router: Router, path: &str) -> (StatusCode, axum::http::HeaderMap, Value) {
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = to_bytes(body, usize::MAX).await.unwrap();
+        (
+            parts.status,
+            parts.headers,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_becomes_a_500_json_error() {
+        let router = Router::new().route("/boom", get(|| async { panic!("kaboom") as &str }));
+        let (status, headers, body) = call(apply(router.clone(), &config(&[])), "/boom").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["error"]["code"], "internal_error");
+        assert!(
+            !body.to_string().contains("kaboom"),
+            "panic text must not leak"
+        );
+        assert!(headers.contains_key(REQUEST_ID_HEADER));
+        // The service keeps working after a panic.
+        let (status, _, _) = call(apply(router, &config(&[])), "/boom").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_handler_times_out_with_a_408_json_error() {
+        let router = Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                "late"
+            }),
+        );
+        let (status, _, body) = call(
+            apply(router, &config(&[("REQUEST_TIMEOUT_SECONDS", "5")])),
+            "/slow",
+        )
+        .await;
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(body["error"]["code"], "request_timeout");
+    }
 }

@@ -43,7 +43,7 @@ pub fn router(state: AppState, role: Role) -> Router {
 
     let mut app = OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(ops_routes);
     if role.serves_api() {
-        let v1 = OpenApiRouter::new().routes(routes!(ops::health));
+        let v1 = OpenApiRouter::new().routes(routes!(ops::api_health));
         app = app.nest(&prefix, v1);
     }
     let (router, openapi) = app.split_for_parts();

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use crate::config::{Config, DatabaseKind};
 
@@ -77,7 +79,8 @@ impl SchemaStatus {
     }
 
     pub fn is_too_new(&self) -> bool {
-        self.database_version.is_some_and(|v| v > self.binary_version)
+        self.database_version
+            .is_some_and(|v| v > self.binary_version)
     }
 }
 
@@ -102,7 +105,11 @@ impl Store {
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(SQLITE_BUSY_TIMEOUT)
                     .foreign_keys(true);
-                if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
+                if let Some(dir) = options
+                    .get_filename()
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                {
                     std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
                         path: dir.display().to_string(),
                         source,
@@ -172,7 +179,10 @@ impl Store {
         let applied = self.applied_migrations().await?;
         let migrator = self.migrator();
         let binary_version = migrator.iter().map(|m| m.version).max().unwrap_or(0);
-        let pending = migrator.iter().filter(|m| !applied.contains(&m.version)).count();
+        let pending = migrator
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .count();
         Ok(SchemaStatus {
             database_version: applied.iter().copied().max(),
             binary_version,
@@ -270,6 +280,7 @@ mod tests {
             .bind(status.binary_version + 1)
             .execute(pool)
             .await
+            .map(|_| ())
             .unwrap()
         });
         let err = store.migrate().await.unwrap_err();

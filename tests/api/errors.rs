@@ -1,0 +1,98 @@
+use docket::app::Role;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::on_both_backends;
+use crate::support::TestApp;
+
+fn assert_error_shape(body: &Value, code: &str) {
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(body["error"].get("details").is_some(), "{body}");
+}
+
+on_both_backends! {
+    async fn unknown_routes_are_404_json(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        for path in ["/nope", "/api/v1/nope", "/health/whatever"] {
+            let (status, body) = app.get_json(path).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+            assert_error_shape(&body, "not_found");
+        }
+    }
+
+    async fn wrong_methods_are_405_json_with_allow(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let response = app.client.delete(app.url("/health")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert!(response.headers()["allow"].to_str().unwrap().contains("GET"));
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let body: Value = response.json().await.unwrap();
+        assert_error_shape(&body, "method_not_allowed");
+    }
+
+    async fn oversized_bodies_are_413_json(backend) {
+        let overrides = [("MAX_BODY_BYTES", "1024")];
+        let Some(app) = TestApp::spawn_with(backend, Role::All, &overrides).await else { return };
+        let response = app
+            .client
+            .post(app.url("/api/v1/health"))
+            .header("content-type", "application/json")
+            .body(vec![b'x'; 4096])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let body: Value = response.json().await.unwrap();
+        assert_error_shape(&body, "payload_too_large");
+    }
+
+    async fn request_ids_are_echoed_or_generated(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let response = app.client.get(app.url("/health")).header("x-request-id", "client-42").send().await.unwrap();
+        assert_eq!(response.headers()["x-request-id"], "client-42");
+
+        let response = app.get("/nope").await;
+        let generated = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert!(uuid::Uuid::parse_str(&generated).is_ok(), "{generated}");
+
+        let unusable = "x".repeat(500);
+        let response = app.client.get(app.url("/health")).header("x-request-id", &unusable).send().await.unwrap();
+        let replaced = response.headers()["x-request-id"].to_str().unwrap();
+        assert!(uuid::Uuid::parse_str(replaced).is_ok(), "{replaced}");
+    }
+
+    async fn cors_allows_only_configured_origins(backend) {
+        let overrides = [("CORS_ORIGINS", r#"["https://app.example.com"]"#)];
+        let Some(app) = TestApp::spawn_with(backend, Role::All, &overrides).await else { return };
+        let preflight = |origin: &'static str| {
+            app.client
+                .request(reqwest::Method::OPTIONS, app.url("/api/v1/health"))
+                .header("origin", origin)
+                .header("access-control-request-method", "GET")
+                .send()
+        };
+        let allowed = preflight("https://app.example.com").await.unwrap();
+        assert_eq!(allowed.headers()["access-control-allow-origin"], "https://app.example.com");
+        let denied = preflight("https://evil.example.com").await.unwrap();
+        assert!(denied.headers().get("access-control-allow-origin").is_none());
+    }
+
+    async fn responses_are_compressed_on_request(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let response = app
+            .client
+            .get(app.url("/api/v1/openapi.json"))
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-encoding"], "gzip");
+    }
+}

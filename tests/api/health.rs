@@ -1,0 +1,125 @@
+use docket::app::{AppState, Role};
+use reqwest::StatusCode;
+use tower::ServiceExt;
+
+use crate::on_both_backends;
+use crate::support::{TestApp, TestDatabase, shared_redis, test_config};
+
+on_both_backends! {
+    async fn health_reports_ok_and_version(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        for path in ["/health", "/health/live", "/api/v1/health"] {
+            let (status, body) = app.get_json(path).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            assert_eq!(body["status"], "ok", "{path}");
+            assert_eq!(body["version"], env!("CARGO_PKG_VERSION"), "{path}");
+        }
+    }
+
+    async fn healthcheck_path_and_prefix_are_configurable(backend) {
+        let overrides = [("HEALTHCHECK_PATH", "/healthz"), ("API_V1_PREFIX", "/v2")];
+        let Some(app) = TestApp::spawn_with(backend, Role::All, &overrides).await else { return };
+        assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
+        assert_eq!(app.get("/v2/health").await.status(), StatusCode::OK);
+        assert_eq!(app.get("/v2/openapi.json").await.status(), StatusCode::OK);
+        assert_eq!(app.get("/api/v1/health").await.status(), StatusCode::NOT_FOUND);
+    }
+
+    async fn ready_when_database_is_migrated(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let (status, body) = app.get_json("/health/ready").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "ready");
+        assert_eq!(body["failing"], serde_json::json!([]));
+        assert_eq!(body["checks"]["database"]["status"], "up");
+        assert_eq!(body["checks"]["migrations"]["status"], "up");
+        assert_eq!(body["checks"]["redis"]["status"], "skipped");
+    }
+
+    async fn not_ready_until_migrations_are_applied(backend) {
+        let overrides = [("AUTO_MIGRATE", "false")];
+        let Some(app) = TestApp::spawn_with(backend, Role::Api, &overrides).await else { return };
+        let (status, body) = app.get_json("/health/ready").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["failing"], serde_json::json!(["migrations"]));
+        assert!(body["checks"]["migrations"]["detail"].as_str().unwrap().contains("docket migrate"));
+
+        app.state.store.migrate().await.unwrap();
+        let (status, body) = app.get_json("/health/ready").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    async fn ready_checks_redis_when_configured(backend) {
+        let Some(redis) = shared_redis() else { return };
+        let url = redis.url();
+        let Some(app) = TestApp::spawn_with(backend, Role::All, &[("REDIS_URL", &url)]).await else { return };
+        let (status, body) = app.get_json("/health/ready").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["checks"]["redis"]["status"], "up");
+
+        let dead = format!("redis://127.0.0.1:{}/0", crate::support::free_port());
+        let Some(app) = TestApp::spawn_with(backend, Role::All, &[("REDIS_URL", &dead)]).await else { return };
+        let (status, body) = app.get_json("/health/ready").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["status"], "unavailable");
+        assert_eq!(body["failing"], serde_json::json!(["redis"]));
+        assert_eq!(body["checks"]["database"]["status"], "up");
+    }
+
+    async fn readiness_fails_while_draining(backend) {
+        let Some(db) = TestDatabase::new(backend).await else { return };
+        let state = AppState::initialise(test_config(&db, &[])).await.unwrap();
+        // Once shutdown begins the listener closes, so ask the router directly, as a request that
+        // was already being handled would.
+        let router = docket::http::router(state.clone(), Role::All);
+        state.shutdown.cancel();
+        let request = axum::http::Request::get("/health/ready").body(axum::body::Body::empty()).unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["failing"], serde_json::json!(["shutdown"]));
+        state.store.close().await;
+    }
+
+    async fn worker_and_scheduler_roles_serve_only_health_and_metrics(backend) {
+        for role in [Role::Worker, Role::Scheduler] {
+            let Some(app) = TestApp::spawn_with(backend, role, &[]).await else { return };
+            assert_eq!(app.get("/health/live").await.status(), StatusCode::OK);
+            assert_eq!(app.get("/health/ready").await.status(), StatusCode::OK);
+            assert_eq!(app.get("/metrics").await.status(), StatusCode::OK);
+            assert_eq!(app.get("/docs").await.status(), StatusCode::NOT_FOUND);
+            assert_eq!(app.get("/api/v1/health").await.status(), StatusCode::NOT_FOUND);
+        }
+    }
+
+    async fn docs_pages_and_openapi_document(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let (status, spec) = app.get_json("/api/v1/openapi.json").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+        for path in ["/health", "/health/live", "/health/ready", "/metrics", "/api/v1/health"] {
+            assert!(spec["paths"][path]["get"].is_object(), "{path} missing from the spec");
+        }
+        let ids: Vec<&str> = spec["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .filter_map(|op| op["operationId"].as_str())
+            .collect();
+        let mut unique = ids.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(ids.len(), unique.len(), "operation ids must be unique: {ids:?}");
+
+        for (path, marker) in [("/docs", "swagger-ui"), ("/redoc", "redoc")] {
+            let response = app.get(path).await;
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+            assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+            let html = response.text().await.unwrap();
+            assert!(html.contains(marker), "{path}");
+            assert!(html.contains("/api/v1/openapi.json"), "{path} must point at the spec");
+        }
+    }
+}

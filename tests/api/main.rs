@@ -1,0 +1,9 @@
+//! HTTP API tests: the real router served on a free port, against SQLite and PostgreSQL.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod errors;
+mod health;
+mod observability;
+mod shutdown;
