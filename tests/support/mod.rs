@@ -36,16 +36,16 @@ macro_rules! on_both_backends {
             #[allow(unused_imports)]
             use super::*;
 
-            async fn run($backend: $crate::support::Backend) $body
+            async fn test_body($backend: $crate::support::Backend) $body
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                run($crate::support::Backend::Sqlite).await
+                test_body($crate::support::Backend::Sqlite).await
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                run($crate::support::Backend::Postgres).await
+                test_body($crate::support::Backend::Postgres).await
             }
         }
     )*};
