@@ -28,6 +28,8 @@ pub enum Role {
 }
 
 impl Role {
+    pub const VARIANTS: [Role; 4] = [Self::All, Self::Api, Self::Worker, Self::Scheduler];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::All => "all",

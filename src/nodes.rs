@@ -2,7 +2,6 @@
 //! deregisters when it shuts down gracefully. A crashed process is recognisable by a stale heartbeat.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use uuid::Uuid;
 
 use crate::store::Store;
@@ -11,7 +10,7 @@ use crate::with_pool;
 /// How often a live process refreshes its heartbeat.
 pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Node {
     pub id: String,
     /// `all`, `api`, `worker` or `scheduler`.

@@ -11,7 +11,7 @@ use chrono::Utc;
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
-use crate::app::AppState;
+use crate::app::{AppState, Role};
 use crate::config::DatabaseKind;
 use crate::http::error::ApiError;
 use crate::nodes;
@@ -252,10 +252,8 @@ async fn record_gauges(state: &AppState) {
     if let Ok(Ok(alive)) =
         tokio::time::timeout(CHECK_TIMEOUT, nodes::list_alive(&state.store, since)).await
     {
-        let mut by_role: BTreeMap<&str, f64> = ["all", "api", "worker", "scheduler"]
-            .into_iter()
-            .map(|r| (r, 0.0))
-            .collect();
+        let mut by_role: BTreeMap<&str, f64> =
+            Role::VARIANTS.iter().map(|r| (r.as_str(), 0.0)).collect();
         for node in &alive {
             if let Some(count) = by_role.get_mut(node.role.as_str()) {
                 *count += 1.0;

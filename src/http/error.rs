@@ -72,16 +72,6 @@ impl ApiError {
         )
     }
 
-    /// A failure the client cannot fix. The cause is logged here; the response says nothing about it.
-    pub fn internal(cause: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "The server failed to handle the request; it has been logged.",
-        )
-    }
-
     /// The generic error for a status produced outside our handlers (routing, limits, timeouts).
     pub fn from_status(status: StatusCode) -> Self {
         let (code, message) = match status {

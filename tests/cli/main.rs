@@ -74,9 +74,15 @@ impl Process {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("docket exited early with {status}: {:?}", self.lines.lock().unwrap());
+                panic!(
+                    "docket exited early with {status}: {:?}",
+                    self.lines.lock().unwrap()
+                );
             }
-            if reqwest::get(self.url("/health/live")).await.is_ok_and(|r| r.status().is_success()) {
+            if reqwest::get(self.url("/health/live"))
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
                 return;
             }
             assert!(Instant::now() < deadline, "docket did not come up");
@@ -85,7 +91,9 @@ impl Process {
     }
 
     async fn readiness(&self) -> (StatusCode, Value) {
-        let response = reqwest::get(self.url("/health/ready")).await.expect("ready answers");
+        let response = reqwest::get(self.url("/health/ready"))
+            .await
+            .expect("ready answers");
         (response.status(), response.json().await.unwrap())
     }
 
@@ -134,8 +142,19 @@ fn help_explains_every_subcommand() {
     let out = run(dir.path(), &[], &["--help"]);
     assert!(out.status.success());
     let help = text(&out.stdout);
-    for command in ["all", "api", "worker", "scheduler", "migrate", "healthcheck", "config"] {
-        assert!(help.lines().any(|l| l.trim_start().starts_with(command)), "{command} missing:\n{help}");
+    for command in [
+        "all",
+        "api",
+        "worker",
+        "scheduler",
+        "migrate",
+        "healthcheck",
+        "config",
+    ] {
+        assert!(
+            help.lines().any(|l| l.trim_start().starts_with(command)),
+            "{command} missing:\n{help}"
+        );
     }
 }
 
@@ -145,7 +164,10 @@ fn bad_configuration_exits_with_one_line_naming_the_variable() {
     let cases: &[(&[(&str, &str)], &str)] = &[
         (&[("PORT", "abc")], "PORT"),
         (&[("ENVIRONMENT", "production")], "SECRET_KEY"),
-        (&[("DATABASE_URL", "mysql://localhost/docket")], "DATABASE_URL"),
+        (
+            &[("DATABASE_URL", "mysql://localhost/docket")],
+            "DATABASE_URL",
+        ),
         (&[("CORS_ORIGINS", "not json")], "CORS_ORIGINS"),
     ];
     for (env, var) in cases {
@@ -157,7 +179,10 @@ fn bad_configuration_exits_with_one_line_naming_the_variable() {
             assert!(stderr.contains(var), "{stderr}");
         }
     }
-    assert!(!dir.path().join("data").exists(), "nothing is created on a configuration error");
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing is created on a configuration error"
+    );
 }
 
 #[test]
@@ -171,10 +196,19 @@ fn configuration_is_read_from_a_dotenv_file_and_printed_redacted() {
     let out = run(dir.path(), &[("PORT", "9124")], &["config"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let printed = text(&out.stdout);
-    assert!(printed.contains("PORT=9124"), "the environment wins over .env:\n{printed}");
-    assert!(printed.contains("DATABASE_URL=postgres://u:REDACTED@db/docket"), "{printed}");
+    assert!(
+        printed.contains("PORT=9124"),
+        "the environment wins over .env:\n{printed}"
+    );
+    assert!(
+        printed.contains("DATABASE_URL=postgres://u:REDACTED@db/docket"),
+        "{printed}"
+    );
     assert!(printed.contains("SECRET_KEY=<redacted>"), "{printed}");
-    assert!(!printed.contains("hunter2") && !printed.contains("-secret"), "{printed}");
+    assert!(
+        !printed.contains("hunter2") && !printed.contains("-secret"),
+        "{printed}"
+    );
 }
 
 #[test]
@@ -196,7 +230,12 @@ async fn the_default_run_needs_no_configuration() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(dir.path().join("data/docket.db").exists());
     assert!(dir.path().join("data/secret_key").exists());
-    let health: Value = reqwest::get(docket.url("/health")).await.unwrap().json().await.unwrap();
+    let health: Value = reqwest::get(docket.url("/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
     let (exit, _) = docket.terminate();
     assert!(exit.success(), "{exit}");
@@ -332,9 +371,20 @@ async fn readiness_follows_postgres_going_away_and_coming_back() {
     pg.stop();
     let body = api.wait_readiness(StatusCode::SERVICE_UNAVAILABLE).await;
     assert_eq!(body["checks"]["database"]["status"], "down", "{body}");
-    assert!(body["failing"].as_array().unwrap().contains(&Value::from("database")));
+    assert!(
+        body["failing"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("database"))
+    );
     // Liveness does not depend on the database: no restart is wanted.
-    assert!(reqwest::get(api.url("/health/live")).await.unwrap().status().is_success());
+    assert!(
+        reqwest::get(api.url("/health/live"))
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
 
     pg.resume().unwrap();
     api.wait_readiness(StatusCode::OK).await;
@@ -344,7 +394,9 @@ async fn readiness_follows_postgres_going_away_and_coming_back() {
 
 #[tokio::test]
 async fn sslmode_require_is_honoured() {
-    let Some(db) = TestDatabase::new(Backend::Postgres).await else { return };
+    let Some(db) = TestDatabase::new(Backend::Postgres).await else {
+        return;
+    };
     // The throwaway server has no TLS, so a client that honours sslmode=require must refuse it.
     let url = format!("{}?sslmode=require", db.url);
     let out = run(db.dir.path(), &[("DATABASE_URL", &url)], &["migrate"]);
