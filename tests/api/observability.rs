@@ -42,6 +42,8 @@ on_both_backends! {
 
     async fn running_processes_are_registered_and_deregister_on_shutdown(backend) {
         let Some(app) = TestApp::spawn_with(backend, Role::Worker, &[]).await else { return };
+        // The process registers before it starts answering, so one answer means it is registered.
+        assert_eq!(app.get("/health").await.status(), StatusCode::OK);
         let store = app.state.store.clone();
         let since = chrono::Utc::now() - chrono::Duration::minutes(1);
         let alive = docket::nodes::list_alive(&store, since).await.unwrap();
@@ -63,6 +65,7 @@ on_both_backends! {
 
     async fn stale_processes_are_pruned(backend) {
         let Some(app) = TestApp::spawn_with(backend, Role::Scheduler, &[]).await else { return };
+        assert_eq!(app.get("/health").await.status(), StatusCode::OK);
         let store = &app.state.store;
         let long_ago = chrono::Utc::now() - chrono::Duration::days(3);
         let mut crashed = docket::nodes::Node::this_process("worker", long_ago);
