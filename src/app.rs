@@ -10,6 +10,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::rate_limit::RateLimiter;
 use crate::config::{Config, Secret};
 use crate::nodes::{self, Node};
 use crate::store::{Store, StoreError};
@@ -73,6 +74,8 @@ pub struct AppState {
     pub redis: Option<redis::Client>,
     pub secret_key: Secret,
     pub metrics: PrometheusHandle,
+    /// Per-tenant and per-key request limits and login failure counters (Redis when configured).
+    pub rate_limiter: Arc<RateLimiter>,
     /// Cancelled when the process begins shutting down; readiness reports 503 from then on.
     pub shutdown: CancellationToken,
 }
@@ -121,10 +124,15 @@ impl AppState {
             .redis_url
             .as_ref()
             .and_then(|url| redis::Client::open(url.expose()).ok());
+        let rate_limiter = Arc::new(match &redis {
+            Some(client) => RateLimiter::redis(client.clone()),
+            None => RateLimiter::in_process(),
+        });
         Ok(Self {
             config: Arc::new(config),
             store,
             redis,
+            rate_limiter,
             secret_key,
             metrics: telemetry::metrics_handle(),
             shutdown: CancellationToken::new(),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::admin;
 use crate::app::{self, AppState, Role, Server};
 use crate::config::Config;
 use crate::store::Store;
@@ -36,6 +37,42 @@ enum Command {
     Healthcheck,
     /// Print the effective configuration with secrets redacted.
     Config,
+    /// Administration without the API (bootstrap a fresh install).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Audit log tools.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create an admin user (and the tenant, if it does not exist yet). The password is read from
+    /// DOCKET_ADMIN_PASSWORD or prompted for. The first user of an install is a platform admin.
+    Create {
+        /// Email address to sign in with.
+        #[arg(long)]
+        email: String,
+        /// Tenant slug (lower-case letters, digits, dashes); created when missing.
+        #[arg(long)]
+        tenant: String,
+        /// Display name (defaults to the email address).
+        #[arg(long)]
+        name: Option<String>,
+        /// Also make this user a platform admin (may manage all tenants).
+        #[arg(long)]
+        platform_admin: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chains; exit 1 if any record was changed, removed or reordered.
+    Verify {
+        /// Only this tenant (slug); all tenants when omitted.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
 }
 
 /// Parses the command line and runs it; the process exit code comes from here.
@@ -55,6 +92,15 @@ pub async fn run() -> ExitCode {
         Command::Scheduler => serve(config, Role::Scheduler).await,
         Command::Migrate => migrate(config).await,
         Command::Healthcheck => healthcheck(&config).await,
+        Command::Admin(AdminCommand::Create {
+            email,
+            tenant,
+            name,
+            platform_admin,
+        }) => admin_create(config, &email, &tenant, name.as_deref(), platform_admin).await,
+        Command::Audit(AuditCommand::Verify { tenant }) => {
+            audit_verify(config, tenant.as_deref()).await
+        }
         Command::Config => {
             for line in config.redacted_lines() {
                 println!("{line}");
@@ -131,6 +177,117 @@ async fn healthcheck(config: &Config) -> ExitCode {
         }
         Err(e) => {
             eprintln!("docket: {url} did not answer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_admin_password() -> Result<String, String> {
+    if let Ok(password) = std::env::var("DOCKET_ADMIN_PASSWORD") {
+        return Ok(password);
+    }
+    let first = rpassword::prompt_password("Password: ")
+        .map_err(|e| format!("cannot read the password: {e}"))?;
+    let second = rpassword::prompt_password("Repeat password: ")
+        .map_err(|e| format!("cannot read the password: {e}"))?;
+    if first != second {
+        return Err("the passwords differ".to_owned());
+    }
+    Ok(first)
+}
+
+/// Opens the database the way a server start does (migrating when `AUTO_MIGRATE` is on).
+async fn open_store(config: &Config) -> Result<Store, String> {
+    let store = Store::connect(config).await.map_err(|e| e.to_string())?;
+    let status = if config.auto_migrate {
+        store.migrate().await
+    } else {
+        store.ensure_not_too_new().await
+    };
+    match status {
+        Ok(status) if status.is_current() => Ok(store),
+        Ok(_) => Err("database migrations are pending; run `docket migrate` first".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn admin_create(
+    config: Config,
+    email: &str,
+    tenant: &str,
+    name: Option<&str>,
+    platform_admin: bool,
+) -> ExitCode {
+    let result = async {
+        let password = read_admin_password()?;
+        let store = open_store(&config).await?;
+        let created =
+            admin::create_admin(&store, email, tenant, name, platform_admin, &password).await;
+        store.close().await;
+        created
+    }
+    .await;
+    match result {
+        Ok(created) => {
+            println!(
+                "created {} {} in tenant {}{}",
+                if created.platform_admin {
+                    "platform admin"
+                } else {
+                    "admin"
+                },
+                created.email,
+                created.tenant_slug,
+                if created.tenant_created {
+                    " (new tenant)"
+                } else {
+                    ""
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("docket: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn audit_verify(config: Config, tenant: Option<&str>) -> ExitCode {
+    let result = async {
+        let store = open_store(&config).await?;
+        let reports = admin::verify_audit(&store, tenant).await;
+        store.close().await;
+        reports
+    }
+    .await;
+    match result {
+        Ok(reports) => {
+            let mut all_valid = true;
+            for report in reports {
+                all_valid &= report.valid;
+                match &report.problem {
+                    None => println!(
+                        "{}: ok, {} records, head {}",
+                        report.tenant_id,
+                        report.records,
+                        report.head_hash.unwrap_or_default()
+                    ),
+                    Some(problem) => println!(
+                        "{}: BROKEN at record {}: {problem}",
+                        report.tenant_id,
+                        report.first_invalid_seq.unwrap_or_default()
+                    ),
+                }
+            }
+            if all_valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("docket: {e}");
             ExitCode::FAILURE
         }
     }

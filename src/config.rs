@@ -73,6 +73,13 @@ pub struct Config {
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     pub metrics_token: Option<Secret>,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub session_idle_timeout: Duration,
+    pub rate_limit_per_minute: u32,
+    /// Proxies whose `X-Forwarded-For` is believed; requests from anywhere else use the peer address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub audit_retention_days: u32,
 }
 
 /// A configuration problem, always tied to the variable that caused it.
@@ -213,6 +220,29 @@ impl Config {
             return Err(ConfigError::new("MAX_BODY_BYTES", "must be at least 1"));
         }
         let metrics_token = get("METRICS_TOKEN").map(Secret);
+        let access_minutes = positive::<u64>(
+            "ACCESS_TOKEN_EXPIRE_MINUTES",
+            get("ACCESS_TOKEN_EXPIRE_MINUTES"),
+            30,
+        )?;
+        let refresh_days = positive::<u64>(
+            "REFRESH_TOKEN_EXPIRE_DAYS",
+            get("REFRESH_TOKEN_EXPIRE_DAYS"),
+            7,
+        )?;
+        let idle_minutes = positive::<u64>(
+            "SESSION_TIMEOUT_MINUTES",
+            get("SESSION_TIMEOUT_MINUTES"),
+            30,
+        )?;
+        let rate_limit_per_minute =
+            positive::<u32>("RATE_LIMIT_PER_MINUTE", get("RATE_LIMIT_PER_MINUTE"), 100)?;
+        let trusted_proxies = match get("TRUSTED_PROXIES") {
+            None => Vec::new(),
+            Some(raw) => parse_cidr_list("TRUSTED_PROXIES", &raw)?,
+        };
+        let audit_retention_days =
+            positive::<u32>("AUDIT_RETENTION_DAYS", get("AUDIT_RETENTION_DAYS"), 2555)?;
 
         Ok(Self {
             environment,
@@ -234,6 +264,12 @@ impl Config {
             request_timeout,
             max_body_bytes,
             metrics_token,
+            access_token_ttl: Duration::from_secs(access_minutes * 60),
+            refresh_token_ttl: Duration::from_secs(refresh_days * 24 * 60 * 60),
+            session_idle_timeout: Duration::from_secs(idle_minutes * 60),
+            rate_limit_per_minute,
+            trusted_proxies,
+            audit_retention_days,
         })
     }
 
@@ -285,6 +321,28 @@ impl Config {
             format!("REQUEST_TIMEOUT_SECONDS={}", self.request_timeout.as_secs()),
             format!("MAX_BODY_BYTES={}", self.max_body_bytes),
             format!("METRICS_TOKEN={}", secret(&self.metrics_token)),
+            format!(
+                "ACCESS_TOKEN_EXPIRE_MINUTES={}",
+                self.access_token_ttl.as_secs() / 60
+            ),
+            format!(
+                "REFRESH_TOKEN_EXPIRE_DAYS={}",
+                self.refresh_token_ttl.as_secs() / 86_400
+            ),
+            format!(
+                "SESSION_TIMEOUT_MINUTES={}",
+                self.session_idle_timeout.as_secs() / 60
+            ),
+            format!("RATE_LIMIT_PER_MINUTE={}", self.rate_limit_per_minute),
+            format!(
+                "TRUSTED_PROXIES={}",
+                self.trusted_proxies
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            format!("AUDIT_RETENTION_DAYS={}", self.audit_retention_days),
         ]
     }
 
@@ -352,6 +410,45 @@ fn parse_number<T: FromStr>(
             )
         }),
     }
+}
+
+fn positive<T: FromStr + PartialEq + Default>(
+    var: &'static str,
+    raw: Option<String>,
+    default: T,
+) -> Result<T, ConfigError> {
+    let value = parse_number(var, raw, default)?;
+    if value == T::default() {
+        return Err(ConfigError::new(var, "must be at least 1"));
+    }
+    Ok(value)
+}
+
+/// A comma-separated (or JSON) list of CIDR blocks or single addresses.
+pub fn parse_cidr_list(var: &'static str, raw: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let items: Vec<String> = match serde_json::from_str::<Vec<String>>(raw) {
+        Ok(list) => list,
+        Err(_) => raw
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    };
+    items
+        .iter()
+        .map(|item| {
+            parse_cidr(item).ok_or_else(|| {
+                ConfigError::new(var, format!("{item:?} is not an IP address or CIDR block"))
+            })
+        })
+        .collect()
+}
+
+/// `10.0.0.0/8`, `2001:db8::/32` or a single address (a /32 or /128 block).
+pub fn parse_cidr(item: &str) -> Option<ipnet::IpNet> {
+    item.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| item.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 fn parse_bool(var: &'static str, raw: Option<String>, default: bool) -> Result<bool, ConfigError> {
@@ -567,6 +664,12 @@ mod tests {
             ),
             (&[("DB_POOL_SIZE", "0")], "DB_POOL_SIZE"),
             (&[("MAX_BODY_BYTES", "lots")], "MAX_BODY_BYTES"),
+            (
+                &[("ACCESS_TOKEN_EXPIRE_MINUTES", "0")],
+                "ACCESS_TOKEN_EXPIRE_MINUTES",
+            ),
+            (&[("RATE_LIMIT_PER_MINUTE", "x")], "RATE_LIMIT_PER_MINUTE"),
+            (&[("TRUSTED_PROXIES", "10.0.0.0/33")], "TRUSTED_PROXIES"),
         ];
         for (vars, expected) in cases {
             let err = load(vars).expect_err(&format!("{vars:?} should be rejected"));
@@ -591,8 +694,10 @@ mod tests {
             ),
             ("AUTO_MIGRATE", "false"),
             ("LOG_LEVEL", "docket=debug,tower_http=warn,info"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.1"),
         ])
         .unwrap();
+        assert_eq!(config.trusted_proxies.len(), 2);
         assert_eq!(config.database_kind, DatabaseKind::Postgres);
         assert_eq!(config.cors_origins.len(), 2);
         assert!(!config.auto_migrate);

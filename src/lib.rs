@@ -1,7 +1,10 @@
 //! Docket: a self-hosted backend for scheduled automation and AI-assisted decisions.
 //! See `DESIGN.md` in the shared docs for the architecture; each module owns one domain.
 
+pub mod admin;
 pub mod app;
+pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod http;

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
@@ -15,6 +15,9 @@ pub struct ApiError {
     pub code: Cow<'static, str>,
     pub message: String,
     pub details: Value,
+    /// Extra response headers, e.g. `Retry-After` on 429 (boxed: rarely present, and errors travel
+    /// through every `Result`).
+    pub headers: Option<Box<HeaderMap>>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -44,7 +47,45 @@ impl ApiError {
             code: code.into(),
             message: message.into(),
             details: Value::Null,
+            headers: None,
         }
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: impl ToString) -> Self {
+        if let Ok(value) = HeaderValue::from_str(&value.to_string()) {
+            self.headers.get_or_insert_with(Default::default).insert(name, value);
+        }
+        self
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = code.into();
+        self
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    /// A field failed validation: 422 naming the field.
+    pub fn invalid_field(field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self::validation(format!("{field}: {message}"))
+            .with_details(serde_json::json!({ "field": field, "reason": message }))
+    }
+
+    /// A failure the client cannot fix. The cause is logged here; the response says nothing about it.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "The server failed to handle the request; it has been logged.",
+        )
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
@@ -137,6 +178,18 @@ impl IntoResponse for ApiError {
                 details: self.details,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(headers) = self.headers {
+            response.headers_mut().extend(*headers);
+        }
+        response
+    }
+}
+
+/// Database failures are the server's problem; domain code maps the expected ones (unique
+/// violations and the like) to specific errors before this catch-all applies.
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::internal(e)
     }
 }

@@ -18,6 +18,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
@@ -52,9 +53,40 @@ pub fn apply(router: Router, config: &Config) -> Router {
                 .on_response(log_response)
                 .on_failure(()),
         )
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(API_CSP),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            hsts(config),
+        ))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
         .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, NewRequestId))
         .layer(axum::middleware::from_fn(drop_unusable_request_id))
+}
+
+/// API responses are data, never documents: nothing may load or frame them. HTML pages (docs, the
+/// console) set their own, wider policy.
+const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+
+/// HSTS only in production, where TLS terminates in front of Docket; in development it would pin
+/// browsers to HTTPS on localhost.
+fn hsts(config: &Config) -> Option<HeaderValue> {
+    (config.environment == crate::config::Environment::Production)
+        .then(|| HeaderValue::from_static("max-age=31536000; includeSubDomains"))
 }
 
 /// A client-supplied `X-Request-ID` is kept when it is short and plain (it ends up in every log

@@ -2,10 +2,12 @@
 
 pub mod error;
 pub mod extract;
-mod middleware;
+pub mod middleware;
+pub mod pagination;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::header;
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use utoipa::OpenApi;
@@ -22,9 +24,44 @@ use error::ApiError;
         title = "Docket",
         description = "Scheduler, durable job queue, pipelines, review decisions and knowledge search."
     ),
-    tags((name = "health", description = "Probes and metrics"))
+    tags(
+        (name = "health", description = "Probes and metrics"),
+        (name = "auth", description = "Sign-in, sessions and MFA"),
+        (name = "tenants", description = "Tenants (platform administration)"),
+        (name = "users", description = "Users of a tenant"),
+        (name = "api-keys", description = "API keys for agents and services"),
+        (name = "audit", description = "The tamper-evident audit log")
+    ),
+    modifiers(&BearerAuth)
 )]
 struct ApiDoc;
+
+/// Declares the bearer scheme (JWT access token or `dk_` API key) that every API operation uses.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An access token from /auth/login, or an API key (dk_...).",
+                    ))
+                    .build(),
+            ),
+        );
+        openapi.security = Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
 
 /// The full router for a process of the given role: the public API (for roles that serve it) plus
 /// the health and metrics endpoints every role serves, wrapped in the common middleware.
@@ -43,7 +80,10 @@ pub fn router(state: AppState, role: Role) -> Router {
 
     let mut app = OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(ops_routes);
     if role.serves_api() {
-        let v1 = OpenApiRouter::new().routes(routes!(ops::api_health));
+        let v1 = OpenApiRouter::new()
+            .routes(routes!(ops::api_health))
+            .merge(crate::auth::routes())
+            .merge(crate::audit::routes());
         app = app.nest(&prefix, v1);
     }
     let (router, openapi) = app.split_for_parts();
@@ -53,10 +93,21 @@ pub fn router(state: AppState, role: Role) -> Router {
         let spec_path = format!("{prefix}/openapi.json");
         let docs = swagger_ui_page(&spec_path);
         let redoc = redoc_page(&spec_path);
-        router = router
-            .route(&spec_path, get(move || async move { axum::Json(openapi) }))
-            .route("/docs", get(move || async move { Html(docs) }))
-            .route("/redoc", get(move || async move { Html(redoc) }));
+        router =
+            router
+                .route(&spec_path, get(move || async move { axum::Json(openapi) }))
+                .route(
+                    "/docs",
+                    get(move || async move {
+                        ([(header::CONTENT_SECURITY_POLICY, DOCS_CSP)], Html(docs))
+                    }),
+                )
+                .route(
+                    "/redoc",
+                    get(move || async move {
+                        ([(header::CONTENT_SECURITY_POLICY, DOCS_CSP)], Html(redoc))
+                    }),
+                );
     }
 
     let router = router
@@ -69,6 +120,12 @@ pub fn router(state: AppState, role: Role) -> Router {
 async fn not_found() -> impl IntoResponse {
     ApiError::not_found("No route matches this path.")
 }
+
+/// The docs pages load their scripts and styles from jsDelivr when viewed.
+const DOCS_CSP: &str = "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; \
+                        style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; \
+                        font-src https://fonts.gstatic.com data:; img-src 'self' data: https:; worker-src blob:; \
+                        connect-src 'self'; frame-ancestors 'none'";
 
 /// Swagger UI, loaded from a CDN when the page is viewed (nothing is fetched at build time).
 fn swagger_ui_page(spec_path: &str) -> String {

@@ -1,0 +1,111 @@
+CREATE TABLE tenants (
+    id            TEXT PRIMARY KEY,
+    slug          TEXT NOT NULL UNIQUE,
+    name          TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    -- JSON list of CIDR blocks admin operations must come from; empty means anywhere.
+    ip_allowlist  TEXT NOT NULL DEFAULT '[]',
+    created_at    TIMESTAMPTZ NOT NULL,
+    updated_at    TIMESTAMPTZ NOT NULL
+);
+
+CREATE TABLE users (
+    id                  TEXT PRIMARY KEY,
+    tenant_id           TEXT NOT NULL REFERENCES tenants (id),
+    -- Stored lower-cased; login is by email alone, so it is unique across tenants.
+    email               TEXT NOT NULL UNIQUE,
+    name                TEXT NOT NULL,
+    role                TEXT NOT NULL,
+    platform_admin      BOOLEAN NOT NULL DEFAULT FALSE,
+    password_hash       TEXT NOT NULL,
+    status              TEXT NOT NULL,
+    totp_secret         TEXT,
+    totp_enabled        BOOLEAN NOT NULL DEFAULT FALSE,
+    -- Last accepted TOTP time step: a code is accepted once (RFC 6238 §5.2).
+    totp_last_step      BIGINT,
+    failed_logins       INTEGER NOT NULL DEFAULT 0,
+    locked_until        TIMESTAMPTZ,
+    created_at          TIMESTAMPTZ NOT NULL,
+    updated_at          TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX users_tenant ON users (tenant_id, id);
+
+CREATE TABLE recovery_codes (
+    user_id     TEXT NOT NULL REFERENCES users (id),
+    code_hash   TEXT NOT NULL,
+    used_at     TIMESTAMPTZ,
+    PRIMARY KEY (user_id, code_hash)
+);
+
+CREATE TABLE sessions (
+    id              TEXT PRIMARY KEY,
+    tenant_id       TEXT NOT NULL REFERENCES tenants (id),
+    user_id         TEXT NOT NULL REFERENCES users (id),
+    mfa_verified    BOOLEAN NOT NULL,
+    ip              TEXT,
+    user_agent      TEXT,
+    created_at      TIMESTAMPTZ NOT NULL,
+    last_seen_at    TIMESTAMPTZ NOT NULL,
+    expires_at      TIMESTAMPTZ NOT NULL,
+    revoked_at      TIMESTAMPTZ,
+    revoked_reason  TEXT
+);
+CREATE INDEX sessions_user ON sessions (tenant_id, user_id);
+
+-- Opaque refresh tokens, stored as SHA-256 hashes. A token is used once; presenting a used one
+-- again revokes its session (the whole token family).
+CREATE TABLE refresh_tokens (
+    token_hash  TEXT PRIMARY KEY,
+    session_id  TEXT NOT NULL REFERENCES sessions (id),
+    issued_at   TIMESTAMPTZ NOT NULL,
+    expires_at  TIMESTAMPTZ NOT NULL,
+    used_at     TIMESTAMPTZ
+);
+CREATE INDEX refresh_tokens_session ON refresh_tokens (session_id);
+
+CREATE TABLE api_keys (
+    id            TEXT PRIMARY KEY,
+    tenant_id     TEXT NOT NULL REFERENCES tenants (id),
+    name          TEXT NOT NULL,
+    -- The first characters of the secret, to recognise a key in lists; the secret itself is hashed.
+    prefix        TEXT NOT NULL,
+    secret_hash   TEXT NOT NULL UNIQUE,
+    scopes        TEXT NOT NULL,
+    created_by    TEXT NOT NULL,
+    created_at    TIMESTAMPTZ NOT NULL,
+    expires_at    TIMESTAMPTZ,
+    last_used_at  TIMESTAMPTZ,
+    revoked_at    TIMESTAMPTZ
+);
+CREATE INDEX api_keys_tenant ON api_keys (tenant_id, id);
+
+-- Append-only and hash-chained per tenant: each record holds the hash of the previous one.
+CREATE TABLE audit_log (
+    tenant_id     TEXT NOT NULL,
+    seq           BIGINT NOT NULL,
+    id            TEXT NOT NULL UNIQUE,
+    occurred_at   TIMESTAMPTZ NOT NULL,
+    actor_type    TEXT NOT NULL,
+    actor_id      TEXT NOT NULL,
+    action        TEXT NOT NULL,
+    target_type   TEXT NOT NULL,
+    target_id     TEXT NOT NULL,
+    summary       TEXT NOT NULL,
+    request_id    TEXT,
+    ip            TEXT,
+    prev_hash     TEXT NOT NULL,
+    hash          TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, seq)
+);
+CREATE INDEX audit_log_time ON audit_log (tenant_id, occurred_at);
+
+CREATE FUNCTION audit_log_append_only() RETURNS trigger AS $$
+BEGIN
+    RAISE EXCEPTION 'audit_log is append-only';
+END
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();

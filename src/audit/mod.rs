@@ -1,0 +1,297 @@
+//! The audit log: append-only, hash-chained per tenant. Each record stores the SHA-256 of its own
+//! content together with the previous record's hash, so a changed, removed or reordered row breaks
+//! the chain and [`verify`] finds it. No code path updates or deletes records; database triggers
+//! refuse it as well.
+
+pub mod http;
+
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::store::{Store, Tx};
+use crate::{with_pool, with_tx};
+
+/// The `prev_hash` of a tenant's first record.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The chain for events that belong to no tenant (e.g. a failed login for an unknown email).
+pub const PLATFORM_CHAIN: &str = "platform";
+
+/// Who did it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    User(String),
+    ApiKey(String),
+    /// Docket itself (jobs, sweeps, the CLI).
+    System,
+    /// Someone not (yet) authenticated, e.g. a failed login.
+    Anonymous,
+}
+
+impl Actor {
+    fn parts(&self) -> (&'static str, &str) {
+        match self {
+            Self::User(id) => ("user", id),
+            Self::ApiKey(id) => ("api_key", id),
+            Self::System => ("system", ""),
+            Self::Anonymous => ("anonymous", ""),
+        }
+    }
+}
+
+/// The routes of this module, for the versioned API.
+pub fn routes() -> utoipa_axum::router::OpenApiRouter<crate::app::AppState> {
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(routes!(http::list))
+        .routes(routes!(http::verify))
+        .routes(routes!(http::export))
+}
+
+/// Where a request came from, recorded with every audit record it causes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub request_id: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// An audit record to append.
+#[derive(Debug, Clone)]
+pub struct Event<'a> {
+    pub tenant_id: &'a str,
+    pub actor: &'a Actor,
+    /// Dotted verb such as `user.create` or `auth.login_failed`.
+    pub action: &'a str,
+    pub target_type: &'a str,
+    pub target_id: &'a str,
+    /// What changed (before/after summary); never secrets.
+    pub summary: Value,
+    pub origin: &'a Origin,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Record {
+    pub tenant_id: String,
+    pub seq: i64,
+    pub id: String,
+    pub occurred_at: DateTime<Utc>,
+    pub actor_type: String,
+    pub actor_id: String,
+    pub action: String,
+    pub target_type: String,
+    pub target_id: String,
+    /// JSON text, hashed exactly as stored.
+    pub summary: String,
+    pub request_id: Option<String>,
+    pub ip: Option<String>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl Record {
+    /// The hash of this record's content and its predecessor's hash.
+    fn compute_hash(&self) -> String {
+        let canonical = json!([
+            self.prev_hash,
+            self.tenant_id,
+            self.seq,
+            self.id,
+            self.occurred_at
+                .to_rfc3339_opts(SecondsFormat::Micros, true),
+            self.actor_type,
+            self.actor_id,
+            self.action,
+            self.target_type,
+            self.target_id,
+            self.summary,
+            self.request_id,
+            self.ip,
+        ]);
+        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    }
+}
+
+const COLUMNS: &str = "tenant_id, seq, id, occurred_at, actor_type, actor_id, action, target_type, target_id, \
+                       summary, request_id, ip, prev_hash, hash";
+
+/// Appends a record inside the caller's transaction, so it commits (or not) with the change it describes.
+pub async fn append(tx: &mut Tx, event: Event<'_>) -> Result<Record, sqlx::Error> {
+    if let Tx::Postgres(tx) = tx {
+        // Serialises appends per tenant chain; SQLite's write transactions are serial already.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(event.tenant_id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    let last: Option<(i64, String)> = with_tx!(tx, conn => {
+        sqlx::query_as("SELECT seq, hash FROM audit_log WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1")
+            .bind(event.tenant_id)
+            .fetch_optional(conn)
+            .await
+    })?;
+    let (seq, prev_hash) = last.map_or((1, GENESIS_HASH.to_owned()), |(seq, hash)| (seq + 1, hash));
+    let (actor_type, actor_id) = event.actor.parts();
+    let mut record = Record {
+        tenant_id: event.tenant_id.to_owned(),
+        seq,
+        id: Uuid::now_v7().to_string(),
+        // Both databases keep microseconds; hash what will be read back.
+        occurred_at: Utc::now().trunc_subsecs(6),
+        actor_type: actor_type.to_owned(),
+        actor_id: actor_id.to_owned(),
+        action: event.action.to_owned(),
+        target_type: event.target_type.to_owned(),
+        target_id: event.target_id.to_owned(),
+        summary: event.summary.to_string(),
+        request_id: event.origin.request_id.clone(),
+        ip: event.origin.ip.clone(),
+        prev_hash,
+        hash: String::new(),
+    };
+    record.hash = record.compute_hash();
+    with_tx!(tx, conn => {
+        sqlx::query(
+            "INSERT INTO audit_log (tenant_id, seq, id, occurred_at, actor_type, actor_id, action, target_type, \
+             target_id, summary, request_id, ip, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(&record.tenant_id)
+        .bind(record.seq)
+        .bind(&record.id)
+        .bind(record.occurred_at)
+        .bind(&record.actor_type)
+        .bind(&record.actor_id)
+        .bind(&record.action)
+        .bind(&record.target_type)
+        .bind(&record.target_id)
+        .bind(&record.summary)
+        .bind(&record.request_id)
+        .bind(&record.ip)
+        .bind(&record.prev_hash)
+        .bind(&record.hash)
+        .execute(conn)
+        .await
+        .map(|_| ())
+    })?;
+    Ok(record)
+}
+
+/// Appends one record in a transaction of its own (for events with no other write, such as a
+/// failed login).
+pub async fn append_alone(store: &Store, event: Event<'_>) -> Result<Record, sqlx::Error> {
+    let mut tx = store.begin().await?;
+    let record = append(&mut tx, event).await?;
+    tx.commit().await?;
+    Ok(record)
+}
+
+/// The outcome of checking one tenant's chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Verification {
+    pub tenant_id: String,
+    pub valid: bool,
+    pub records: u64,
+    /// Hash of the newest record: keep it elsewhere to detect removal of records at the end.
+    pub head_hash: Option<String>,
+    /// Sequence number of the first record that does not fit, when `valid` is false.
+    pub first_invalid_seq: Option<i64>,
+    pub problem: Option<String>,
+}
+
+/// Walks a tenant's chain from the oldest record and reports the first record that does not fit.
+pub async fn verify(store: &Store, tenant_id: &str) -> Result<Verification, sqlx::Error> {
+    let records: Vec<Record> = with_pool!(store, pool => {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM audit_log WHERE tenant_id = $1 ORDER BY seq"
+        )))
+        .bind(tenant_id)
+        .fetch_all(pool)
+        .await
+    })?;
+    let mut report = Verification {
+        tenant_id: tenant_id.to_owned(),
+        valid: true,
+        records: records.len() as u64,
+        head_hash: records.last().map(|r| r.hash.clone()),
+        first_invalid_seq: None,
+        problem: None,
+    };
+    let mut previous: Option<&Record> = None;
+    for record in &records {
+        let problem = match previous {
+            None if record.seq == 1 && record.prev_hash != GENESIS_HASH => {
+                Some("the first record does not start the chain".to_owned())
+            }
+            Some(prev) if record.seq != prev.seq + 1 => Some(format!(
+                "record {} is missing (sequence jumps from {} to {})",
+                prev.seq + 1,
+                prev.seq,
+                record.seq
+            )),
+            Some(prev) if record.prev_hash != prev.hash => Some(format!(
+                "record {} does not follow record {} (removed or reordered)",
+                record.seq, prev.seq
+            )),
+            _ if record.compute_hash() != record.hash => {
+                Some(format!("record {} was changed", record.seq))
+            }
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            report.valid = false;
+            report.first_invalid_seq = Some(record.seq);
+            report.problem = Some(problem);
+            return Ok(report);
+        }
+        previous = Some(record);
+    }
+    Ok(report)
+}
+
+/// Filters for listing records; all optional.
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+pub struct Filter {
+    pub actor_id: Option<String>,
+    pub action: Option<String>,
+    pub target_type: Option<String>,
+    pub target_id: Option<String>,
+    /// Only records at or after this time (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Only records before this time (RFC 3339).
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Records newest first, `limit` at a time, starting below sequence number `before` when given.
+pub async fn list(
+    store: &Store,
+    tenant_id: &str,
+    filter: &Filter,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Record>, sqlx::Error> {
+    // Optional filters as `($n IS NULL OR column = $n)` keep one static statement for both backends.
+    let sql = format!(
+        "SELECT {COLUMNS} FROM audit_log WHERE tenant_id = $1 \
+         AND ($2 IS NULL OR actor_id = $2) AND ($3 IS NULL OR action = $3) \
+         AND ($4 IS NULL OR target_type = $4) AND ($5 IS NULL OR target_id = $5) \
+         AND ($6 IS NULL OR occurred_at >= $6) AND ($7 IS NULL OR occurred_at < $7) \
+         AND ($8 IS NULL OR seq < $8) ORDER BY seq DESC LIMIT $9"
+    );
+    with_pool!(store, pool => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(tenant_id)
+            .bind(&filter.actor_id)
+            .bind(&filter.action)
+            .bind(&filter.target_type)
+            .bind(&filter.target_id)
+            .bind(filter.since)
+            .bind(filter.until)
+            .bind(before)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+    })
+}

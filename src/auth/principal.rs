@@ -1,0 +1,292 @@
+//! Who is calling and what they may do. Authentication (bearer JWT or API key), tenant rate limits,
+//! MFA enforcement, the admin IP allow-list and the role/scope check all happen in the
+//! [`Authorized`] extractor, so handlers state their requirement in their signature and nothing else.
+
+use std::marker::PhantomData;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::header;
+use axum::http::request::Parts;
+
+use super::{AuthError, Role, api_keys, sessions, tenants, tokens};
+use crate::app::AppState;
+use crate::audit::{Actor, Origin};
+use crate::http::middleware::REQUEST_ID_HEADER;
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub tenant_id: String,
+    pub actor: Actor,
+    /// A user's role; `None` for API keys.
+    pub role: Option<Role>,
+    pub platform_admin: bool,
+    /// An API key's scopes; empty for users.
+    pub scopes: Vec<String>,
+    /// The login session behind a user's access token.
+    pub session_id: Option<String>,
+    /// False for an admin who has not enrolled in MFA yet: such a session may only enrol.
+    pub mfa_satisfied: bool,
+    pub origin: Origin,
+    pub client_ip: Option<IpAddr>,
+}
+
+impl Principal {
+    pub fn user_id(&self) -> Option<&str> {
+        match &self.actor {
+            Actor::User(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// A requirement an endpoint places on its caller. Implemented by the zero-sized types below; the
+/// OpenAPI description of each operation names the one it uses.
+pub trait Permission: Send + Sync + 'static {
+    /// Lowest user role allowed; `None` means any signed-in user.
+    const MIN_ROLE: Option<Role>;
+    /// Scope an API key needs; `None` means API keys may not call the endpoint at all.
+    const SCOPE: Option<&'static str>;
+    /// Only platform admins.
+    const PLATFORM_ADMIN: bool = false;
+    /// Subject to the tenant's IP allow-list (admin operations).
+    const ADMIN_OPERATION: bool = false;
+    /// Usable by an admin who has not enrolled in MFA yet (the enrolment endpoints themselves).
+    const DURING_MFA_ENROLMENT: bool = false;
+}
+
+macro_rules! permission {
+    ($(#[$doc:meta])* $name:ident { $($item:tt)* }) => {
+        $(#[$doc])*
+        pub struct $name;
+        impl Permission for $name { $($item)* }
+    };
+}
+
+permission!(
+    /// Any signed-in user, about their own account.
+    SignedIn { const MIN_ROLE: Option<Role> = None; const SCOPE: Option<&'static str> = None; }
+);
+permission!(
+    /// MFA enrolment: any signed-in user, also before an admin has MFA.
+    MfaEnrolment {
+        const MIN_ROLE: Option<Role> = None;
+        const SCOPE: Option<&'static str> = None;
+        const DURING_MFA_ENROLMENT: bool = true;
+    }
+);
+permission!(
+    /// Platform administration (tenants).
+    PlatformAdmin {
+        const MIN_ROLE: Option<Role> = Some(Role::Admin);
+        const SCOPE: Option<&'static str> = None;
+        const PLATFORM_ADMIN: bool = true;
+        const ADMIN_OPERATION: bool = true;
+    }
+);
+permission!(
+    /// Reading the tenant's users.
+    ReadUsers { const MIN_ROLE: Option<Role> = Some(Role::Supervisor); const SCOPE: Option<&'static str> = Some("users:read"); }
+);
+permission!(
+    /// Managing the tenant's users and API keys.
+    TenantAdmin {
+        const MIN_ROLE: Option<Role> = Some(Role::Admin);
+        const SCOPE: Option<&'static str> = None;
+        const ADMIN_OPERATION: bool = true;
+    }
+);
+permission!(
+    /// Reading and exporting the audit log.
+    ReadAudit { const MIN_ROLE: Option<Role> = Some(Role::Supervisor); const SCOPE: Option<&'static str> = Some("audit:read"); }
+);
+
+/// Extracts the caller and enforces `P`. Rejections are 401 (who are you?) or 403 (not allowed).
+pub struct Authorized<P: Permission>(pub Principal, pub PhantomData<P>);
+
+impl<P: Permission> FromRequestParts<AppState> for Authorized<P> {
+    type Rejection = AuthError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let principal = authenticate(parts, state).await?;
+        authorize::<P>(&principal, state).await?;
+        Ok(Self(principal, PhantomData))
+    }
+}
+
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, AuthError> {
+    let origin = client_origin(parts, state);
+    let client_ip = origin.ip.as_deref().and_then(|ip| ip.parse().ok());
+    let token = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or(AuthError::MissingCredentials)?
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(AuthError::InvalidToken(
+            "expected `Authorization: Bearer <token>`",
+        ))?;
+
+    let principal = if token.starts_with(api_keys::KEY_PREFIX) {
+        let key = api_keys::authenticate(&state.store, token).await?;
+        Principal {
+            tenant_id: key.tenant_id,
+            actor: Actor::ApiKey(key.id.clone()),
+            role: None,
+            platform_admin: false,
+            scopes: key.scopes,
+            session_id: None,
+            mfa_satisfied: true,
+            origin,
+            client_ip,
+        }
+    } else {
+        let claims = tokens::decode_access(&state.secret_key, token)?;
+        let session = sessions::touch(state, &claims).await?;
+        Principal {
+            tenant_id: claims.tid,
+            actor: Actor::User(claims.sub),
+            role: Some(session.role),
+            platform_admin: session.platform_admin,
+            scopes: Vec::new(),
+            session_id: Some(claims.sid),
+            mfa_satisfied: session.mfa_satisfied,
+            origin,
+            client_ip,
+        }
+    };
+    let rate_key = match &principal.actor {
+        Actor::ApiKey(id) => format!("key:{id}"),
+        _ => format!("tenant:{}", principal.tenant_id),
+    };
+    state
+        .rate_limiter
+        .check(&rate_key, state.config.rate_limit_per_minute)
+        .await?;
+    if let Actor::ApiKey(_) = principal.actor {
+        // A key also counts against its tenant's budget.
+        state
+            .rate_limiter
+            .check(
+                &format!("tenant:{}", principal.tenant_id),
+                state.config.rate_limit_per_minute,
+            )
+            .await?;
+    }
+    Ok(principal)
+}
+
+async fn authorize<P: Permission>(
+    principal: &Principal,
+    state: &AppState,
+) -> Result<(), AuthError> {
+    match principal.role {
+        Some(role) => {
+            if !principal.mfa_satisfied && !P::DURING_MFA_ENROLMENT {
+                return Err(AuthError::MfaEnrolmentRequired);
+            }
+            if P::PLATFORM_ADMIN && !principal.platform_admin {
+                return Err(AuthError::Forbidden(
+                    "only platform administrators may do this",
+                ));
+            }
+            if let Some(min) = P::MIN_ROLE
+                && !principal.platform_admin
+                && role < min
+            {
+                return Err(AuthError::Forbidden("your role does not allow this"));
+            }
+        }
+        None => match P::SCOPE {
+            Some(scope) if principal.scopes.iter().any(|s| s == scope) => {}
+            Some(_) => {
+                return Err(AuthError::Forbidden(
+                    "this API key lacks the required scope",
+                ));
+            }
+            None => return Err(AuthError::Forbidden("API keys cannot use this endpoint")),
+        },
+    }
+    if P::ADMIN_OPERATION {
+        let allowed = tenants::ip_allowlist(&state.store, &principal.tenant_id).await?;
+        let permitted = allowed.is_empty()
+            || principal
+                .client_ip
+                .is_some_and(|ip| allowed.iter().any(|net| net.contains(&ip)));
+        if !permitted {
+            return Err(AuthError::Forbidden(
+                "admin operations are not allowed from this network",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Request ID and client address. `X-Forwarded-For` is believed only when the peer is a trusted
+/// proxy; then the right-most address that is not itself a trusted proxy is the client.
+pub fn client_origin(parts: &Parts, state: &AppState) -> Origin {
+    let request_id = parts
+        .headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let trusted = |ip: &IpAddr| {
+        state
+            .config
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(ip))
+    };
+    let ip = match peer {
+        Some(peer) if trusted(&peer) => {
+            let forwarded: Vec<IpAddr> = parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|s| s.trim().parse().ok())
+                .collect();
+            Some(
+                forwarded
+                    .into_iter()
+                    .rev()
+                    .find(|ip| !trusted(ip))
+                    .unwrap_or(peer),
+            )
+        }
+        other => other,
+    };
+    Origin {
+        request_id,
+        ip: ip.map(|ip| ip.to_string()),
+    }
+}
+
+/// The origin of an unauthenticated request (login, refresh), for throttling and the audit log.
+pub struct ClientOrigin(pub Origin);
+
+impl FromRequestParts<AppState> for ClientOrigin {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(client_origin(parts, state)))
+    }
+}
