@@ -53,7 +53,9 @@ impl ApiError {
 
     pub fn with_header(mut self, name: HeaderName, value: impl ToString) -> Self {
         if let Ok(value) = HeaderValue::from_str(&value.to_string()) {
-            self.headers.get_or_insert_with(Default::default).insert(name, value);
+            self.headers
+                .get_or_insert_with(Default::default)
+                .insert(name, value);
         }
         self
     }

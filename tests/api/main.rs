@@ -3,6 +3,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod audit;
+mod auth;
 mod errors;
 mod health;
 mod observability;

@@ -404,3 +404,34 @@ async fn sslmode_require_is_honoured() {
     let stderr = text(&out.stderr).to_lowercase();
     assert!(stderr.contains("tls") || stderr.contains("ssl"), "{stderr}");
 }
+
+on_both_backends! {
+    async fn admin_create_bootstraps_a_fresh_install_and_audit_verify_checks_it(backend) {
+        let Some(db) = TestDatabase::new(backend).await else { return };
+        let dir = db.dir.path();
+        let env = [("DATABASE_URL", db.url.as_str()), ("DOCKET_ADMIN_PASSWORD", "correct horse battery staple")];
+        let out = run(dir, &env, &["admin", "create", "--email", "Root@Example.test", "--tenant", "acme"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("created platform admin root@example.test in tenant acme (new tenant)"));
+
+        let out = run(dir, &env, &["admin", "create", "--email", "root@example.test", "--tenant", "acme"]);
+        assert_eq!(out.status.code(), Some(1), "duplicate email");
+        assert!(text(&out.stderr).contains("already exists"));
+        let short = [("DATABASE_URL", db.url.as_str()), ("DOCKET_ADMIN_PASSWORD", "short")];
+        let out = run(dir, &short, &["admin", "create", "--email", "second@example.test", "--tenant", "acme"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(text(&out.stderr).contains("at least 12 characters"));
+
+        let out = run(dir, &env, &["admin", "create", "--email", "second@example.test", "--tenant", "acme"]);
+        assert!(out.status.success());
+        assert!(text(&out.stdout).contains("created admin second@example.test in tenant acme\n"), "{}", text(&out.stdout));
+
+        let out = run(dir, &env, &["audit", "verify"]);
+        assert!(out.status.success(), "{}", text(&out.stdout));
+        assert!(text(&out.stdout).contains(": ok, 3 records"), "{}", text(&out.stdout));
+        let out = run(dir, &env, &["audit", "verify", "--tenant", "acme"]);
+        assert!(out.status.success());
+        let out = run(dir, &env, &["audit", "verify", "--tenant", "nope"]);
+        assert_eq!(out.status.code(), Some(1));
+    }
+}

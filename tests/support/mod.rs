@@ -466,3 +466,173 @@ impl Drop for TestApp {
 pub fn docket_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_docket"))
 }
+
+/// The password every test user gets.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// The current TOTP code for a base32 secret, `steps_ahead` 30-second steps in the future.
+pub fn totp_code(secret: &str, steps_ahead: u64) -> String {
+    let bytes = totp_rs::Secret::try_from_base32(secret).expect("base32 secret");
+    let totp = totp_rs::Builder::new()
+        .with_secret(bytes.as_bytes().to_vec())
+        .build()
+        .expect("totp");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    totp.generate(now + steps_ahead * 30).to_string()
+}
+
+/// A signed-in user of a test app.
+pub struct Login {
+    pub user_id: String,
+    pub tenant_id: String,
+    pub access_token: String,
+    pub refresh_token: String,
+    /// The TOTP secret, for admins (who must enrol).
+    pub totp_secret: Option<String>,
+}
+
+impl TestApp {
+    /// Creates a tenant (through the storage layer) and returns its id.
+    pub async fn create_tenant(&self, slug: &str) -> String {
+        let mut tx = self.state.store.begin().await.unwrap();
+        let tenant = docket::auth::tenants::insert(&mut tx, slug, slug, &[])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        tenant.id
+    }
+
+    /// Creates a user in the tenant `slug` (created when missing) and returns the user id.
+    pub async fn create_user(
+        &self,
+        slug: &str,
+        email: &str,
+        role: docket::auth::Role,
+        platform_admin: bool,
+    ) -> String {
+        let tenant_id = match docket::auth::tenants::find_by_slug(&self.state.store, slug)
+            .await
+            .unwrap()
+        {
+            Some(t) => t.id,
+            None => self.create_tenant(slug).await,
+        };
+        let mut tx = self.state.store.begin().await.unwrap();
+        let user = docket::auth::users::insert(
+            &mut tx,
+            docket::auth::users::NewUser {
+                tenant_id: &tenant_id,
+                email,
+                name: email,
+                role,
+                platform_admin,
+                password: PASSWORD,
+            },
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        user.id
+    }
+
+    /// `POST /auth/login`; returns status and body.
+    pub async fn login(&self, body: serde_json::Value) -> (reqwest::StatusCode, serde_json::Value) {
+        let response = self
+            .client
+            .post(self.url("/api/v1/auth/login"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap())
+    }
+
+    /// Creates a user with `role` and signs them in; admins are enrolled in MFA on the way, as they
+    /// must be before they can do anything else.
+    pub async fn sign_in(&self, slug: &str, email: &str, role: docket::auth::Role) -> Login {
+        self.sign_in_as(slug, email, role, false).await
+    }
+
+    pub async fn sign_in_as(
+        &self,
+        slug: &str,
+        email: &str,
+        role: docket::auth::Role,
+        platform_admin: bool,
+    ) -> Login {
+        let user_id = self.create_user(slug, email, role, platform_admin).await;
+        let (status, body) = self
+            .login(serde_json::json!({ "email": email, "password": PASSWORD }))
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+        let mut login = Login {
+            user_id,
+            tenant_id: String::new(),
+            access_token: body["access_token"].as_str().unwrap().to_owned(),
+            refresh_token: body["refresh_token"].as_str().unwrap().to_owned(),
+            totp_secret: None,
+        };
+        if body["mfa_enrolment_required"] == true {
+            let enrolment: serde_json::Value = self
+                .call(
+                    reqwest::Method::POST,
+                    "/api/v1/auth/mfa/enrol",
+                    &login.access_token,
+                    None,
+                )
+                .await
+                .1;
+            let secret = enrolment["secret"].as_str().unwrap().to_owned();
+            let code = totp_code(&secret, 0);
+            let (status, body) = self
+                .call(
+                    reqwest::Method::POST,
+                    "/api/v1/auth/mfa/confirm",
+                    &login.access_token,
+                    Some(serde_json::json!({ "code": code })),
+                )
+                .await;
+            assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+            login.totp_secret = Some(secret);
+        }
+        let me = self
+            .call(
+                reqwest::Method::GET,
+                "/api/v1/auth/me",
+                &login.access_token,
+                None,
+            )
+            .await
+            .1;
+        login.tenant_id = me["user"]["tenant_id"].as_str().unwrap().to_owned();
+        login
+    }
+
+    /// An authenticated request; returns status and JSON body (`null` when there is none).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut request = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+}

@@ -1,0 +1,501 @@
+use docket::app::Role as ProcessRole;
+use docket::auth::Role;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::on_both_backends;
+use crate::support::{PASSWORD, TestApp, totp_code};
+
+fn assert_error(body: &Value, code: &str) {
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+on_both_backends! {
+    async fn login_refresh_rotation_and_reuse_detection(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let login = app.sign_in("acme", "rita@acme.test", Role::Reviewer).await;
+        let (status, me) = app.call(Method::GET, "/api/v1/auth/me", &login.access_token, None).await;
+        assert_eq!(status, StatusCode::OK, "{me}");
+        assert_eq!(me["user"]["email"], "rita@acme.test");
+        assert_eq!(me["user"]["role"], "reviewer");
+
+        let refresh = |token: String| {
+            let app = &app;
+            async move {
+                let response = app.client.post(app.url("/api/v1/auth/refresh")).json(&json!({ "refresh_token": token })).send().await.unwrap();
+                let status = response.status();
+                (status, response.json::<Value>().await.unwrap())
+            }
+        };
+        let (status, second) = refresh(login.refresh_token.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{second}");
+        assert_ne!(second["refresh_token"], Value::from(login.refresh_token.clone()), "rotated");
+        let second_access = second["access_token"].as_str().unwrap().to_owned();
+        assert_eq!(app.call(Method::GET, "/api/v1/auth/me", &second_access, None).await.0, StatusCode::OK);
+
+        // Presenting the first (already used) refresh token again ends the whole session.
+        let (status, body) = refresh(login.refresh_token.clone()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_error(&body, "session_ended");
+        let (status, body) = app.call(Method::GET, "/api/v1/auth/me", &second_access, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_error(&body, "session_ended");
+        let (status, _) = refresh(second["refresh_token"].as_str().unwrap().to_owned()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "the rotated token died with its family");
+
+        let (status, body) = refresh("dr_unknown".to_owned()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_error(&body, "invalid_token");
+    }
+
+    async fn unknown_email_and_wrong_password_look_the_same(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        app.create_user("acme", "vera@acme.test", Role::Viewer, false).await;
+        let (s1, wrong_password) = app.login(json!({ "email": "vera@acme.test", "password": "not the password" })).await;
+        let (s2, unknown) = app.login(json!({ "email": "nobody@acme.test", "password": "not the password" })).await;
+        assert_eq!(s1, StatusCode::UNAUTHORIZED);
+        assert_eq!(s2, StatusCode::UNAUTHORIZED);
+        assert_eq!(wrong_password, unknown);
+        assert_error(&unknown, "invalid_credentials");
+        // Email is case-insensitive.
+        let (status, _) = app.login(json!({ "email": "VERA@acme.test", "password": PASSWORD })).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    async fn logout_and_session_revocation_end_access(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let first = app.sign_in("acme", "sam@acme.test", Role::Supervisor).await;
+        let (_, second) = app.login(json!({ "email": "sam@acme.test", "password": PASSWORD })).await;
+        let second_token = second["access_token"].as_str().unwrap().to_owned();
+
+        let (status, sessions) = app.call(Method::GET, "/api/v1/auth/sessions", &first.access_token, None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(sessions.as_array().unwrap().len(), 2, "{sessions}");
+
+        let (_, me) = app.call(Method::GET, "/api/v1/auth/me", &second_token, None).await;
+        let second_session = me["session_id"].as_str().unwrap().to_owned();
+        let (status, _) = app.call(Method::DELETE, &format!("/api/v1/auth/sessions/{second_session}"), &first.access_token, None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert_eq!(app.call(Method::GET, "/api/v1/auth/me", &second_token, None).await.0, StatusCode::UNAUTHORIZED);
+
+        let (status, _) = app.call(Method::POST, "/api/v1/auth/logout", &first.access_token, None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert_eq!(app.call(Method::GET, "/api/v1/auth/me", &first.access_token, None).await.0, StatusCode::UNAUTHORIZED);
+    }
+
+    async fn idle_sessions_end(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let login = app.sign_in("acme", "ida@acme.test", Role::Viewer).await;
+        let (_, me) = app.call(Method::GET, "/api/v1/auth/me", &login.access_token, None).await;
+        let session_id = me["session_id"].as_str().unwrap().to_owned();
+        // Pretend the session was last used two hours ago (SESSION_TIMEOUT_MINUTES is 30).
+        let two_hours_ago = chrono::Utc::now() - chrono::Duration::hours(2);
+        docket::with_pool!(&app.state.store, pool => {
+            sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2").bind(two_hours_ago).bind(&session_id).execute(pool).await.map(|_| ())
+        })
+        .unwrap();
+        let (status, body) = app.call(Method::GET, "/api/v1/auth/me", &login.access_token, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_error(&body, "session_ended");
+        let response = app.client.post(app.url("/api/v1/auth/refresh")).json(&json!({ "refresh_token": login.refresh_token })).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "refresh cannot revive an idle session");
+    }
+
+    async fn repeated_failures_lock_the_account(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        app.create_user("acme", "lou@acme.test", Role::Viewer, false).await;
+        for _ in 0..5 {
+            let (status, _) = app.login(json!({ "email": "lou@acme.test", "password": "wrong password!" })).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+        }
+        let response = app.client.post(app.url("/api/v1/auth/login")).json(&json!({ "email": "lou@acme.test", "password": PASSWORD })).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS, "locked even with the right password");
+        let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry_after), "{retry_after}");
+        let body: Value = response.json().await.unwrap();
+        assert_error(&body, "too_many_attempts");
+    }
+
+    async fn repeated_failures_from_one_address_are_throttled(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        for i in 0..20 {
+            let (status, _) = app.login(json!({ "email": format!("ghost{i}@acme.test"), "password": "whatever it is" })).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+        }
+        app.create_user("acme", "real@acme.test", Role::Viewer, false).await;
+        let (status, body) = app.login(json!({ "email": "real@acme.test", "password": PASSWORD })).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert_error(&body, "too_many_attempts");
+    }
+
+    async fn admins_must_enrol_in_mfa_and_use_it(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        app.create_user("acme", "ada@acme.test", Role::Admin, false).await;
+        let (status, login) = app.login(json!({ "email": "ada@acme.test", "password": PASSWORD })).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(login["mfa_enrolment_required"], true);
+        let token = login["access_token"].as_str().unwrap().to_owned();
+        let (status, body) = app.call(Method::GET, "/api/v1/users", &token, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_error(&body, "mfa_enrolment_required");
+
+        let (status, enrolment) = app.call(Method::POST, "/api/v1/auth/mfa/enrol", &token, None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(enrolment["otpauth_uri"].as_str().unwrap().starts_with("otpauth://totp/Docket:"));
+        let secret = enrolment["secret"].as_str().unwrap().to_owned();
+        let (status, body) = app.call(Method::POST, "/api/v1/auth/mfa/confirm", &token, Some(json!({ "code": "000000" }))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        let code = totp_code(&secret, 0);
+        let (status, codes) = app.call(Method::POST, "/api/v1/auth/mfa/confirm", &token, Some(json!({ "code": code }))).await;
+        assert_eq!(status, StatusCode::OK, "{codes}");
+        let recovery: Vec<String> = serde_json::from_value(codes["recovery_codes"].clone()).unwrap();
+        assert_eq!(recovery.len(), 10);
+        assert_eq!(app.call(Method::GET, "/api/v1/users", &token, None).await.0, StatusCode::OK);
+
+        let (status, body) = app.login(json!({ "email": "ada@acme.test", "password": PASSWORD })).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_error(&body, "mfa_required");
+        let (status, body) = app.login(json!({ "email": "ada@acme.test", "password": PASSWORD, "totp_code": code })).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "a code is accepted once");
+        assert_error(&body, "invalid_mfa_code");
+        let (status, body) = app.login(json!({ "email": "ada@acme.test", "password": PASSWORD, "totp_code": totp_code(&secret, 1) })).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["mfa_enrolment_required"], false);
+        let (status, _) = app.login(json!({ "email": "ada@acme.test", "password": PASSWORD, "recovery_code": recovery[0] })).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = app.login(json!({ "email": "ada@acme.test", "password": PASSWORD, "recovery_code": recovery[0] })).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "recovery codes work once");
+
+        let (status, _) = app.call(Method::POST, "/api/v1/auth/mfa/disable", &token, Some(json!({ "password": PASSWORD, "code": totp_code(&secret, 1) }))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "admins cannot turn MFA off");
+    }
+
+    async fn api_keys_carry_scopes(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let admin = app.sign_in("acme", "ada@acme.test", Role::Admin).await;
+        let (status, body) = app.call(Method::POST, "/api/v1/api-keys", &admin.access_token, Some(json!({ "name": "bot", "scopes": ["nope:read"] }))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(body["error"]["details"]["field"], "scopes");
+
+        let (status, created) = app.call(Method::POST, "/api/v1/api-keys", &admin.access_token, Some(json!({ "name": "bot", "scopes": ["users:read"] }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let secret = created["secret"].as_str().unwrap().to_owned();
+        assert!(secret.starts_with("dk_"));
+        let key_id = created["id"].as_str().unwrap().to_owned();
+
+        assert_eq!(app.call(Method::GET, "/api/v1/users", &secret, None).await.0, StatusCode::OK);
+        let (status, body) = app.call(Method::GET, "/api/v1/audit", &secret, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "lacks audit:read");
+        assert_error(&body, "forbidden");
+        let new_user = json!({ "email": "x@acme.test", "name": "X", "role": "viewer", "password": PASSWORD });
+        assert_eq!(app.call(Method::POST, "/api/v1/users", &secret, Some(new_user)).await.0, StatusCode::FORBIDDEN);
+
+        let (_, list) = app.call(Method::GET, "/api/v1/api-keys", &admin.access_token, None).await;
+        assert_eq!(list["items"].as_array().unwrap().len(), 1);
+        assert!(!list.to_string().contains(&secret), "the secret is shown once");
+
+        let (status, _) = app.call(Method::DELETE, &format!("/api/v1/api-keys/{key_id}"), &admin.access_token, None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let (status, body) = app.call(Method::GET, "/api/v1/users", &secret, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_error(&body, "invalid_token");
+
+        let past = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+        let (status, _) = app.call(Method::POST, "/api/v1/api-keys", &admin.access_token, Some(json!({ "name": "old", "scopes": ["users:read"], "expires_at": past }))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+
+    async fn roles_are_enforced_per_endpoint(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let platform = app.sign_in_as("acme", "root@acme.test", Role::Admin, true).await;
+        let admin = app.sign_in("acme", "ada@acme.test", Role::Admin).await;
+        let supervisor = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let reviewer = app.sign_in("acme", "rob@acme.test", Role::Reviewer).await;
+        let viewer = app.sign_in("acme", "val@acme.test", Role::Viewer).await;
+        let people = [("platform", &platform), ("admin", &admin), ("supervisor", &supervisor), ("reviewer", &reviewer), ("viewer", &viewer)];
+
+        // (method, path, body, who may) — everyone else gets 403.
+        let new_user = |n: usize| json!({ "email": format!("new{n}@acme.test"), "name": "New", "role": "viewer", "password": PASSWORD });
+        let matrix: Vec<(Method, &str, Option<Value>, &[&str])> = vec![
+            (Method::GET, "/api/v1/tenants", None, &["platform"]),
+            (Method::POST, "/api/v1/tenants", Some(json!({ "slug": "other", "name": "Other" })), &["platform"]),
+            (Method::GET, "/api/v1/users", None, &["platform", "admin", "supervisor"]),
+            (Method::POST, "/api/v1/users", Some(new_user(0)), &["platform", "admin"]),
+            (Method::GET, "/api/v1/api-keys", None, &["platform", "admin"]),
+            (Method::GET, "/api/v1/audit", None, &["platform", "admin", "supervisor"]),
+            (Method::GET, "/api/v1/audit/verify", None, &["platform", "admin", "supervisor"]),
+            (Method::GET, "/api/v1/auth/me", None, &["platform", "admin", "supervisor", "reviewer", "viewer"]),
+        ];
+        for (i, (method, path, body, allowed)) in matrix.into_iter().enumerate() {
+            for (who, login) in people {
+                let body = body.clone().map(|b| if path == "/api/v1/users" { new_user(i * 10 + who.len()) } else if path == "/api/v1/tenants" { json!({ "slug": format!("t-{who}"), "name": "T" }) } else { b });
+                let (status, response) = app.call(method.clone(), path, &login.access_token, body).await;
+                if allowed.contains(&who) {
+                    assert!(status.is_success(), "{who} {method} {path}: {status} {response}");
+                } else {
+                    assert_eq!(status, StatusCode::FORBIDDEN, "{who} {method} {path}: {response}");
+                    assert_error(&response, "forbidden");
+                }
+            }
+        }
+        let (status, _) = app.call(Method::GET, "/api/v1/users", "", None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "no token");
+    }
+
+    async fn tenants_cannot_see_each_other(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let a = app.sign_in("alpha", "ann@alpha.test", Role::Admin).await;
+        let b = app.sign_in("beta", "ben@beta.test", Role::Admin).await;
+        let b_viewer = app.create_user("beta", "bea@beta.test", Role::Viewer, false).await;
+        let (_, b_key) = app.call(Method::POST, "/api/v1/api-keys", &b.access_token, Some(json!({ "name": "k", "scopes": ["users:read"] }))).await;
+        let b_key_id = b_key["id"].as_str().unwrap();
+        let (_, b_me) = app.call(Method::GET, "/api/v1/auth/me", &b.access_token, None).await;
+        let b_session = b_me["session_id"].as_str().unwrap();
+
+        let (_, users) = app.call(Method::GET, "/api/v1/users", &a.access_token, None).await;
+        let emails: Vec<&str> = users["items"].as_array().unwrap().iter().map(|u| u["email"].as_str().unwrap()).collect();
+        assert_eq!(emails, ["ann@alpha.test"]);
+
+        let probes: Vec<(Method, String, Option<Value>)> = vec![
+            (Method::GET, format!("/api/v1/users/{b_viewer}"), None),
+            (Method::PATCH, format!("/api/v1/users/{b_viewer}"), Some(json!({ "name": "pwned" }))),
+            (Method::DELETE, format!("/api/v1/users/{b_viewer}"), None),
+            (Method::GET, format!("/api/v1/tenants/{}", b.tenant_id), None),
+            (Method::PATCH, format!("/api/v1/tenants/{}", b.tenant_id), Some(json!({ "name": "pwned" }))),
+            (Method::DELETE, format!("/api/v1/api-keys/{b_key_id}"), None),
+            (Method::DELETE, format!("/api/v1/auth/sessions/{b_session}"), None),
+        ];
+        for (method, path, body) in probes {
+            let (status, response) = app.call(method.clone(), &path, &a.access_token, body).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {response}");
+        }
+        // Nothing of B's changed.
+        let (_, viewer) = app.call(Method::GET, &format!("/api/v1/users/{b_viewer}"), &b.access_token, None).await;
+        assert_eq!(viewer["name"], "bea@beta.test");
+        assert_eq!(app.call(Method::GET, "/api/v1/auth/me", &b.access_token, None).await.0, StatusCode::OK);
+        let (_, audit) = app.call(Method::GET, "/api/v1/audit", &a.access_token, None).await;
+        let records = audit["items"].as_array().unwrap();
+        assert!(!records.is_empty());
+        assert!(records.iter().all(|r| r["tenant_id"] == a.tenant_id.as_str()));
+    }
+
+    async fn bad_tokens_are_401_with_the_error_shape(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let login = app.sign_in("acme", "tom@acme.test", Role::Viewer).await;
+        let claims: Value = {
+            let payload = login.access_token.split('.').nth(1).unwrap();
+            use base64::Engine;
+            serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+        };
+        let sign = |key: &str, exp: i64| {
+            let mut claims = claims.clone();
+            claims["exp"] = json!(exp);
+            jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &jsonwebtoken::EncodingKey::from_secret(key.as_bytes())).unwrap()
+        };
+        let key = app.state.secret_key.expose().to_owned();
+        let now = chrono::Utc::now().timestamp();
+        let alg_none = {
+            use base64::Engine;
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            format!("{}.{}.", b64.encode(r#"{"alg":"none","typ":"JWT"}"#), b64.encode(claims.to_string()))
+        };
+        let cases = [
+            ("garbage", "not-a-token".to_owned()),
+            ("expired", sign(&key, now - 10)),
+            ("wrong signature", sign("another-key-another-key-another-key", now + 600)),
+            ("alg none", alg_none),
+            ("unknown key", "dk_0000".to_owned()),
+        ];
+        for (what, token) in cases {
+            let (status, body) = app.call(Method::GET, "/api/v1/auth/me", &token, None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}");
+            assert_error(&body, "invalid_token");
+        }
+        assert_eq!(app.call(Method::GET, "/api/v1/auth/me", &sign(&key, now + 600), None).await.0, StatusCode::OK, "control");
+        let response = app.client.get(app.url("/api/v1/auth/me")).header("authorization", "Basic abc").send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    }
+
+    async fn bad_input_is_rejected_and_changes_nothing(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let admin = app.sign_in("acme", "ada@acme.test", Role::Admin).await;
+        let cases = [
+            (json!({ "email": "a@acme.test", "name": "A", "role": "viewer", "password": "short" }), "password"),
+            (json!({ "email": "not-an-email", "name": "A", "role": "viewer", "password": PASSWORD }), "email"),
+        ];
+        for (body, field) in cases {
+            let (status, response) = app.call(Method::POST, "/api/v1/users", &admin.access_token, Some(body)).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{response}");
+            assert_eq!(response["error"]["details"]["field"], field);
+        }
+        let (status, response) = app.call(Method::POST, "/api/v1/users", &admin.access_token, Some(json!({ "email": "a@acme.test", "role": "emperor" }))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{response}");
+        let response = app.client.post(app.url("/api/v1/users")).bearer_auth(&admin.access_token).header("content-type", "application/json").body("{oops").send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body: Value = response.json().await.unwrap();
+        assert_error(&body, "malformed_json");
+        let (_, users) = app.call(Method::GET, "/api/v1/users", &admin.access_token, None).await;
+        assert_eq!(users["items"].as_array().unwrap().len(), 1, "nothing was created");
+
+        let (status, _) = app.call(Method::POST, "/api/v1/users", &admin.access_token, Some(json!({ "email": "ADA@acme.test", "name": "Dup", "role": "viewer", "password": PASSWORD }))).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        let (status, _) = app.call(Method::PATCH, &format!("/api/v1/users/{}", admin.user_id), &admin.access_token, Some(json!({ "status": "disabled" }))).await;
+        assert_eq!(status, StatusCode::CONFLICT, "admins cannot lock themselves out");
+    }
+
+    async fn users_lifecycle(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let admin = app.sign_in("acme", "ada@acme.test", Role::Admin).await;
+        let (status, created) = app.call(Method::POST, "/api/v1/users", &admin.access_token, Some(json!({ "email": "New@Acme.test", "name": "Newt", "role": "reviewer", "password": PASSWORD }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        assert_eq!(created["email"], "new@acme.test");
+        assert!(created.get("password_hash").is_none());
+        let id = created["id"].as_str().unwrap().to_owned();
+
+        let (status, login) = app.login(json!({ "email": "new@acme.test", "password": PASSWORD })).await;
+        assert_eq!(status, StatusCode::OK);
+        let token = login["access_token"].as_str().unwrap().to_owned();
+        let new_password = "an even better passphrase";
+        let (status, _) = app.call(Method::POST, "/api/v1/users/me/password", &token, Some(json!({ "current_password": "wrong one here", "new_password": new_password }))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        let (status, _) = app.call(Method::POST, "/api/v1/users/me/password", &token, Some(json!({ "current_password": PASSWORD, "new_password": new_password }))).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert_eq!(app.login(json!({ "email": "new@acme.test", "password": new_password })).await.0, StatusCode::OK);
+
+        let (status, updated) = app.call(Method::PATCH, &format!("/api/v1/users/{id}"), &admin.access_token, Some(json!({ "role": "supervisor", "status": "disabled" }))).await;
+        assert_eq!(status, StatusCode::OK, "{updated}");
+        assert_eq!(updated["role"], "supervisor");
+        assert_eq!(app.call(Method::GET, "/api/v1/auth/me", &token, None).await.0, StatusCode::UNAUTHORIZED, "disabling ends sessions");
+        let (status, body) = app.login(json!({ "email": "new@acme.test", "password": new_password })).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_error(&body, "account_disabled");
+
+        let (status, _) = app.call(Method::DELETE, &format!("/api/v1/users/{id}"), &admin.access_token, None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert_eq!(app.call(Method::GET, &format!("/api/v1/users/{id}"), &admin.access_token, None).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(app.login(json!({ "email": "new@acme.test", "password": new_password })).await.0, StatusCode::UNAUTHORIZED);
+    }
+
+    async fn tenants_are_managed_by_platform_admins(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let root = app.sign_in_as("platform", "root@platform.test", Role::Admin, true).await;
+        let (status, tenant) = app.call(Method::POST, "/api/v1/tenants", &root.access_token, Some(json!({ "slug": "globex", "name": "Globex" }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{tenant}");
+        let id = tenant["id"].as_str().unwrap().to_owned();
+        let (status, _) = app.call(Method::POST, "/api/v1/tenants", &root.access_token, Some(json!({ "slug": "globex", "name": "Again" }))).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        let (status, body) = app.call(Method::POST, "/api/v1/tenants", &root.access_token, Some(json!({ "slug": "Bad Slug", "name": "x" }))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(body["error"]["details"]["field"], "slug");
+
+        let (status, page) = app.call(Method::GET, "/api/v1/tenants?limit=1", &root.access_token, None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(page["items"].as_array().unwrap().len(), 1);
+        let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+        let (_, next) = app.call(Method::GET, &format!("/api/v1/tenants?limit=1&cursor={cursor}"), &root.access_token, None).await;
+        assert_eq!(next["items"].as_array().unwrap().len(), 1);
+        assert_ne!(next["items"][0]["id"], page["items"][0]["id"]);
+
+        let (status, updated) = app.call(Method::PATCH, &format!("/api/v1/tenants/{id}"), &root.access_token, Some(json!({ "status": "suspended" }))).await;
+        assert_eq!(status, StatusCode::OK, "{updated}");
+        assert_eq!(updated["status"], "suspended");
+    }
+}
+
+on_both_backends! {
+    async fn admin_operations_respect_the_ip_allowlist(backend) {
+        let overrides = [("TRUSTED_PROXIES", "127.0.0.1")];
+        let Some(app) = TestApp::spawn_with(backend, ProcessRole::All, &overrides).await else { return };
+        let admin = app.sign_in("acme", "ada@acme.test", Role::Admin).await;
+        let (status, body) = app.call(Method::PATCH, &format!("/api/v1/tenants/{}", admin.tenant_id), &admin.access_token, Some(json!({ "ip_allowlist": ["10.0.0.0/8"] }))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+
+        // Direct from 127.0.0.1 (not in the list): refused. Through the trusted proxy for 10.1.2.3: allowed.
+        let (status, body) = app.call(Method::GET, "/api/v1/api-keys", &admin.access_token, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        let via_proxy = |ip: &'static str| {
+            app.client.get(app.url("/api/v1/api-keys")).bearer_auth(&admin.access_token).header("x-forwarded-for", ip).send()
+        };
+        assert_eq!(via_proxy("10.1.2.3").await.unwrap().status(), StatusCode::OK);
+        assert_eq!(via_proxy("192.168.0.9").await.unwrap().status(), StatusCode::FORBIDDEN);
+        // Non-admin operations are not restricted by the list.
+        assert_eq!(app.call(Method::GET, "/api/v1/auth/me", &admin.access_token, None).await.0, StatusCode::OK);
+    }
+
+    async fn forwarded_for_is_ignored_from_untrusted_peers(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let admin = app.sign_in("acme", "ada@acme.test", Role::Admin).await;
+        let (status, _) = app.call(Method::PATCH, &format!("/api/v1/tenants/{}", admin.tenant_id), &admin.access_token, Some(json!({ "ip_allowlist": ["10.0.0.0/8"] }))).await;
+        assert_eq!(status, StatusCode::OK);
+        let response = app.client.get(app.url("/api/v1/api-keys")).bearer_auth(&admin.access_token).header("x-forwarded-for", "10.1.2.3").send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    }
+
+    async fn rate_limits_per_tenant_in_process(backend) {
+        let Some(app) = TestApp::spawn_with(backend, ProcessRole::All, &[("RATE_LIMIT_PER_MINUTE", "10")]).await else { return };
+        let user = app.sign_in("acme", "val@acme.test", Role::Viewer).await;
+        let mut statuses = Vec::new();
+        let mut limited = None;
+        for _ in 0..14 {
+            let response = app.client.get(app.url("/api/v1/auth/me")).bearer_auth(&user.access_token).send().await.unwrap();
+            statuses.push(response.status());
+            if response.status() == StatusCode::TOO_MANY_REQUESTS && limited.is_none() {
+                limited = Some(response);
+            }
+        }
+        // sign_in itself made one authenticated request.
+        assert!(statuses[..9].iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+        let limited = limited.expect("the limit applies");
+        assert!(limited.headers().contains_key("retry-after"));
+        assert_eq!(limited.headers()["x-ratelimit-limit"], "10");
+        let body: Value = limited.json().await.unwrap();
+        assert_error(&body, "rate_limited");
+        // Another tenant has its own budget.
+        let other = app.sign_in("globex", "gil@globex.test", Role::Viewer).await;
+        assert_eq!(app.call(Method::GET, "/api/v1/auth/me", &other.access_token, None).await.0, StatusCode::OK);
+    }
+
+    async fn rate_limits_are_shared_through_redis(backend) {
+        let Some(redis) = crate::support::shared_redis() else { return };
+        let url = redis.url();
+        // A unique rate: the Redis keys are per tenant id anyway, but keep the runs apart.
+        let overrides = [("RATE_LIMIT_PER_MINUTE", "10"), ("REDIS_URL", url.as_str())];
+        let Some(first) = TestApp::spawn_with(backend, ProcessRole::Api, &overrides).await else { return };
+        let user = first.sign_in("acme", "val@acme.test", Role::Viewer).await;
+        // A second API replica on the same database and Redis.
+        let second_state = docket::app::AppState::initialise(first.state.config.as_ref().clone()).await.unwrap();
+        let second_router = docket::http::router(second_state.clone(), ProcessRole::Api);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let second_url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(docket::app::Server::new(second_state.clone(), ProcessRole::Api, listener, second_router).run());
+
+        let mut statuses = Vec::new();
+        for i in 0..14 {
+            let base = if i % 2 == 0 { first.base.clone() } else { second_url.clone() };
+            let response = first.client.get(format!("{base}/api/v1/auth/me")).bearer_auth(&user.access_token).send().await.unwrap();
+            statuses.push(response.status());
+        }
+        assert!(statuses[..9].iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+        assert!(statuses.contains(&StatusCode::TOO_MANY_REQUESTS), "the budget is shared: {statuses:?}");
+        second_state.shutdown.cancel();
+    }
+
+    async fn responses_carry_security_headers(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let response = app.get("/api/v1/health").await;
+        let headers = response.headers();
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert_eq!(headers["x-frame-options"], "DENY");
+        assert!(headers["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+        assert!(headers.get("strict-transport-security").is_none(), "HSTS only in production");
+        let docs = app.get("/docs").await;
+        assert!(docs.headers()["content-security-policy"].to_str().unwrap().contains("cdn.jsdelivr.net"));
+    }
+}
