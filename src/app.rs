@@ -14,7 +14,9 @@ use crate::auth::rate_limit::RateLimiter;
 use crate::config::{Config, Secret};
 use crate::nodes::{self, Node};
 use crate::store::{Store, StoreError};
-use crate::{http, telemetry};
+use crate::{audit, http, telemetry};
+
+const AUDIT_PURGE_INTERVAL: Duration = Duration::from_secs(60 * 60);
 
 /// Heartbeats older than this mark a process as gone; its registry row is then pruned.
 const NODE_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
@@ -38,6 +40,11 @@ impl Role {
             Self::Worker => "worker",
             Self::Scheduler => "scheduler",
         }
+    }
+
+    /// Whether this process runs periodic maintenance (audit retention); the scheduler's job.
+    pub fn runs_maintenance(self) -> bool {
+        matches!(self, Self::All | Self::Scheduler)
     }
 
     /// Whether this process serves the public API (the others serve only health and metrics).
@@ -193,6 +200,9 @@ impl Server {
             node.clone(),
             shutdown.clone(),
         ));
+        let retention = role
+            .runs_maintenance()
+            .then(|| tokio::spawn(audit_retention_loop(state.clone())));
 
         tracing::info!(
             role = role.as_str(),
@@ -215,12 +225,34 @@ impl Server {
             }
         };
         heartbeat.abort();
+        if let Some(retention) = retention {
+            retention.abort();
+        }
         if let Err(e) = nodes::deregister(&state.store, &node.id).await {
             tracing::warn!(error = %e, "cannot deregister this process");
         }
         state.store.close().await;
         tracing::info!("docket stopped");
         result
+    }
+}
+
+/// Purges audit records past `AUDIT_RETENTION_DAYS`, hourly. Concurrent purges from several
+/// schedulers are harmless: they delete the same expired rows.
+async fn audit_retention_loop(state: AppState) {
+    let mut ticker = tokio::time::interval(AUDIT_PURGE_INTERVAL);
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match audit::purge_expired(&state.store, state.config.audit_retention_days, Utc::now())
+            .await
+        {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "expired audit records purged"),
+            Err(e) => tracing::warn!(error = %e, "audit retention purge failed"),
+        }
     }
 }
 

@@ -99,8 +99,18 @@ CREATE TABLE audit_log (
 );
 CREATE INDEX audit_log_time ON audit_log (tenant_id, occurred_at);
 
+-- Records older than the cutoff (set by the retention purge) may be deleted; nothing younger.
+CREATE TABLE audit_retention (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    cutoff  TIMESTAMPTZ
+);
+INSERT INTO audit_retention (id, cutoff) VALUES (1, NULL);
+
 CREATE FUNCTION audit_log_append_only() RETURNS trigger AS $$
 BEGIN
+    IF TG_OP = 'DELETE' AND OLD.occurred_at < (SELECT cutoff FROM audit_retention WHERE id = 1) THEN
+        RETURN OLD;
+    END IF;
     RAISE EXCEPTION 'audit_log is append-only';
 END
 $$ LANGUAGE plpgsql;

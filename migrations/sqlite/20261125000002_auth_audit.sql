@@ -103,7 +103,15 @@ CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
 BEGIN
     SELECT RAISE(ABORT, 'audit_log is append-only');
 END;
+-- Records older than the cutoff (set by the retention purge) may be deleted; nothing younger.
+CREATE TABLE audit_retention (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    cutoff  TEXT
+);
+INSERT INTO audit_retention (id, cutoff) VALUES (1, NULL);
+
 CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+WHEN OLD.occurred_at >= COALESCE((SELECT cutoff FROM audit_retention WHERE id = 1), '')
 BEGIN
     SELECT RAISE(ABORT, 'audit_log is append-only');
 END;

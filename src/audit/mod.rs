@@ -188,6 +188,30 @@ pub async fn append_alone(store: &Store, event: Event<'_>) -> Result<Record, sql
     Ok(record)
 }
 
+/// Removes records older than `retention_days` before `now` (the retention period; default seven
+/// years). The database triggers allow deleting only records older than the cutoff recorded here,
+/// so nothing younger can be removed by this or any other statement. Returns the number removed.
+pub async fn purge_expired(
+    store: &Store,
+    retention_days: u32,
+    now: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    let cutoff = now - chrono::Duration::days(i64::from(retention_days));
+    let mut tx = store.begin().await?;
+    with_tx!(&mut tx, conn => {
+        sqlx::query("UPDATE audit_retention SET cutoff = $1 WHERE id = 1").bind(cutoff).execute(conn).await.map(|_| ())
+    })?;
+    let removed = with_tx!(&mut tx, conn => {
+        sqlx::query("DELETE FROM audit_log WHERE occurred_at < $1")
+            .bind(cutoff)
+            .execute(conn)
+            .await
+            .map(|done| done.rows_affected())
+    })?;
+    tx.commit().await?;
+    Ok(removed)
+}
+
 /// The outcome of checking one tenant's chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Verification {

@@ -5,22 +5,38 @@ use serde_json::{Value, json};
 use crate::on_both_backends;
 use crate::support::{PASSWORD, TestApp};
 
-/// Changes a stored audit record behind Docket's back, as an attacker with database access would
-/// (the append-only triggers have to be bypassed for that).
-async fn tamper(app: &TestApp, tenant_id: &str, seq: i64) {
+/// Runs `statements` (each binding the tenant id as `$1`) against the audit log behind Docket's
+/// back, as an attacker with database access would: the append-only triggers are bypassed.
+async fn tamper(app: &TestApp, statements: &[&'static str], tenant_id: &str) {
     match &app.state.store {
         docket::store::Store::Sqlite(pool) => {
-            let mut conn = pool.acquire().await.unwrap();
-            sqlx::query("DROP TRIGGER audit_log_no_update")
-                .execute(&mut *conn)
-                .await
-                .unwrap();
-            sqlx::query("UPDATE audit_log SET summary = '{\"forged\":true}' WHERE tenant_id = $1 AND seq = $2")
-                .bind(tenant_id)
-                .bind(seq)
-                .execute(&mut *conn)
-                .await
-                .unwrap();
+            // SQLite DDL is transactional: drop the triggers, tamper, put them back, commit.
+            let mut tx = pool.begin().await.unwrap();
+            let triggers: Vec<(String, String)> =
+                sqlx::query_as("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_log'")
+                    .fetch_all(&mut *tx)
+                    .await
+                    .unwrap();
+            for (name, _) in &triggers {
+                sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER {name}")))
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+            }
+            for sql in statements {
+                sqlx::query(*sql)
+                    .bind(tenant_id)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+            }
+            for (_, create) in triggers {
+                sqlx::query(sqlx::AssertSqlSafe(create))
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+            }
+            tx.commit().await.unwrap();
         }
         docket::store::Store::Postgres(pool) => {
             let mut tx = pool.begin().await.unwrap();
@@ -28,15 +44,40 @@ async fn tamper(app: &TestApp, tenant_id: &str, seq: i64) {
                 .execute(&mut *tx)
                 .await
                 .unwrap();
-            sqlx::query("UPDATE audit_log SET summary = '{\"forged\":true}' WHERE tenant_id = $1 AND seq = $2")
-                .bind(tenant_id)
-                .bind(seq)
-                .execute(&mut *tx)
-                .await
-                .unwrap();
+            for sql in statements {
+                sqlx::query(*sql)
+                    .bind(tenant_id)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+            }
             tx.commit().await.unwrap();
         }
     }
+}
+
+async fn verify(app: &TestApp, token: &str) -> Value {
+    let (status, report) = app
+        .call(Method::GET, "/api/v1/audit/verify", token, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    report
+}
+
+/// A signed-in admin and a few more audit records (seq 1.. at least 6).
+async fn audited_tenant(app: &TestApp) -> crate::support::Login {
+    let admin = app.sign_in("acme", "ada@acme.test", Role::Admin).await;
+    for i in 0..3 {
+        let body = json!({ "email": format!("u{i}@acme.test"), "name": "U", "role": "viewer", "password": PASSWORD });
+        app.call(
+            Method::POST,
+            "/api/v1/users",
+            &admin.access_token,
+            Some(body),
+        )
+        .await;
+    }
+    admin
 }
 
 on_both_backends! {
@@ -66,6 +107,16 @@ on_both_backends! {
         assert_eq!(summary["after"]["email"], "new@acme.test");
         assert!(!record["summary"].as_str().unwrap().contains(PASSWORD), "no secrets in the log");
 
+        let (_, by_target) = app.call(Method::GET, &format!("/api/v1/audit?target_type=user&actor_id={}", admin.user_id), &admin.access_token, None).await;
+        assert!(by_target["items"].as_array().unwrap().iter().all(|r| r["target_type"] == "user" && r["actor_id"] == admin.user_id.as_str()));
+        assert!(!by_target["items"].as_array().unwrap().is_empty());
+        let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339().replace('+', "%2B");
+        let (_, none) = app.call(Method::GET, &format!("/api/v1/audit?since={future}"), &admin.access_token, None).await;
+        assert_eq!(none["items"], json!([]));
+        let past = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339().replace('+', "%2B");
+        let (_, recent) = app.call(Method::GET, &format!("/api/v1/audit?since={past}&limit=500"), &admin.access_token, None).await;
+        assert!(!recent["items"].as_array().unwrap().is_empty());
+
         let (_, all) = app.call(Method::GET, "/api/v1/audit?limit=500", &admin.access_token, None).await;
         let actions: Vec<&str> = all["items"].as_array().unwrap().iter().map(|r| r["action"].as_str().unwrap()).collect();
         for expected in ["auth.login", "user.mfa_enable", "user.create", "auth.login_failed"] {
@@ -78,23 +129,61 @@ on_both_backends! {
         assert!(next["items"][0]["seq"].as_i64().unwrap() < page["items"][1]["seq"].as_i64().unwrap());
     }
 
-    async fn verification_catches_a_tampered_record(backend) {
+    async fn verification_catches_a_changed_record(backend) {
         let Some(app) = TestApp::spawn(backend).await else { return };
-        let admin = app.sign_in("acme", "ada@acme.test", Role::Admin).await;
-        for i in 0..3 {
-            app.call(Method::POST, "/api/v1/users", &admin.access_token, Some(json!({ "email": format!("u{i}@acme.test"), "name": "U", "role": "viewer", "password": PASSWORD }))).await;
-        }
-        let (status, report) = app.call(Method::GET, "/api/v1/audit/verify", &admin.access_token, None).await;
-        assert_eq!(status, StatusCode::OK);
+        let admin = audited_tenant(&app).await;
+        let report = verify(&app, &admin.access_token).await;
         assert_eq!(report["valid"], true, "{report}");
-        let records = report["records"].as_u64().unwrap();
-        assert!(records >= 5, "{report}");
+        assert!(report["records"].as_u64().unwrap() >= 5, "{report}");
+        assert_eq!(report["head_hash"].as_str().unwrap().len(), 64);
 
-        tamper(&app, &admin.tenant_id, 2).await;
-        let (_, report) = app.call(Method::GET, "/api/v1/audit/verify", &admin.access_token, None).await;
+        tamper(&app, &["UPDATE audit_log SET summary = '{\"forged\":true}' WHERE tenant_id = $1 AND seq = 2"], &admin.tenant_id).await;
+        let report = verify(&app, &admin.access_token).await;
         assert_eq!(report["valid"], false, "{report}");
         assert_eq!(report["first_invalid_seq"], 2);
-        assert!(report["problem"].as_str().unwrap().contains("changed"));
+        assert!(report["problem"].as_str().unwrap().contains("changed"), "{report}");
+    }
+
+    async fn verification_catches_a_removed_record(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let admin = audited_tenant(&app).await;
+        tamper(&app, &["DELETE FROM audit_log WHERE tenant_id = $1 AND seq = 3"], &admin.tenant_id).await;
+        let report = verify(&app, &admin.access_token).await;
+        assert_eq!(report["valid"], false, "{report}");
+        assert_eq!(report["first_invalid_seq"], 4);
+        assert!(report["problem"].as_str().unwrap().contains("missing"), "{report}");
+    }
+
+    async fn verification_catches_reordered_records(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let admin = audited_tenant(&app).await;
+        // Swap the contents of records 3 and 4 by swapping their sequence numbers.
+        tamper(
+            &app,
+            &[
+                "UPDATE audit_log SET seq = -3 WHERE tenant_id = $1 AND seq = 3",
+                "UPDATE audit_log SET seq = 3 WHERE tenant_id = $1 AND seq = 4",
+                "UPDATE audit_log SET seq = 4 WHERE tenant_id = $1 AND seq = -3",
+            ],
+            &admin.tenant_id,
+        )
+        .await;
+        let report = verify(&app, &admin.access_token).await;
+        assert_eq!(report["valid"], false, "{report}");
+        assert_eq!(report["first_invalid_seq"], 3);
+    }
+
+    async fn retention_removes_only_expired_records(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let admin = audited_tenant(&app).await;
+        let before = verify(&app, &admin.access_token).await["records"].as_u64().unwrap();
+        let now = chrono::Utc::now();
+        assert_eq!(docket::audit::purge_expired(&app.state.store, 2555, now).await.unwrap(), 0, "nothing is old enough");
+        assert_eq!(docket::audit::purge_expired(&app.state.store, 1, now).await.unwrap(), 0, "a day is not over");
+        assert_eq!(verify(&app, &admin.access_token).await["records"].as_u64().unwrap(), before);
+        // Ten days from now, with a seven-day retention, every record so far has expired.
+        let removed = docket::audit::purge_expired(&app.state.store, 7, now + chrono::Duration::days(10)).await.unwrap();
+        assert!(removed >= before, "{removed} < {before}");
     }
 
     async fn the_log_refuses_updates_and_deletes(backend) {

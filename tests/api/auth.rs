@@ -497,5 +497,11 @@ on_both_backends! {
         assert!(headers.get("strict-transport-security").is_none(), "HSTS only in production");
         let docs = app.get("/docs").await;
         assert!(docs.headers()["content-security-policy"].to_str().unwrap().contains("cdn.jsdelivr.net"));
+
+        let key = "p".repeat(40);
+        let production = [("ENVIRONMENT", "production"), ("SECRET_KEY", key.as_str()), ("AUTO_MIGRATE", "true")];
+        let Some(app) = TestApp::spawn_with(backend, ProcessRole::Api, &production).await else { return };
+        let response = app.get("/api/v1/health").await;
+        assert!(response.headers()["strict-transport-security"].to_str().unwrap().starts_with("max-age="));
     }
 }
