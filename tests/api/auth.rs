@@ -206,6 +206,18 @@ on_both_backends! {
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_error(&body, "invalid_token");
 
+        let (_, expiring) = app.call(Method::POST, "/api/v1/api-keys", &admin.access_token, Some(json!({ "name": "temp", "scopes": ["users:read"], "expires_at": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339() }))).await;
+        let expiring_secret = expiring["secret"].as_str().unwrap().to_owned();
+        assert_eq!(app.call(Method::GET, "/api/v1/users", &expiring_secret, None).await.0, StatusCode::OK);
+        let an_hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+        docket::with_pool!(&app.state.store, pool => {
+            sqlx::query("UPDATE api_keys SET expires_at = $1 WHERE id = $2").bind(an_hour_ago).bind(expiring["id"].as_str().unwrap()).execute(pool).await.map(|_| ())
+        })
+        .unwrap();
+        let (status, body) = app.call(Method::GET, "/api/v1/users", &expiring_secret, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "expired keys stop working");
+        assert!(body["error"]["message"].as_str().unwrap().contains("expired"));
+
         let past = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
         let (status, _) = app.call(Method::POST, "/api/v1/api-keys", &admin.access_token, Some(json!({ "name": "old", "scopes": ["users:read"], "expires_at": past }))).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
