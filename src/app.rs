@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::rate_limit::RateLimiter;
 use crate::config::{Config, Secret};
 use crate::nodes::{self, Node};
+use crate::queue::worker::{Registry, Worker};
+use crate::queue::{self, Queue};
 use crate::store::{Store, StoreError};
 use crate::{audit, http, telemetry};
 
@@ -40,6 +42,11 @@ impl Role {
             Self::Worker => "worker",
             Self::Scheduler => "scheduler",
         }
+    }
+
+    /// Whether this process executes queued jobs.
+    pub fn runs_worker(self) -> bool {
+        matches!(self, Self::All | Self::Worker)
     }
 
     /// Whether this process runs periodic maintenance (audit retention); the scheduler's job.
@@ -81,6 +88,9 @@ pub struct AppState {
     pub redis: Option<redis::Client>,
     pub secret_key: Secret,
     pub metrics: PrometheusHandle,
+    pub queue: Queue,
+    /// Job handlers by kind, for this process's worker.
+    pub job_handlers: Arc<Registry>,
     /// Per-tenant and per-key request limits and login failure counters (Redis when configured).
     pub rate_limiter: Arc<RateLimiter>,
     /// Cancelled when the process begins shutting down; readiness reports 503 from then on.
@@ -135,7 +145,10 @@ impl AppState {
             Some(client) => RateLimiter::redis(client.clone()),
             None => RateLimiter::in_process(),
         });
+        let queue = Queue::new(store.clone(), queue::Settings::from_config(&config));
         Ok(Self {
+            queue,
+            job_handlers: Arc::new(Registry::builtin()),
             config: Arc::new(config),
             store,
             redis,
@@ -200,6 +213,14 @@ impl Server {
             node.clone(),
             shutdown.clone(),
         ));
+        let worker = role.runs_worker().then(|| {
+            let worker = Worker::new(
+                state.queue.clone(),
+                state.job_handlers.clone(),
+                node.id.clone(),
+            );
+            tokio::spawn(worker.run(shutdown.clone(), grace))
+        });
         let retention = role
             .runs_maintenance()
             .then(|| tokio::spawn(audit_retention_loop(state.clone())));
@@ -224,6 +245,10 @@ impl Server {
                 Ok(())
             }
         };
+        if let Some(worker) = worker {
+            // The worker drains on its own within the grace period, then hands back what is left.
+            let _ = worker.await;
+        }
         heartbeat.abort();
         if let Some(retention) = retention {
             retention.abort();

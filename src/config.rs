@@ -80,6 +80,16 @@ pub struct Config {
     /// Proxies whose `X-Forwarded-For` is believed; requests from anywhere else use the peer address.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub audit_retention_days: u32,
+    /// How long a claimed job stays leased without a heartbeat before another worker may take it.
+    pub worker_lease: Duration,
+    /// Fallback poll interval when no wake-up notification arrives.
+    pub worker_poll_interval: Duration,
+    /// Upper bound of the retry backoff.
+    pub worker_backoff_max_delay: Duration,
+    /// Retries after the first attempt, unless a job says otherwise.
+    pub worker_max_retries: u32,
+    /// Jobs one worker process runs at once.
+    pub worker_concurrency: u32,
 }
 
 /// A configuration problem, always tied to the variable that caused it.
@@ -243,6 +253,22 @@ impl Config {
         };
         let audit_retention_days =
             positive::<u32>("AUDIT_RETENTION_DAYS", get("AUDIT_RETENTION_DAYS"), 2555)?;
+        let worker_lease = Duration::from_secs(positive::<u64>(
+            "WORKER_LEASE_SECONDS",
+            get("WORKER_LEASE_SECONDS"),
+            60,
+        )?);
+        let worker_poll_interval =
+            seconds("WORKER_POLL_INTERVAL", get("WORKER_POLL_INTERVAL"), 0.5)?;
+        let worker_backoff_max_delay = seconds(
+            "WORKER_BACKOFF_MAX_DELAY",
+            get("WORKER_BACKOFF_MAX_DELAY"),
+            60.0,
+        )?;
+        let worker_max_retries =
+            parse_number::<u32>("WORKER_MAX_RETRIES", get("WORKER_MAX_RETRIES"), 3)?;
+        let worker_concurrency =
+            positive::<u32>("WORKER_CONCURRENCY", get("WORKER_CONCURRENCY"), 8)?;
 
         Ok(Self {
             environment,
@@ -270,6 +296,11 @@ impl Config {
             rate_limit_per_minute,
             trusted_proxies,
             audit_retention_days,
+            worker_lease,
+            worker_poll_interval,
+            worker_backoff_max_delay,
+            worker_max_retries,
+            worker_concurrency,
         })
     }
 
@@ -343,6 +374,17 @@ impl Config {
                     .join(",")
             ),
             format!("AUDIT_RETENTION_DAYS={}", self.audit_retention_days),
+            format!("WORKER_LEASE_SECONDS={}", self.worker_lease.as_secs()),
+            format!(
+                "WORKER_POLL_INTERVAL={}",
+                self.worker_poll_interval.as_secs_f64()
+            ),
+            format!(
+                "WORKER_BACKOFF_MAX_DELAY={}",
+                self.worker_backoff_max_delay.as_secs_f64()
+            ),
+            format!("WORKER_MAX_RETRIES={}", self.worker_max_retries),
+            format!("WORKER_CONCURRENCY={}", self.worker_concurrency),
         ]
     }
 
@@ -410,6 +452,23 @@ fn parse_number<T: FromStr>(
             )
         }),
     }
+}
+
+/// A positive number of seconds, fractions allowed (e.g. `0.5`).
+fn seconds(var: &'static str, raw: Option<String>, default: f64) -> Result<Duration, ConfigError> {
+    let value = match raw {
+        None => default,
+        Some(raw) => raw.trim().parse::<f64>().map_err(|_| {
+            ConfigError::new(var, format!("must be a number of seconds, got {raw:?}"))
+        })?,
+    };
+    if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
+        return Err(ConfigError::new(
+            var,
+            "must be more than 0 and at most 86400 seconds",
+        ));
+    }
+    Ok(Duration::from_secs_f64(value))
 }
 
 fn positive<T: FromStr + PartialEq + Default>(
@@ -670,6 +729,8 @@ mod tests {
             ),
             (&[("RATE_LIMIT_PER_MINUTE", "x")], "RATE_LIMIT_PER_MINUTE"),
             (&[("TRUSTED_PROXIES", "10.0.0.0/33")], "TRUSTED_PROXIES"),
+            (&[("WORKER_POLL_INTERVAL", "0")], "WORKER_POLL_INTERVAL"),
+            (&[("WORKER_CONCURRENCY", "0")], "WORKER_CONCURRENCY"),
         ];
         for (vars, expected) in cases {
             let err = load(vars).expect_err(&format!("{vars:?} should be rejected"));

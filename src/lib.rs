@@ -10,5 +10,6 @@ pub mod config;
 pub mod http;
 pub mod nodes;
 pub mod ops;
+pub mod queue;
 pub mod store;
 pub mod telemetry;

@@ -264,6 +264,15 @@ impl Store {
         }
     }
 
+    /// The row-locking clause for claim queries: PostgreSQL skips rows other transactions hold;
+    /// SQLite has one writer at a time, so there is nothing to skip.
+    pub fn skip_locked(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "",
+            Self::Postgres(_) => "FOR UPDATE SKIP LOCKED",
+        }
+    }
+
     /// A round trip to the database.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         with_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))

@@ -1,0 +1,514 @@
+//! The durable job queue: jobs live in the database and are claimed by workers under a lease.
+//!
+//! States: `queued` → `running` → `succeeded` | `failed` (will retry at `run_at`) | `dead` (attempts
+//! exhausted) | `cancelled`. Claiming is one `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED
+//! LIMIT n) RETURNING …` on PostgreSQL, the same statement in SQLite's single-writer transaction.
+//! Every completion is fenced by lease owner and attempt number, so a worker whose lease expired
+//! cannot overwrite the outcome of the attempt that replaced it. Every attempt is recorded as a run.
+
+pub mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::store::{Store, Tx};
+use crate::{with_pool, with_tx};
+
+/// PostgreSQL channel on which enqueues wake idle workers in every process.
+pub const NOTIFY_CHANNEL: &str = "docket_jobs";
+
+/// First retry delay; each further attempt doubles it (before jitter and the cap).
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Job {
+    pub id: String,
+    pub tenant_id: String,
+    pub kind: String,
+    pub payload: Value,
+    pub status: String,
+    pub priority: i32,
+    pub run_at: DateTime<Utc>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub timeout_seconds: i32,
+    pub unique_key: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: String,
+    tenant_id: String,
+    kind: String,
+    payload: String,
+    status: String,
+    priority: i32,
+    run_at: DateTime<Utc>,
+    attempts: i32,
+    max_attempts: i32,
+    timeout_seconds: i32,
+    unique_key: Option<String>,
+    last_error: Option<String>,
+    created_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<JobRow> for Job {
+    fn from(row: JobRow) -> Self {
+        Self {
+            id: row.id,
+            tenant_id: row.tenant_id,
+            kind: row.kind,
+            payload: serde_json::from_str(&row.payload).unwrap_or(Value::Null),
+            status: row.status,
+            priority: row.priority,
+            run_at: row.run_at,
+            attempts: row.attempts,
+            max_attempts: row.max_attempts,
+            timeout_seconds: row.timeout_seconds,
+            unique_key: row.unique_key,
+            last_error: row.last_error,
+            created_at: row.created_at,
+            finished_at: row.finished_at,
+        }
+    }
+}
+
+const JOB_COLUMNS: &str = "id, tenant_id, kind, payload, status, priority, run_at, attempts, max_attempts, \
+                           timeout_seconds, unique_key, last_error, created_at, finished_at";
+
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Run {
+    pub id: String,
+    pub tenant_id: String,
+    pub job_id: String,
+    pub attempt: i32,
+    /// `running`, `succeeded`, `failed`, `lost` (lease expired), `released` (handed back at shutdown).
+    pub status: String,
+    pub worker_id: String,
+    pub queued_at: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub output: Option<String>,
+    pub error: Option<String>,
+}
+
+/// A job to enqueue. Unset fields take the worker defaults from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct NewJob {
+    pub tenant_id: String,
+    pub kind: String,
+    pub payload: Value,
+    pub priority: i32,
+    pub run_at: Option<DateTime<Utc>>,
+    pub max_attempts: Option<u32>,
+    pub timeout: Option<Duration>,
+    /// Enqueueing again with the same key (per tenant) returns the first job instead.
+    pub unique_key: Option<String>,
+}
+
+/// Queue defaults and tuning, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub lease: Duration,
+    pub poll_interval: Duration,
+    pub backoff_max_delay: Duration,
+    pub max_retries: u32,
+    pub concurrency: u32,
+    pub default_timeout: Duration,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            lease: config.worker_lease,
+            poll_interval: config.worker_poll_interval,
+            backoff_max_delay: config.worker_backoff_max_delay,
+            max_retries: config.worker_max_retries,
+            concurrency: config.worker_concurrency,
+            default_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The queue as the rest of Docket uses it: the store plus the in-process wake-up signal.
+#[derive(Clone)]
+pub struct Queue {
+    pub store: Store,
+    pub settings: Settings,
+    ready: Arc<Notify>,
+}
+
+impl Queue {
+    pub fn new(store: Store, settings: Settings) -> Self {
+        Self {
+            store,
+            settings,
+            ready: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Enqueues in a transaction of its own and wakes local workers.
+    pub async fn enqueue(&self, job: NewJob) -> Result<Job, sqlx::Error> {
+        let mut tx = self.store.begin().await?;
+        let job = enqueue(&mut tx, &self.settings, job, Utc::now()).await?;
+        tx.commit().await?;
+        self.wake();
+        Ok(job)
+    }
+
+    /// Wakes idle workers of this process (after a caller committed its own enqueue).
+    pub fn wake(&self) {
+        self.ready.notify_waiters();
+    }
+
+    pub fn ready(&self) -> Arc<Notify> {
+        self.ready.clone()
+    }
+}
+
+/// Enqueues inside the caller's transaction (so a job exists exactly when the change that causes it
+/// commits). On PostgreSQL the commit also wakes workers in every process.
+pub async fn enqueue(
+    tx: &mut Tx,
+    settings: &Settings,
+    new: NewJob,
+    now: DateTime<Utc>,
+) -> Result<Job, sqlx::Error> {
+    let max_attempts = new.max_attempts.unwrap_or(settings.max_retries + 1).max(1);
+    let timeout = new.timeout.unwrap_or(settings.default_timeout);
+    let row = JobRow {
+        id: Uuid::now_v7().to_string(),
+        tenant_id: new.tenant_id,
+        kind: new.kind,
+        payload: new.payload.to_string(),
+        status: "queued".to_owned(),
+        priority: new.priority,
+        run_at: new.run_at.unwrap_or(now),
+        attempts: 0,
+        max_attempts: i32::try_from(max_attempts).unwrap_or(i32::MAX),
+        timeout_seconds: i32::try_from(timeout.as_secs().max(1)).unwrap_or(i32::MAX),
+        unique_key: new.unique_key,
+        last_error: None,
+        created_at: now,
+        finished_at: None,
+    };
+    let inserted = with_tx!(tx, conn => {
+        sqlx::query(
+            "INSERT INTO jobs (id, tenant_id, kind, payload, status, priority, run_at, attempts, max_attempts, \
+             timeout_seconds, unique_key, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $11) \
+             ON CONFLICT (tenant_id, unique_key) WHERE unique_key IS NOT NULL DO NOTHING",
+        )
+        .bind(&row.id)
+        .bind(&row.tenant_id)
+        .bind(&row.kind)
+        .bind(&row.payload)
+        .bind(&row.status)
+        .bind(row.priority)
+        .bind(row.run_at)
+        .bind(row.max_attempts)
+        .bind(row.timeout_seconds)
+        .bind(&row.unique_key)
+        .bind(row.created_at)
+        .execute(conn)
+        .await
+        .map(|done| done.rows_affected())
+    })?;
+    if inserted == 0 {
+        let existing: JobRow = with_tx!(tx, conn => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = $1 AND unique_key = $2"
+            )))
+            .bind(&row.tenant_id)
+            .bind(&row.unique_key)
+            .fetch_one(conn)
+            .await
+        })?;
+        return Ok(existing.into());
+    }
+    if let Tx::Postgres(tx) = tx {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(NOTIFY_CHANNEL)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(row.into())
+}
+
+/// A job claimed by a worker, with the run that records this attempt.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub job: Job,
+    pub run_id: String,
+}
+
+/// Claims up to `limit` due jobs for `worker_id` under a lease until `now + lease`. Jobs whose lease
+/// expired count as due again (their worker died); those without attempts left become dead.
+pub async fn claim(
+    store: &Store,
+    worker_id: &str,
+    limit: u32,
+    lease: Duration,
+    now: DateTime<Utc>,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let lease_until =
+        now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60));
+    let mut tx = store.begin().await?;
+    with_tx!(&mut tx, conn => {
+        sqlx::query(
+            "UPDATE runs SET status = 'lost', finished_at = $1, error = 'the worker stopped renewing its lease' \
+             WHERE status = 'running' AND job_id IN \
+             (SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < $1)",
+        )
+        .bind(now)
+        .execute(conn)
+        .await
+        .map(|_| ())
+    })?;
+    with_tx!(&mut tx, conn => {
+        sqlx::query(
+            "UPDATE jobs SET status = 'dead', finished_at = $1, updated_at = $1, lease_owner = NULL, \
+             lease_expires_at = NULL, last_error = 'the worker stopped renewing its lease on the last attempt' \
+             WHERE status = 'running' AND lease_expires_at < $1 AND attempts >= max_attempts",
+        )
+        .bind(now)
+        .execute(conn)
+        .await
+        .map(|_| ())
+    })?;
+    let sql = format!(
+        "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = $1, lease_expires_at = $2, updated_at = $3 \
+         WHERE id IN (SELECT id FROM jobs WHERE (status IN ('queued', 'failed') AND run_at <= $3) \
+         OR (status = 'running' AND lease_expires_at < $3) \
+         ORDER BY priority DESC, run_at, id LIMIT $4 {}) \
+         RETURNING {JOB_COLUMNS}",
+        store.skip_locked()
+    );
+    let rows: Vec<JobRow> = with_tx!(&mut tx, conn => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(worker_id)
+            .bind(lease_until)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(conn)
+            .await
+    })?;
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in rows {
+        let job = Job::from(row);
+        let run_id = Uuid::now_v7().to_string();
+        with_tx!(&mut tx, conn => {
+            sqlx::query(
+                "INSERT INTO runs (id, tenant_id, job_id, attempt, status, worker_id, queued_at, started_at) \
+                 VALUES ($1, $2, $3, $4, 'running', $5, $6, $7)",
+            )
+            .bind(&run_id)
+            .bind(&job.tenant_id)
+            .bind(&job.id)
+            .bind(job.attempts)
+            .bind(worker_id)
+            .bind(job.run_at)
+            .bind(now)
+            .execute(conn)
+            .await
+            .map(|_| ())
+        })?;
+        claimed.push(Claimed { job, run_id });
+    }
+    tx.commit().await?;
+    Ok(claimed)
+}
+
+/// Extends the lease of a running job. False when the lease was lost (another worker has the job).
+pub async fn heartbeat(
+    store: &Store,
+    claimed: &Claimed,
+    worker_id: &str,
+    lease: Duration,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60));
+    let updated = with_pool!(store, pool => {
+        sqlx::query(
+            "UPDATE jobs SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3 AND attempts = $4 AND status = 'running'",
+        )
+        .bind(until)
+        .bind(&claimed.job.id)
+        .bind(worker_id)
+        .bind(claimed.job.attempts)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected())
+    })?;
+    Ok(updated == 1)
+}
+
+/// How an attempt ended, for the job and its run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Succeeded(Value),
+    /// Retried later if attempts remain.
+    Failed(String),
+    /// Not retried, whatever the attempts left (e.g. no handler for the kind).
+    FailedPermanently(String),
+    /// Handed back unfinished (shutdown): the attempt does not count.
+    Released,
+}
+
+/// The job's state after [`finish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    Succeeded,
+    WillRetry,
+    Dead,
+    Requeued,
+    /// The lease had been lost: another attempt owns the job, this result was discarded.
+    Stale,
+}
+
+/// Records the end of an attempt. Fenced by lease owner and attempt number.
+pub async fn finish(
+    store: &Store,
+    claimed: &Claimed,
+    worker_id: &str,
+    outcome: Outcome,
+    backoff_max_delay: Duration,
+    now: DateTime<Utc>,
+) -> Result<Settled, sqlx::Error> {
+    let job = &claimed.job;
+    let retry = matches!(outcome, Outcome::Failed(_)) && job.attempts < job.max_attempts;
+    let (job_status, run_status, settled, error, output) = match &outcome {
+        Outcome::Succeeded(value) => (
+            "succeeded",
+            "succeeded",
+            Settled::Succeeded,
+            None,
+            Some(value.to_string()),
+        ),
+        Outcome::Failed(e) if retry => (
+            "failed",
+            "failed",
+            Settled::WillRetry,
+            Some(e.clone()),
+            None,
+        ),
+        Outcome::Failed(e) | Outcome::FailedPermanently(e) => {
+            ("dead", "failed", Settled::Dead, Some(e.clone()), None)
+        }
+        Outcome::Released => ("queued", "released", Settled::Requeued, None, None),
+    };
+    let run_at = if retry {
+        now + backoff_delay(job.attempts, backoff_max_delay)
+    } else {
+        now
+    };
+    let finished_at = matches!(settled, Settled::Succeeded | Settled::Dead).then_some(now);
+    let attempts = if settled == Settled::Requeued {
+        job.attempts - 1
+    } else {
+        job.attempts
+    };
+    let mut tx = store.begin().await?;
+    let updated = with_tx!(&mut tx, conn => {
+        sqlx::query(
+            "UPDATE jobs SET status = $1, run_at = $2, finished_at = $3, updated_at = $4, last_error = COALESCE($5, last_error), \
+             attempts = $6, lease_owner = NULL, lease_expires_at = NULL \
+             WHERE id = $7 AND lease_owner = $8 AND attempts = $9 AND status = 'running'",
+        )
+        .bind(job_status)
+        .bind(run_at)
+        .bind(finished_at)
+        .bind(now)
+        .bind(&error)
+        .bind(attempts)
+        .bind(&job.id)
+        .bind(worker_id)
+        .bind(job.attempts)
+        .execute(conn)
+        .await
+        .map(|done| done.rows_affected())
+    })?;
+    if updated == 0 {
+        return Ok(Settled::Stale);
+    }
+    with_tx!(&mut tx, conn => {
+        sqlx::query("UPDATE runs SET status = $1, finished_at = $2, output = $3, error = $4 WHERE id = $5")
+            .bind(run_status)
+            .bind(now)
+            .bind(&output)
+            .bind(&error)
+            .bind(&claimed.run_id)
+            .execute(conn)
+            .await
+            .map(|_| ())
+    })?;
+    tx.commit().await?;
+    Ok(settled)
+}
+
+/// Exponential backoff with full jitter: uniformly random in `[0, min(cap, base · 2^(attempt-1))]`.
+pub fn backoff_delay(attempt: i32, cap: Duration) -> chrono::Duration {
+    let exponent = u32::try_from(attempt.saturating_sub(1))
+        .unwrap_or(0)
+        .min(30);
+    let ceiling = BACKOFF_BASE.saturating_mul(1 << exponent).min(cap);
+    let jittered = ceiling.mul_f64(rand::random::<f64>());
+    chrono::Duration::from_std(jittered).unwrap_or(chrono::Duration::zero())
+}
+
+pub async fn get(store: &Store, tenant_id: &str, job_id: &str) -> Result<Option<Job>, sqlx::Error> {
+    let row: Option<JobRow> = with_pool!(store, pool => {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = $1 AND id = $2")))
+            .bind(tenant_id)
+            .bind(job_id)
+            .fetch_optional(pool)
+            .await
+    })?;
+    Ok(row.map(Job::from))
+}
+
+/// The runs of a job, oldest first.
+pub async fn runs_of(
+    store: &Store,
+    tenant_id: &str,
+    job_id: &str,
+) -> Result<Vec<Run>, sqlx::Error> {
+    with_pool!(store, pool => {
+        sqlx::query_as(
+            "SELECT id, tenant_id, job_id, attempt, status, worker_id, queued_at, started_at, finished_at, output, error \
+             FROM runs WHERE tenant_id = $1 AND job_id = $2 ORDER BY attempt, id",
+        )
+        .bind(tenant_id)
+        .bind(job_id)
+        .fetch_all(pool)
+        .await
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let cap = Duration::from_secs(60);
+        for _ in 0..100 {
+            assert!(backoff_delay(1, cap) <= chrono::Duration::seconds(1));
+            assert!(backoff_delay(3, cap) <= chrono::Duration::seconds(4));
+            assert!(backoff_delay(30, cap) <= chrono::Duration::seconds(60));
+        }
+        let samples: Vec<_> = (0..50).map(|_| backoff_delay(10, cap)).collect();
+        assert!(samples.iter().any(|d| *d != samples[0]), "jittered");
+    }
+}

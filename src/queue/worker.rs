@@ -1,0 +1,282 @@
+//! Workers: claim due jobs, run their handlers with a timeout while renewing the lease, record the
+//! outcome, and on shutdown let running jobs finish within the grace period and hand back the rest.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{Claimed, Outcome, Queue, Settled, finish};
+use crate::store::Store;
+
+/// What a handler gets: the job's tenant, payload and attempt number.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    pub job_id: String,
+    pub tenant_id: String,
+    pub kind: String,
+    pub payload: Value,
+    pub attempt: i32,
+}
+
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Value, String>> + Send>>;
+type Handler = Arc<dyn Fn(JobContext) -> HandlerFuture + Send + Sync>;
+
+/// Job handlers by kind. Domain modules register theirs; an unknown kind fails the job for good.
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: HashMap<String, Handler>,
+}
+
+impl Registry {
+    /// The handlers every Docket process knows.
+    pub fn builtin() -> Self {
+        let mut registry = Self::default();
+        // A job that does nothing: used by `docket bench` and to check a deployment end to end.
+        registry.register("noop", |_| async { Ok(json!({})) });
+        registry
+    }
+
+    pub fn register<F, Fut>(&mut self, kind: &str, handler: F)
+    where
+        F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, String>> + Send + 'static,
+    {
+        self.handlers
+            .insert(kind.to_owned(), Arc::new(move |ctx| Box::pin(handler(ctx))));
+    }
+
+    fn get(&self, kind: &str) -> Option<Handler> {
+        self.handlers.get(kind).cloned()
+    }
+}
+
+pub struct Worker {
+    queue: Queue,
+    registry: Arc<Registry>,
+    id: String,
+}
+
+impl Worker {
+    pub fn new(queue: Queue, registry: Arc<Registry>, id: impl Into<String>) -> Self {
+        Self {
+            queue,
+            registry,
+            id: id.into(),
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains: running jobs get `grace` to finish, the rest
+    /// are released so another worker can take them at once.
+    pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
+        let settings = self.queue.settings;
+        let concurrency = usize::try_from(settings.concurrency).unwrap_or(1).max(1);
+        let ready = self.queue.ready();
+        let abandon = CancellationToken::new();
+        let _listener = spawn_pg_listener(&self.queue.store, ready.clone(), shutdown.clone());
+        let mut running: JoinSet<()> = JoinSet::new();
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            // Register interest before claiming, so an enqueue between the claim and the wait is not missed.
+            let notified = ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let free = concurrency.saturating_sub(running.len());
+            let mut claimed_full_batch = false;
+            if free > 0 {
+                let limit = u32::try_from(free).unwrap_or(u32::MAX);
+                match super::claim(
+                    &self.queue.store,
+                    &self.id,
+                    limit,
+                    settings.lease,
+                    Utc::now(),
+                )
+                .await
+                {
+                    Ok(jobs) => {
+                        claimed_full_batch = jobs.len() == free;
+                        for claimed in jobs {
+                            running.spawn(execute(
+                                self.queue.clone(),
+                                self.registry.clone(),
+                                self.id.clone(),
+                                claimed,
+                                abandon.clone(),
+                            ));
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "claiming jobs failed"),
+                }
+            }
+            if claimed_full_batch && running.len() < concurrency {
+                continue;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = &mut notified => {}
+                () = tokio::time::sleep(settings.poll_interval) => {}
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+            }
+        }
+        let drained = tokio::time::timeout(grace, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                jobs = running.len(),
+                "jobs still running after the grace period; releasing them"
+            );
+            abandon.cancel();
+            while running.join_next().await.is_some() {}
+        }
+    }
+}
+
+/// Forwards PostgreSQL notifications of new jobs to the local wake-up signal.
+fn spawn_pg_listener(
+    store: &Store,
+    ready: Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let Store::Postgres(pool) = store else {
+        return None;
+    };
+    let pool = pool.clone();
+    Some(tokio::spawn(async move {
+        loop {
+            let listener = async {
+                let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                listener.listen(super::NOTIFY_CHANNEL).await?;
+                loop {
+                    listener.recv().await?;
+                    ready.notify_waiters();
+                }
+            };
+            let result: Result<(), sqlx::Error> = tokio::select! {
+                () = shutdown.cancelled() => return,
+                result = listener => result,
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "job notification listener lost its connection; polling until it is back");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }))
+}
+
+/// Runs one claimed job to an outcome and records it.
+async fn execute(
+    queue: Queue,
+    registry: Arc<Registry>,
+    worker_id: String,
+    claimed: Claimed,
+    abandon: CancellationToken,
+) {
+    let settings = queue.settings;
+    let job = &claimed.job;
+    let started = std::time::Instant::now();
+    let delay = (Utc::now() - job.run_at).to_std().unwrap_or_default();
+    metrics::histogram!("docket_job_start_delay_seconds", "kind" => job.kind.clone())
+        .record(delay.as_secs_f64());
+
+    let outcome = match registry.get(&job.kind) {
+        None => Outcome::FailedPermanently(format!(
+            "no handler is registered for job kind {:?}",
+            job.kind
+        )),
+        Some(handler) => {
+            let context = JobContext {
+                job_id: job.id.clone(),
+                tenant_id: job.tenant_id.clone(),
+                kind: job.kind.clone(),
+                payload: job.payload.clone(),
+                attempt: job.attempts,
+            };
+            // Spawned so a panic is contained and a timeout or shutdown can abort it.
+            let mut task = tokio::spawn(handler(context));
+            let timeout = Duration::from_secs(u64::try_from(job.timeout_seconds).unwrap_or(1));
+            let lease_keeper = keep_lease(&queue.store, &claimed, &worker_id, settings.lease);
+            tokio::select! {
+                result = &mut task => match result {
+                    Ok(Ok(output)) => Outcome::Succeeded(output),
+                    Ok(Err(error)) => Outcome::Failed(error),
+                    Err(e) if e.is_panic() => Outcome::Failed("the handler panicked".to_owned()),
+                    Err(e) => Outcome::Failed(format!("the handler was cancelled: {e}")),
+                },
+                () = tokio::time::sleep(timeout) => {
+                    task.abort();
+                    Outcome::Failed(format!("timed out after {} s", timeout.as_secs()))
+                }
+                () = abandon.cancelled() => {
+                    task.abort();
+                    Outcome::Released
+                }
+                () = lease_keeper => {
+                    task.abort();
+                    tracing::warn!(job_id = %job.id, "lease lost; another worker has the job");
+                    return;
+                }
+            }
+        }
+    };
+    let label = match &outcome {
+        Outcome::Succeeded(_) => "succeeded",
+        Outcome::Failed(_) | Outcome::FailedPermanently(_) => "failed",
+        Outcome::Released => "released",
+    };
+    metrics::histogram!("docket_job_duration_seconds", "kind" => job.kind.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("docket_jobs_total", "kind" => job.kind.clone(), "outcome" => label)
+        .increment(1);
+    match finish(
+        &queue.store,
+        &claimed,
+        &worker_id,
+        outcome,
+        settings.backoff_max_delay,
+        Utc::now(),
+    )
+    .await
+    {
+        Ok(Settled::Stale) => {
+            tracing::warn!(job_id = %job.id, "result discarded: the lease had expired")
+        }
+        Ok(Settled::Dead) => {
+            tracing::warn!(job_id = %job.id, kind = %job.kind, "job is dead (no attempts left)")
+        }
+        Ok(Settled::WillRetry) => queue.wake(),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(job_id = %job.id, error = %e, "cannot record the job's outcome; it will be retried after its lease expires")
+        }
+    }
+}
+
+/// Renews the lease at a third of its length; returns only when the lease was lost.
+async fn keep_lease(store: &Store, claimed: &Claimed, worker_id: &str, lease: Duration) {
+    let mut ticker = tokio::time::interval(lease / 3);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        match super::heartbeat(store, claimed, worker_id, lease, Utc::now()).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(job_id = %claimed.job.id, error = %e, "lease renewal failed; retrying")
+            }
+        }
+    }
+}

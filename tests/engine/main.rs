@@ -1,0 +1,6 @@
+//! The job queue and workers against real databases (SQLite and PostgreSQL).
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod queue;
