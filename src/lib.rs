@@ -11,5 +11,6 @@ pub mod http;
 pub mod nodes;
 pub mod ops;
 pub mod queue;
+pub mod scheduler;
 pub mod store;
 pub mod telemetry;

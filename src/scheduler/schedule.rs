@@ -1,0 +1,322 @@
+//! Schedules: when a task fires. Cron (croner), RFC 5545 RRULE (rrule), one-shot instants, event
+//! topics and manual tasks, all evaluated in the task's IANA time zone (chrono-tz). DST gaps and
+//! overlaps follow the crates' rules, pinned by the tests below.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Timelike, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use croner::parser::CronParser;
+use rrule::RRuleSet;
+
+/// A schedule field that does not parse, with the field to name in the 422.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ScheduleError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ScheduleError {
+    ScheduleError {
+        field,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    Cron { cron: Box<Cron>, tz: Tz },
+    RRule { set: Box<RRuleSet> },
+    Once(DateTime<Utc>),
+    Event(String),
+    Manual,
+}
+
+pub const KINDS: &[&str] = &["cron", "rrule", "once", "event", "manual"];
+
+pub fn parse_timezone(timezone: &str) -> Result<Tz, ScheduleError> {
+    Tz::from_str(timezone).map_err(|_| {
+        invalid(
+            "timezone",
+            format!("{timezone:?} is not an IANA time zone such as Europe/Chisinau"),
+        )
+    })
+}
+
+impl Schedule {
+    /// Parses a stored (normalised) schedule.
+    pub fn parse(kind: &str, expr: &str, timezone: &str) -> Result<Self, ScheduleError> {
+        let tz = parse_timezone(timezone)?;
+        match kind {
+            "cron" => {
+                let cron = CronParser::new().parse(expr.trim()).map_err(|e| {
+                    invalid("schedule_expr", format!("not a valid cron expression: {e}"))
+                })?;
+                Ok(Self::Cron {
+                    cron: Box::new(cron),
+                    tz,
+                })
+            }
+            "rrule" => {
+                let set: RRuleSet = expr
+                    .parse()
+                    .map_err(|e| invalid("schedule_expr", format!("not a valid RRULE: {e}")))?;
+                Ok(Self::RRule { set: Box::new(set) })
+            }
+            "once" => DateTime::parse_from_rfc3339(expr.trim())
+                .map(|t| Self::Once(t.with_timezone(&Utc)))
+                .map_err(|_| {
+                    invalid(
+                        "schedule_expr",
+                        "must be an RFC 3339 instant such as 2030-01-01T08:00:00Z",
+                    )
+                }),
+            "event" => {
+                let topic = expr.trim();
+                let valid = !topic.is_empty()
+                    && topic.len() <= 200
+                    && topic
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-:/".contains(&b));
+                if valid {
+                    Ok(Self::Event(topic.to_owned()))
+                } else {
+                    Err(invalid(
+                        "schedule_expr",
+                        "must be a topic name (letters, digits and . _ - : /)",
+                    ))
+                }
+            }
+            "manual" => Ok(Self::Manual),
+            other => Err(invalid(
+                "schedule_kind",
+                format!("{other:?} is not one of {}", KINDS.join(", ")),
+            )),
+        }
+    }
+
+    /// Normalises user input for storage: an RRULE without `DTSTART` starts now (whole minute, in the
+    /// task's zone), so intervals and counts stay anchored; a `once` instant must be in the future.
+    pub fn normalise(
+        kind: &str,
+        expr: &str,
+        timezone: &str,
+        now: DateTime<Utc>,
+    ) -> Result<String, ScheduleError> {
+        let tz = parse_timezone(timezone)?;
+        let expr = expr.trim();
+        let normalised = match kind {
+            "rrule" if !expr.to_ascii_uppercase().contains("DTSTART") => {
+                let start = now
+                    .with_timezone(&tz)
+                    .with_second(0)
+                    .and_then(|t| t.with_nanosecond(0))
+                    .unwrap_or(now.with_timezone(&tz));
+                let rule = expr.strip_prefix("RRULE:").unwrap_or(expr);
+                format!(
+                    "DTSTART;TZID={}:{}\nRRULE:{rule}",
+                    tz.name(),
+                    start.format("%Y%m%dT%H%M%S")
+                )
+            }
+            "manual" => String::new(),
+            _ => expr.to_owned(),
+        };
+        let schedule = Self::parse(kind, &normalised, timezone)?;
+        if let Self::Once(at) = schedule
+            && at <= now
+        {
+            return Err(invalid("schedule_expr", "the instant is in the past"));
+        }
+        Ok(normalised)
+    }
+
+    /// The first occurrence strictly after `after`; `None` when the schedule has no more (or is
+    /// driven by events or by hand).
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Self::Cron { cron, tz } => cron
+                .find_next_occurrence(&after.with_timezone(tz), false)
+                .ok()
+                .map(|t| t.with_timezone(&Utc)),
+            Self::RRule { set } => {
+                let tz = set.get_dt_start().timezone();
+                // `after` is inclusive in the rrule crate; occurrences fall on whole seconds.
+                let from = (after + chrono::Duration::seconds(1))
+                    .with_nanosecond(0)
+                    .unwrap_or(after);
+                let result = set.as_ref().clone().after(from.with_timezone(&tz)).all(1);
+                result.dates.first().map(|t| t.with_timezone(&Utc))
+            }
+            Self::Once(at) => (*at > after).then_some(*at),
+            Self::Event(_) | Self::Manual => None,
+        }
+    }
+
+    /// Up to `n` occurrences after `after`.
+    pub fn upcoming(&self, after: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+        let mut times = Vec::with_capacity(n);
+        let mut cursor = after;
+        while times.len() < n {
+            match self.next_after(cursor) {
+                Some(next) => {
+                    times.push(next);
+                    cursor = next;
+                }
+                None => break,
+            }
+        }
+        times
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn times(schedule: &Schedule, after: &str, n: usize) -> Vec<String> {
+        schedule
+            .upcoming(utc(after), n)
+            .iter()
+            .map(|t| t.to_rfc3339())
+            .collect()
+    }
+
+    #[test]
+    fn five_and_six_field_cron_in_a_time_zone() {
+        let weekdays = Schedule::parse("cron", "0 8 * * 1-5", "Europe/Chisinau").unwrap();
+        // Friday 2026-11-27 → next Monday; Chisinau is UTC+2 in winter.
+        assert_eq!(
+            times(&weekdays, "2026-11-27T07:00:00Z", 2),
+            ["2026-11-30T06:00:00+00:00", "2026-12-01T06:00:00+00:00"]
+        );
+        let every_ten_seconds = Schedule::parse("cron", "*/10 * * * * *", "UTC").unwrap();
+        assert_eq!(
+            times(&every_ten_seconds, "2026-01-01T00:00:05Z", 2),
+            ["2026-01-01T00:00:10+00:00", "2026-01-01T00:00:20+00:00"]
+        );
+    }
+
+    #[test]
+    fn cron_across_dst_changes() {
+        let nightly = Schedule::parse("cron", "30 2 * * *", "America/New_York").unwrap();
+        // 2026-03-08: clocks jump from 02:00 to 03:00, so 02:30 does not exist that night; croner
+        // fires at the end of the gap (03:00 EDT = 07:00 UTC) instead of skipping the day.
+        assert_eq!(
+            times(&nightly, "2026-03-07T12:00:00Z", 2),
+            ["2026-03-08T07:00:00+00:00", "2026-03-09T06:30:00+00:00"]
+        );
+        let early = Schedule::parse("cron", "30 1 * * *", "America/New_York").unwrap();
+        // 2026-11-01: 01:30 happens twice (05:30 UTC in EDT, 06:30 UTC in EST); it fires once, at the first.
+        assert_eq!(
+            times(&early, "2026-10-31T12:00:00Z", 2),
+            ["2026-11-01T05:30:00+00:00", "2026-11-02T06:30:00+00:00"]
+        );
+    }
+
+    #[test]
+    fn rrule_with_and_without_dtstart() {
+        let now = utc("2026-11-25T10:17:42Z");
+        let expr = Schedule::normalise(
+            "rrule",
+            "FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR;BYHOUR=8;BYMINUTE=30",
+            "Europe/Chisinau",
+            now,
+        )
+        .unwrap();
+        assert!(
+            expr.starts_with("DTSTART;TZID=Europe/Chisinau:20261125T121700\nRRULE:"),
+            "{expr}"
+        );
+        let schedule = Schedule::parse("rrule", &expr, "Europe/Chisinau").unwrap();
+        assert_eq!(
+            times(&schedule, "2026-11-25T10:17:42Z", 3),
+            [
+                "2026-11-26T06:30:00+00:00",
+                "2026-11-27T06:30:00+00:00",
+                "2026-11-30T06:30:00+00:00"
+            ]
+        );
+        let counted = Schedule::parse(
+            "rrule",
+            "DTSTART:20300101T090000Z\nRRULE:FREQ=DAILY;COUNT=2",
+            "UTC",
+        )
+        .unwrap();
+        assert_eq!(
+            times(&counted, "2029-12-31T00:00:00Z", 5),
+            ["2030-01-01T09:00:00+00:00", "2030-01-02T09:00:00+00:00"]
+        );
+        assert_eq!(
+            times(&counted, "2030-01-01T09:00:00Z", 5),
+            ["2030-01-02T09:00:00+00:00"],
+            "strictly after"
+        );
+    }
+
+    #[test]
+    fn rrule_across_dst() {
+        let schedule = Schedule::parse(
+            "rrule",
+            "DTSTART;TZID=Europe/Berlin:20260328T090000\nRRULE:FREQ=DAILY",
+            "Europe/Berlin",
+        )
+        .unwrap();
+        // Wall-clock 09:00 is kept across the switch to summer time on 2026-03-29.
+        assert_eq!(
+            times(&schedule, "2026-03-28T00:00:00Z", 3),
+            [
+                "2026-03-28T08:00:00+00:00",
+                "2026-03-29T07:00:00+00:00",
+                "2026-03-30T07:00:00+00:00"
+            ]
+        );
+    }
+
+    #[test]
+    fn once_event_and_manual() {
+        let now = utc("2026-11-25T10:00:00Z");
+        let once = Schedule::parse("once", "2030-01-01T08:00:00+02:00", "UTC").unwrap();
+        assert_eq!(
+            times(&once, "2026-11-25T10:00:00Z", 3),
+            ["2030-01-01T06:00:00+00:00"]
+        );
+        assert!(Schedule::normalise("once", "2020-01-01T00:00:00Z", "UTC", now).is_err());
+        assert!(
+            Schedule::parse("event", "orders.created", "UTC")
+                .unwrap()
+                .next_after(now)
+                .is_none()
+        );
+        assert!(
+            Schedule::parse("manual", "", "UTC")
+                .unwrap()
+                .next_after(now)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let now = utc("2026-11-25T10:00:00Z");
+        let cases = [
+            ("cron", "61 * * * *", "UTC", "schedule_expr"),
+            ("cron", "0 8 * * 1-5", "Mars/Olympus", "timezone"),
+            ("rrule", "FREQ=SOMETIMES", "UTC", "schedule_expr"),
+            ("once", "tomorrow", "UTC", "schedule_expr"),
+            ("once", "2001-01-01T00:00:00Z", "UTC", "schedule_expr"),
+            ("event", "has spaces", "UTC", "schedule_expr"),
+            ("hourly", "", "UTC", "schedule_kind"),
+        ];
+        for (kind, expr, tz, field) in cases {
+            let err = Schedule::normalise(kind, expr, tz, now).unwrap_err();
+            assert_eq!(err.field, field, "{kind} {expr} {tz}: {err}");
+        }
+    }
+}
