@@ -15,6 +15,7 @@ use crate::config::{Config, Secret};
 use crate::nodes::{self, Node};
 use crate::queue::worker::{Registry, Worker};
 use crate::queue::{self, Queue};
+use crate::scheduler::{self, Scheduler};
 use crate::store::{Store, StoreError};
 use crate::{audit, http, telemetry};
 
@@ -49,8 +50,8 @@ impl Role {
         matches!(self, Self::All | Self::Worker)
     }
 
-    /// Whether this process runs periodic maintenance (audit retention); the scheduler's job.
-    pub fn runs_maintenance(self) -> bool {
+    /// Whether this process runs the scheduler (and periodic maintenance such as audit retention).
+    pub fn runs_scheduler(self) -> bool {
         matches!(self, Self::All | Self::Scheduler)
     }
 
@@ -89,6 +90,8 @@ pub struct AppState {
     pub secret_key: Secret,
     pub metrics: PrometheusHandle,
     pub queue: Queue,
+    /// Wakes this process's scheduler when tasks change.
+    pub scheduler_wake: Arc<tokio::sync::Notify>,
     /// Job handlers by kind, for this process's worker.
     pub job_handlers: Arc<Registry>,
     /// Per-tenant and per-key request limits and login failure counters (Redis when configured).
@@ -148,7 +151,8 @@ impl AppState {
         let queue = Queue::new(store.clone(), queue::Settings::from_config(&config));
         Ok(Self {
             queue,
-            job_handlers: Arc::new(Registry::builtin()),
+            job_handlers: Arc::new(job_handlers()),
+            scheduler_wake: Arc::new(tokio::sync::Notify::new()),
             config: Arc::new(config),
             store,
             redis,
@@ -158,6 +162,13 @@ impl AppState {
             shutdown: CancellationToken::new(),
         })
     }
+}
+
+/// Every job kind this binary can run.
+fn job_handlers() -> Registry {
+    let mut registry = Registry::builtin();
+    scheduler::register_handlers(&mut registry);
+    registry
 }
 
 /// A server ready to run: the listener is open (so the address is known) but not yet serving.
@@ -222,8 +233,11 @@ impl Server {
             tokio::spawn(worker.run(shutdown.clone(), grace))
         });
         let retention = role
-            .runs_maintenance()
+            .runs_scheduler()
             .then(|| tokio::spawn(audit_retention_loop(state.clone())));
+        let scheduler = role
+            .runs_scheduler()
+            .then(|| tokio::spawn(Scheduler::new(state.clone()).run(shutdown.clone())));
 
         tracing::info!(
             role = role.as_str(),
@@ -252,6 +266,9 @@ impl Server {
         heartbeat.abort();
         if let Some(retention) = retention {
             retention.abort();
+        }
+        if let Some(scheduler) = scheduler {
+            let _ = scheduler.await;
         }
         if let Err(e) = nodes::deregister(&state.store, &node.id).await {
             tracing::warn!(error = %e, "cannot deregister this process");

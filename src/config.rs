@@ -90,6 +90,8 @@ pub struct Config {
     pub worker_max_retries: u32,
     /// Jobs one worker process runs at once.
     pub worker_concurrency: u32,
+    /// Default for tasks: an occurrence found later than this after its time is recorded as missed.
+    pub scheduler_misfire_grace: Duration,
 }
 
 /// A configuration problem, always tied to the variable that caused it.
@@ -269,6 +271,11 @@ impl Config {
             parse_number::<u32>("WORKER_MAX_RETRIES", get("WORKER_MAX_RETRIES"), 3)?;
         let worker_concurrency =
             positive::<u32>("WORKER_CONCURRENCY", get("WORKER_CONCURRENCY"), 8)?;
+        let scheduler_misfire_grace = Duration::from_secs(parse_number::<u64>(
+            "SCHEDULER_MISFIRE_GRACE_TIME",
+            get("SCHEDULER_MISFIRE_GRACE_TIME"),
+            30,
+        )?);
 
         Ok(Self {
             environment,
@@ -301,6 +308,7 @@ impl Config {
             worker_backoff_max_delay,
             worker_max_retries,
             worker_concurrency,
+            scheduler_misfire_grace,
         })
     }
 
@@ -385,6 +393,10 @@ impl Config {
             ),
             format!("WORKER_MAX_RETRIES={}", self.worker_max_retries),
             format!("WORKER_CONCURRENCY={}", self.worker_concurrency),
+            format!(
+                "SCHEDULER_MISFIRE_GRACE_TIME={}",
+                self.scheduler_misfire_grace.as_secs()
+            ),
         ]
     }
 

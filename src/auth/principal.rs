@@ -98,6 +98,14 @@ permission!(
     }
 );
 permission!(
+    /// Reading tasks and runs.
+    ReadTasks { const MIN_ROLE: Option<Role> = Some(Role::Viewer); const SCOPE: Option<&'static str> = Some("tasks:read"); }
+);
+permission!(
+    /// Creating, changing and triggering tasks.
+    WriteTasks { const MIN_ROLE: Option<Role> = Some(Role::Supervisor); const SCOPE: Option<&'static str> = Some("tasks:write"); }
+);
+permission!(
     /// Reading and exporting the audit log.
     ReadAudit { const MIN_ROLE: Option<Role> = Some(Role::Supervisor); const SCOPE: Option<&'static str> = Some("audit:read"); }
 );

@@ -30,7 +30,8 @@ use error::ApiError;
         (name = "tenants", description = "Tenants (platform administration)"),
         (name = "users", description = "Users of a tenant"),
         (name = "api-keys", description = "API keys for agents and services"),
-        (name = "audit", description = "The tamper-evident audit log")
+        (name = "audit", description = "The tamper-evident audit log"),
+        (name = "tasks", description = "Scheduled work")
     ),
     modifiers(&BearerAuth)
 )]
@@ -83,7 +84,8 @@ pub fn router(state: AppState, role: Role) -> Router {
         let v1 = OpenApiRouter::new()
             .routes(routes!(ops::api_health))
             .merge(crate::auth::routes())
-            .merge(crate::audit::routes());
+            .merge(crate::audit::routes())
+            .merge(crate::scheduler::routes());
         app = app.nest(&prefix, v1);
     }
     let (router, openapi) = app.split_for_parts();

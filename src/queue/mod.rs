@@ -31,6 +31,8 @@ const BACKOFF_BASE: Duration = Duration::from_secs(1);
 pub struct Job {
     pub id: String,
     pub tenant_id: String,
+    /// The task whose occurrence this job is, if any.
+    pub task_id: Option<String>,
     pub kind: String,
     pub payload: Value,
     pub status: String,
@@ -49,6 +51,7 @@ pub struct Job {
 struct JobRow {
     id: String,
     tenant_id: String,
+    task_id: Option<String>,
     kind: String,
     payload: String,
     status: String,
@@ -68,6 +71,7 @@ impl From<JobRow> for Job {
         Self {
             id: row.id,
             tenant_id: row.tenant_id,
+            task_id: row.task_id,
             kind: row.kind,
             payload: serde_json::from_str(&row.payload).unwrap_or(Value::Null),
             status: row.status,
@@ -84,7 +88,7 @@ impl From<JobRow> for Job {
     }
 }
 
-const JOB_COLUMNS: &str = "id, tenant_id, kind, payload, status, priority, run_at, attempts, max_attempts, \
+const JOB_COLUMNS: &str = "id, tenant_id, task_id, kind, payload, status, priority, run_at, attempts, max_attempts, \
                            timeout_seconds, unique_key, last_error, created_at, finished_at";
 
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -107,6 +111,7 @@ pub struct Run {
 #[derive(Debug, Clone, Default)]
 pub struct NewJob {
     pub tenant_id: String,
+    pub task_id: Option<String>,
     pub kind: String,
     pub payload: Value,
     pub priority: i32,
@@ -190,6 +195,7 @@ pub async fn enqueue(
     let row = JobRow {
         id: Uuid::now_v7().to_string(),
         tenant_id: new.tenant_id,
+        task_id: new.task_id,
         kind: new.kind,
         payload: new.payload.to_string(),
         status: "queued".to_owned(),
@@ -206,8 +212,8 @@ pub async fn enqueue(
     let inserted = with_tx!(tx, conn => {
         sqlx::query(
             "INSERT INTO jobs (id, tenant_id, kind, payload, status, priority, run_at, attempts, max_attempts, \
-             timeout_seconds, unique_key, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $11) \
+             timeout_seconds, unique_key, created_at, updated_at, task_id, finished_at, last_error) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $11, $12, $13, $14) \
              ON CONFLICT (tenant_id, unique_key) WHERE unique_key IS NOT NULL DO NOTHING",
         )
         .bind(&row.id)
@@ -221,6 +227,9 @@ pub async fn enqueue(
         .bind(row.timeout_seconds)
         .bind(&row.unique_key)
         .bind(row.created_at)
+        .bind(&row.task_id)
+        .bind(row.finished_at)
+        .bind(&row.last_error)
         .execute(conn)
         .await
         .map(|done| done.rows_affected())
@@ -244,6 +253,80 @@ pub async fn enqueue(
             .await?;
     }
     Ok(row.into())
+}
+
+/// Records a task occurrence that was found too late to run (beyond its misfire grace) as a job in
+/// state `missed` with one `missed` run, never executed. The unique key makes it happen once even
+/// when schedulers race. Returns false when the occurrence was already recorded.
+pub async fn record_missed(
+    tx: &mut Tx,
+    new: NewJob,
+    occurred_at: DateTime<Utc>,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let id = Uuid::now_v7().to_string();
+    let inserted = with_tx!(tx, conn => {
+        sqlx::query(
+            "INSERT INTO jobs (id, tenant_id, kind, payload, status, priority, run_at, attempts, max_attempts, \
+             timeout_seconds, unique_key, created_at, updated_at, task_id, finished_at, last_error) \
+             VALUES ($1, $2, $3, $4, 'missed', $5, $6, 0, 0, 1, $7, $8, $8, $9, $8, $10) \
+             ON CONFLICT (tenant_id, unique_key) WHERE unique_key IS NOT NULL DO NOTHING",
+        )
+        .bind(&id)
+        .bind(&new.tenant_id)
+        .bind(&new.kind)
+        .bind(new.payload.to_string())
+        .bind(new.priority)
+        .bind(occurred_at)
+        .bind(&new.unique_key)
+        .bind(now)
+        .bind(&new.task_id)
+        .bind(reason)
+        .execute(conn)
+        .await
+        .map(|done| done.rows_affected())
+    })?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    with_tx!(tx, conn => {
+        sqlx::query(
+            "INSERT INTO runs (id, tenant_id, job_id, attempt, status, worker_id, queued_at, started_at, finished_at, error) \
+             VALUES ($1, $2, $3, 0, 'missed', 'scheduler', $4, $5, $5, $6)",
+        )
+        .bind(Uuid::now_v7().to_string())
+        .bind(&new.tenant_id)
+        .bind(&id)
+        .bind(occurred_at)
+        .bind(now)
+        .bind(reason)
+        .execute(conn)
+        .await
+        .map(|_| ())
+    })?;
+    Ok(true)
+}
+
+/// Cancels a task's jobs that have not started (queued, or waiting to retry).
+pub async fn cancel_pending_for_task(
+    tx: &mut Tx,
+    tenant_id: &str,
+    task_id: &str,
+    now: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    with_tx!(tx, conn => {
+        sqlx::query(
+            "UPDATE jobs SET status = 'cancelled', finished_at = $1, updated_at = $1 \
+             WHERE tenant_id = $2 AND task_id = $3 AND status IN ('queued', 'failed')",
+        )
+        .bind(now)
+        .bind(tenant_id)
+        .bind(task_id)
+        .execute(conn)
+        .await
+        .map(|done| done.rows_affected())
+    })
 }
 
 /// A job claimed by a worker, with the run that records this attempt.

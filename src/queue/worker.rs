@@ -142,7 +142,6 @@ impl Worker {
     }
 }
 
-/// Forwards PostgreSQL notifications of new jobs to the local wake-up signal.
 fn spawn_pg_listener(
     store: &Store,
     ready: Arc<tokio::sync::Notify>,
@@ -151,30 +150,12 @@ fn spawn_pg_listener(
     let Store::Postgres(pool) = store else {
         return None;
     };
-    let pool = pool.clone();
-    Some(tokio::spawn(async move {
-        loop {
-            let listener = async {
-                let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
-                listener.listen(super::NOTIFY_CHANNEL).await?;
-                loop {
-                    listener.recv().await?;
-                    ready.notify_waiters();
-                }
-            };
-            let result: Result<(), sqlx::Error> = tokio::select! {
-                () = shutdown.cancelled() => return,
-                result = listener => result,
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "job notification listener lost its connection; polling until it is back");
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
-    }))
+    Some(crate::store::spawn_listener(
+        pool.clone(),
+        super::NOTIFY_CHANNEL,
+        ready,
+        shutdown,
+    ))
 }
 
 /// Runs one claimed job to an outcome and records it.

@@ -295,6 +295,39 @@ impl Store {
     }
 }
 
+/// Forwards PostgreSQL notifications on `channel` to `notify` until `shutdown`, reconnecting after
+/// connection loss (meanwhile the waiters' own poll timers cover for it).
+pub fn spawn_listener(
+    pool: PgPool,
+    channel: &'static str,
+    notify: std::sync::Arc<tokio::sync::Notify>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let listen = async {
+                let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                listener.listen(channel).await?;
+                loop {
+                    listener.recv().await?;
+                    notify.notify_waiters();
+                }
+            };
+            let result: Result<(), sqlx::Error> = tokio::select! {
+                () = shutdown.cancelled() => return,
+                result = listen => result,
+            };
+            if let Err(e) = result {
+                tracing::debug!(channel, error = %e, "notification listener lost its connection; reconnecting");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,3 +9,4 @@ mod errors;
 mod health;
 mod observability;
 mod shutdown;
+mod tasks;

@@ -4,3 +4,4 @@
 mod support;
 
 mod queue;
+mod scheduler;

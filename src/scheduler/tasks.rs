@@ -1,0 +1,724 @@
+//! Tasks: scheduled work of a tenant. CRUD and the actions run now, pause, resume and snooze.
+
+use axum::Json as ResponseJson;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::schedule::Schedule;
+use crate::app::AppState;
+use crate::audit::{self, Event};
+use crate::auth::principal::{Authorized, Principal, ReadTasks, WriteTasks};
+use crate::http::error::ApiError;
+use crate::http::extract::Json;
+use crate::http::pagination::{Page, PageParams};
+use crate::queue::{self, Job, NewJob};
+use crate::store::{Store, Tx};
+use crate::{with_pool, with_tx};
+
+/// The job kind of task occurrences.
+pub const TASK_JOB_KIND: &str = "task";
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct TaskRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub title: String,
+    pub description: String,
+    pub schedule_kind: String,
+    pub schedule_expr: String,
+    pub timezone: String,
+    #[serde(skip)]
+    pub payload: String,
+    pub priority: i32,
+    pub max_retries: i32,
+    pub timeout_seconds: i32,
+    pub misfire_grace_seconds: i32,
+    pub concurrency: i32,
+    /// `active`, `paused` or `completed` (a one-shot task that ran).
+    pub status: String,
+    pub next_run_at: Option<DateTime<Utc>>,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl TaskRow {
+    pub fn schedule(&self) -> Result<Schedule, super::schedule::ScheduleError> {
+        Schedule::parse(&self.schedule_kind, &self.schedule_expr, &self.timezone)
+    }
+
+    pub fn payload(&self) -> Value {
+        serde_json::from_str(&self.payload).unwrap_or(Value::Null)
+    }
+
+    /// The job for an occurrence at `at`; the unique key makes its enqueue idempotent.
+    pub fn job_for(&self, at: DateTime<Utc>) -> NewJob {
+        NewJob {
+            tenant_id: self.tenant_id.clone(),
+            task_id: Some(self.id.clone()),
+            kind: TASK_JOB_KIND.to_owned(),
+            payload: json!({ "task_id": self.id, "scheduled_for": at, "payload": self.payload() }),
+            priority: self.priority,
+            run_at: Some(at),
+            max_attempts: Some(u32::try_from(self.max_retries).unwrap_or(0) + 1),
+            timeout: Some(std::time::Duration::from_secs(
+                u64::try_from(self.timeout_seconds).unwrap_or(1),
+            )),
+            unique_key: Some(format!("task:{}:{}", self.id, at.to_rfc3339())),
+        }
+    }
+}
+
+/// A task as the API shows it, with its next fire times.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Task {
+    #[serde(flatten)]
+    pub task: TaskRow,
+    #[schema(value_type = Object)]
+    pub payload: Value,
+    /// The next (up to) five occurrences, while the task is active.
+    pub next_fire_times: Vec<DateTime<Utc>>,
+}
+
+impl Task {
+    fn from_row(row: TaskRow, now: DateTime<Utc>) -> Self {
+        let next_fire_times = match (row.status.as_str(), row.schedule(), row.next_run_at) {
+            ("active", Ok(schedule), Some(next)) => {
+                let mut times = vec![next];
+                times.extend(schedule.upcoming(next.max(now), 4));
+                times.dedup();
+                times.truncate(5);
+                times
+            }
+            _ => Vec::new(),
+        };
+        Self {
+            payload: row.payload(),
+            task: row,
+            next_fire_times,
+        }
+    }
+}
+
+pub const COLUMNS: &str = "id, tenant_id, title, description, schedule_kind, schedule_expr, timezone, payload, priority, \
+                           max_retries, timeout_seconds, misfire_grace_seconds, concurrency, status, next_run_at, \
+                           created_by, created_at, updated_at";
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTask {
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    /// `cron`, `rrule`, `once`, `event` or `manual`.
+    pub schedule_kind: String,
+    /// Cron (5 or 6 fields), RRULE (optionally with DTSTART), RFC 3339 instant, or event topic.
+    #[serde(default)]
+    pub schedule_expr: String,
+    /// IANA time zone; default `UTC`.
+    pub timezone: Option<String>,
+    #[schema(value_type = Object)]
+    pub payload: Option<Value>,
+    pub priority: Option<i32>,
+    pub max_retries: Option<i32>,
+    pub timeout_seconds: Option<i32>,
+    pub misfire_grace_seconds: Option<i32>,
+    pub concurrency: Option<i32>,
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTask {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub schedule_kind: Option<String>,
+    pub schedule_expr: Option<String>,
+    pub timezone: Option<String>,
+    #[schema(value_type = Object)]
+    pub payload: Option<Value>,
+    pub priority: Option<i32>,
+    pub max_retries: Option<i32>,
+    pub timeout_seconds: Option<i32>,
+    pub misfire_grace_seconds: Option<i32>,
+    pub concurrency: Option<i32>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Snooze {
+    /// Postpone by this many seconds…
+    pub seconds: Option<u32>,
+    /// …or until this instant.
+    pub until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+pub struct TaskFilter {
+    /// `active`, `paused` or `completed`.
+    pub status: Option<String>,
+    /// Schedule kind.
+    pub kind: Option<String>,
+    /// Text contained in the title or description.
+    pub q: Option<String>,
+}
+
+fn in_range(field: &str, value: i32, min: i32, max: i32) -> Result<i32, ApiError> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ApiError::invalid_field(
+            field,
+            format!("must be between {min} and {max}"),
+        ))
+    }
+}
+
+fn validate_text(field: &str, value: &str, max: usize, required: bool) -> Result<String, ApiError> {
+    let value = value.trim();
+    if (required && value.is_empty()) || value.chars().count() > max {
+        return Err(ApiError::invalid_field(
+            field,
+            format!("must be {}-{max} characters", usize::from(required)),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+fn validate_payload(payload: &Value) -> Result<(), ApiError> {
+    if payload.get("pipeline").is_some() {
+        return Err(ApiError::invalid_field(
+            "payload",
+            "pipelines are not available in this version of Docket",
+        ));
+    }
+    if payload.to_string().len() > 256 * 1024 {
+        return Err(ApiError::invalid_field(
+            "payload",
+            "must be at most 256 KiB of JSON",
+        ));
+    }
+    Ok(())
+}
+
+fn schedule_error(e: super::schedule::ScheduleError) -> ApiError {
+    ApiError::invalid_field(e.field, e.message)
+}
+
+/// The first occurrence to enqueue for a schedule that starts (or restarts) at `now`.
+fn first_run(kind: &str, schedule: &Schedule, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    match (kind, schedule) {
+        ("once", Schedule::Once(at)) => Some(*at),
+        _ => schedule.next_after(now),
+    }
+}
+
+pub async fn find(
+    store: &Store,
+    tenant_id: &str,
+    id: &str,
+) -> Result<Option<TaskRow>, sqlx::Error> {
+    with_pool!(store, pool => {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM tasks WHERE tenant_id = $1 AND id = $2 AND status <> 'deleted'"
+        )))
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+    })
+}
+
+async fn find_or_404(store: &Store, principal: &Principal, id: &str) -> Result<TaskRow, ApiError> {
+    find(store, &principal.tenant_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("No such task."))
+}
+
+async fn save(tx: &mut Tx, task: &TaskRow) -> Result<(), sqlx::Error> {
+    with_tx!(tx, conn => {
+        sqlx::query(
+            "UPDATE tasks SET title = $1, description = $2, schedule_kind = $3, schedule_expr = $4, timezone = $5, \
+             payload = $6, priority = $7, max_retries = $8, timeout_seconds = $9, misfire_grace_seconds = $10, \
+             concurrency = $11, status = $12, next_run_at = $13, updated_at = $14 WHERE tenant_id = $15 AND id = $16",
+        )
+        .bind(&task.title)
+        .bind(&task.description)
+        .bind(&task.schedule_kind)
+        .bind(&task.schedule_expr)
+        .bind(&task.timezone)
+        .bind(&task.payload)
+        .bind(task.priority)
+        .bind(task.max_retries)
+        .bind(task.timeout_seconds)
+        .bind(task.misfire_grace_seconds)
+        .bind(task.concurrency)
+        .bind(&task.status)
+        .bind(task.next_run_at)
+        .bind(task.updated_at)
+        .bind(&task.tenant_id)
+        .bind(&task.id)
+        .execute(conn)
+        .await
+        .map(|_| ())
+    })
+}
+
+async fn audit_task(
+    tx: &mut Tx,
+    principal: &Principal,
+    action: &str,
+    task_id: &str,
+    summary: Value,
+) -> Result<(), sqlx::Error> {
+    audit::append(
+        tx,
+        Event {
+            tenant_id: &principal.tenant_id,
+            actor: &principal.actor,
+            action,
+            target_type: "task",
+            target_id: task_id,
+            summary,
+            origin: &principal.origin,
+        },
+    )
+    .await
+    .map(|_| ())
+}
+
+fn summary(task: &TaskRow) -> Value {
+    json!({
+        "title": task.title, "status": task.status, "schedule_kind": task.schedule_kind,
+        "schedule_expr": task.schedule_expr, "timezone": task.timezone, "next_run_at": task.next_run_at,
+    })
+}
+
+/// Commits a task change and wakes the schedulers so they re-plan.
+async fn commit_and_wake(state: &AppState, tx: Tx) -> Result<(), ApiError> {
+    tx.commit().await?;
+    super::wake(state).await;
+    Ok(())
+}
+
+/// Create a task.
+#[utoipa::path(post, path = "/tasks", tag = "tasks",
+    description = "Requires: supervisor or admin (`WriteTasks`), or an API key with `tasks:write`.",
+    request_body = CreateTask,
+    responses((status = 201, body = Task), (status = 422, body = crate::http::error::ErrorBody)))]
+pub async fn create_task(
+    State(state): State<AppState>,
+    Authorized(principal, ..): Authorized<WriteTasks>,
+    Json(body): Json<CreateTask>,
+) -> Result<(StatusCode, ResponseJson<Task>), ApiError> {
+    let now = Utc::now();
+    let title = validate_text("title", &body.title, 200, true)?;
+    let description = validate_text("description", &body.description, 10_000, false)?;
+    let timezone = body.timezone.unwrap_or_else(|| "UTC".to_owned());
+    let expr = Schedule::normalise(&body.schedule_kind, &body.schedule_expr, &timezone, now)
+        .map_err(schedule_error)?;
+    let schedule =
+        Schedule::parse(&body.schedule_kind, &expr, &timezone).map_err(schedule_error)?;
+    let payload = body.payload.unwrap_or_else(|| json!({}));
+    validate_payload(&payload)?;
+    let task = TaskRow {
+        id: Uuid::now_v7().to_string(),
+        tenant_id: principal.tenant_id.clone(),
+        title,
+        description,
+        next_run_at: first_run(&body.schedule_kind, &schedule, now),
+        schedule_kind: body.schedule_kind,
+        schedule_expr: expr,
+        timezone,
+        payload: payload.to_string(),
+        priority: in_range("priority", body.priority.unwrap_or(0), -1000, 1000)?,
+        max_retries: in_range("max_retries", body.max_retries.unwrap_or(3), 0, 100)?,
+        timeout_seconds: in_range(
+            "timeout_seconds",
+            body.timeout_seconds.unwrap_or(300),
+            1,
+            86_400,
+        )?,
+        misfire_grace_seconds: in_range(
+            "misfire_grace_seconds",
+            body.misfire_grace_seconds.unwrap_or(
+                i32::try_from(state.config.scheduler_misfire_grace.as_secs()).unwrap_or(30),
+            ),
+            0,
+            86_400,
+        )?,
+        concurrency: in_range("concurrency", body.concurrency.unwrap_or(1), 1, 1000)?,
+        status: "active".to_owned(),
+        created_by: match &principal.actor {
+            audit::Actor::User(id) | audit::Actor::ApiKey(id) => id.clone(),
+            _ => String::new(),
+        },
+        created_at: now,
+        updated_at: now,
+    };
+    let mut tx = state.store.begin().await?;
+    with_tx!(&mut tx, conn => {
+        sqlx::query(
+            "INSERT INTO tasks (id, tenant_id, title, description, schedule_kind, schedule_expr, timezone, payload, \
+             priority, max_retries, timeout_seconds, misfire_grace_seconds, concurrency, status, next_run_at, \
+             created_by, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+        )
+        .bind(&task.id)
+        .bind(&task.tenant_id)
+        .bind(&task.title)
+        .bind(&task.description)
+        .bind(&task.schedule_kind)
+        .bind(&task.schedule_expr)
+        .bind(&task.timezone)
+        .bind(&task.payload)
+        .bind(task.priority)
+        .bind(task.max_retries)
+        .bind(task.timeout_seconds)
+        .bind(task.misfire_grace_seconds)
+        .bind(task.concurrency)
+        .bind(&task.status)
+        .bind(task.next_run_at)
+        .bind(&task.created_by)
+        .bind(task.created_at)
+        .bind(task.updated_at)
+        .execute(conn)
+        .await
+        .map(|_| ())
+    })?;
+    audit_task(
+        &mut tx,
+        &principal,
+        "task.create",
+        &task.id,
+        json!({ "after": summary(&task) }),
+    )
+    .await?;
+    commit_and_wake(&state, tx).await?;
+    Ok((StatusCode::CREATED, ResponseJson(Task::from_row(task, now))))
+}
+
+/// List tasks.
+#[utoipa::path(get, path = "/tasks", tag = "tasks",
+    description = "Requires: any role (`ReadTasks`), or an API key with `tasks:read`.",
+    params(TaskFilter, PageParams),
+    responses((status = 200, body = Page<Task>)))]
+pub async fn list_tasks(
+    State(state): State<AppState>,
+    Authorized(principal, ..): Authorized<ReadTasks>,
+    Query(filter): Query<TaskFilter>,
+    Query(page): Query<PageParams>,
+) -> Result<ResponseJson<Page<Task>>, ApiError> {
+    let limit = page.limit()?;
+    let pattern = filter
+        .q
+        .as_ref()
+        .map(|q| format!("%{}%", q.to_lowercase().replace(['%', '_'], "")));
+    let rows: Vec<TaskRow> = with_pool!(&state.store, pool => {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM tasks WHERE tenant_id = $1 AND status <> 'deleted' \
+             AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR schedule_kind = $3) \
+             AND ($4 IS NULL OR LOWER(title) LIKE $4 OR LOWER(description) LIKE $4) \
+             AND ($5 IS NULL OR id > $5) ORDER BY id LIMIT $6"
+        )))
+        .bind(&principal.tenant_id)
+        .bind(&filter.status)
+        .bind(&filter.kind)
+        .bind(&pattern)
+        .bind(&page.cursor)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(pool)
+        .await
+    })?;
+    let now = Utc::now();
+    let tasks = rows
+        .into_iter()
+        .map(|row| Task::from_row(row, now))
+        .collect();
+    Ok(ResponseJson(Page::from_overfetch(
+        tasks,
+        limit,
+        |t: &Task| t.task.id.clone(),
+    )))
+}
+
+/// A task with its next five fire times.
+#[utoipa::path(get, path = "/tasks/{id}", tag = "tasks",
+    description = "Requires: any role (`ReadTasks`), or an API key with `tasks:read`.",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Task), (status = 404, body = crate::http::error::ErrorBody)))]
+pub async fn get_task(
+    State(state): State<AppState>,
+    Authorized(principal, ..): Authorized<ReadTasks>,
+    Path(id): Path<String>,
+) -> Result<ResponseJson<Task>, ApiError> {
+    let task = find_or_404(&state.store, &principal, &id).await?;
+    Ok(ResponseJson(Task::from_row(task, Utc::now())))
+}
+
+/// Change a task; its schedule is validated and re-planned.
+#[utoipa::path(patch, path = "/tasks/{id}", tag = "tasks",
+    description = "Requires: supervisor or admin (`WriteTasks`), or an API key with `tasks:write`.",
+    params(("id" = String, Path)), request_body = UpdateTask,
+    responses((status = 200, body = Task), (status = 404, body = crate::http::error::ErrorBody), (status = 422, body = crate::http::error::ErrorBody)))]
+pub async fn update_task(
+    State(state): State<AppState>,
+    Authorized(principal, ..): Authorized<WriteTasks>,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateTask>,
+) -> Result<ResponseJson<Task>, ApiError> {
+    let now = Utc::now();
+    let before = find_or_404(&state.store, &principal, &id).await?;
+    let mut task = before.clone();
+    if let Some(title) = &body.title {
+        task.title = validate_text("title", title, 200, true)?;
+    }
+    if let Some(description) = &body.description {
+        task.description = validate_text("description", description, 10_000, false)?;
+    }
+    let schedule_changed =
+        body.schedule_kind.is_some() || body.schedule_expr.is_some() || body.timezone.is_some();
+    if schedule_changed {
+        let kind = body
+            .schedule_kind
+            .clone()
+            .unwrap_or(task.schedule_kind.clone());
+        let timezone = body.timezone.clone().unwrap_or(task.timezone.clone());
+        let expr = body
+            .schedule_expr
+            .clone()
+            .unwrap_or(task.schedule_expr.clone());
+        task.schedule_expr =
+            Schedule::normalise(&kind, &expr, &timezone, now).map_err(schedule_error)?;
+        let schedule =
+            Schedule::parse(&kind, &task.schedule_expr, &timezone).map_err(schedule_error)?;
+        task.schedule_kind = kind;
+        task.timezone = timezone;
+        task.next_run_at = first_run(&task.schedule_kind, &schedule, now);
+        if task.status == "completed" {
+            task.status = "active".to_owned();
+        }
+    }
+    if let Some(payload) = &body.payload {
+        validate_payload(payload)?;
+        task.payload = payload.to_string();
+    }
+    if let Some(v) = body.priority {
+        task.priority = in_range("priority", v, -1000, 1000)?;
+    }
+    if let Some(v) = body.max_retries {
+        task.max_retries = in_range("max_retries", v, 0, 100)?;
+    }
+    if let Some(v) = body.timeout_seconds {
+        task.timeout_seconds = in_range("timeout_seconds", v, 1, 86_400)?;
+    }
+    if let Some(v) = body.misfire_grace_seconds {
+        task.misfire_grace_seconds = in_range("misfire_grace_seconds", v, 0, 86_400)?;
+    }
+    if let Some(v) = body.concurrency {
+        task.concurrency = in_range("concurrency", v, 1, 1000)?;
+    }
+    task.updated_at = now;
+    let mut tx = state.store.begin().await?;
+    save(&mut tx, &task).await?;
+    audit_task(
+        &mut tx,
+        &principal,
+        "task.update",
+        &id,
+        json!({ "before": summary(&before), "after": summary(&task) }),
+    )
+    .await?;
+    commit_and_wake(&state, tx).await?;
+    Ok(ResponseJson(Task::from_row(task, now)))
+}
+
+/// Delete a task; its queued jobs are cancelled, its history stays.
+#[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks",
+    description = "Requires: supervisor or admin (`WriteTasks`), or an API key with `tasks:write`.",
+    params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = crate::http::error::ErrorBody)))]
+pub async fn delete_task(
+    State(state): State<AppState>,
+    Authorized(principal, ..): Authorized<WriteTasks>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let now = Utc::now();
+    let mut task = find_or_404(&state.store, &principal, &id).await?;
+    let before = summary(&task);
+    task.status = "deleted".to_owned();
+    task.next_run_at = None;
+    task.updated_at = now;
+    let mut tx = state.store.begin().await?;
+    save(&mut tx, &task).await?;
+    let cancelled = queue::cancel_pending_for_task(&mut tx, &principal.tenant_id, &id, now).await?;
+    audit_task(
+        &mut tx,
+        &principal,
+        "task.delete",
+        &id,
+        json!({ "before": before, "cancelled_jobs": cancelled }),
+    )
+    .await?;
+    commit_and_wake(&state, tx).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Enqueue an occurrence now, whatever the schedule says.
+#[utoipa::path(post, path = "/tasks/{id}/run_now", tag = "tasks",
+    description = "Requires: supervisor or admin (`WriteTasks`), or an API key with `tasks:write`.",
+    params(("id" = String, Path)),
+    responses((status = 202, body = Job), (status = 404, body = crate::http::error::ErrorBody)))]
+pub async fn run_now(
+    State(state): State<AppState>,
+    Authorized(principal, ..): Authorized<WriteTasks>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, ResponseJson<Job>), ApiError> {
+    let now = Utc::now();
+    let task = find_or_404(&state.store, &principal, &id).await?;
+    let mut job = task.job_for(now);
+    job.unique_key = Some(format!("task:{}:manual:{}", task.id, Uuid::now_v7()));
+    let mut tx = state.store.begin().await?;
+    let job = queue::enqueue(&mut tx, &state.queue.settings, job, now).await?;
+    audit_task(
+        &mut tx,
+        &principal,
+        "task.run_now",
+        &id,
+        json!({ "job_id": job.id }),
+    )
+    .await?;
+    tx.commit().await?;
+    state.queue.wake();
+    Ok((StatusCode::ACCEPTED, ResponseJson(job)))
+}
+
+async fn set_status(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    action: &str,
+    change: impl FnOnce(&mut TaskRow, DateTime<Utc>) -> Result<(), ApiError>,
+) -> Result<ResponseJson<Task>, ApiError> {
+    let now = Utc::now();
+    let before = find_or_404(&state.store, principal, id).await?;
+    let mut task = before.clone();
+    change(&mut task, now)?;
+    task.updated_at = now;
+    let mut tx = state.store.begin().await?;
+    save(&mut tx, &task).await?;
+    audit_task(
+        &mut tx,
+        principal,
+        action,
+        id,
+        json!({ "before": summary(&before), "after": summary(&task) }),
+    )
+    .await?;
+    commit_and_wake(state, tx).await?;
+    Ok(ResponseJson(Task::from_row(task, now)))
+}
+
+/// Stop scheduling the task until resumed.
+#[utoipa::path(post, path = "/tasks/{id}/pause", tag = "tasks",
+    description = "Requires: supervisor or admin (`WriteTasks`), or an API key with `tasks:write`.",
+    params(("id" = String, Path)), responses((status = 200, body = Task), (status = 409, body = crate::http::error::ErrorBody)))]
+pub async fn pause(
+    State(state): State<AppState>,
+    Authorized(principal, ..): Authorized<WriteTasks>,
+    Path(id): Path<String>,
+) -> Result<ResponseJson<Task>, ApiError> {
+    set_status(&state, &principal, &id, "task.pause", |task, _| {
+        if task.status != "active" {
+            return Err(
+                ApiError::conflict(format!("The task is {}, not active.", task.status))
+                    .with_details(json!({ "status": task.status })),
+            );
+        }
+        task.status = "paused".to_owned();
+        Ok(())
+    })
+    .await
+}
+
+/// Resume a paused task from its next occurrence after now (missed ones are not replayed).
+#[utoipa::path(post, path = "/tasks/{id}/resume", tag = "tasks",
+    description = "Requires: supervisor or admin (`WriteTasks`), or an API key with `tasks:write`.",
+    params(("id" = String, Path)), responses((status = 200, body = Task), (status = 409, body = crate::http::error::ErrorBody)))]
+pub async fn resume(
+    State(state): State<AppState>,
+    Authorized(principal, ..): Authorized<WriteTasks>,
+    Path(id): Path<String>,
+) -> Result<ResponseJson<Task>, ApiError> {
+    set_status(&state, &principal, &id, "task.resume", |task, now| {
+        if task.status != "paused" {
+            return Err(
+                ApiError::conflict(format!("The task is {}, not paused.", task.status))
+                    .with_details(json!({ "status": task.status })),
+            );
+        }
+        let schedule = task.schedule().map_err(schedule_error)?;
+        task.next_run_at = match (&schedule, task.next_run_at) {
+            // A one-shot keeps its instant if it is still ahead.
+            (Schedule::Once(at), _) => Some(*at).filter(|at| *at > now),
+            (_, _) => schedule.next_after(now),
+        };
+        task.status = if task.next_run_at.is_none() && task.schedule_kind == "once" {
+            "completed"
+        } else {
+            "active"
+        }
+        .to_owned();
+        Ok(())
+    })
+    .await
+}
+
+/// Postpone the next occurrence: `{"seconds": n}` or `{"until": t}`. Occurrences before then are skipped.
+#[utoipa::path(post, path = "/tasks/{id}/snooze", tag = "tasks",
+    description = "Requires: supervisor or admin (`WriteTasks`), or an API key with `tasks:write`.",
+    params(("id" = String, Path)), request_body = Snooze,
+    responses((status = 200, body = Task), (status = 409, body = crate::http::error::ErrorBody), (status = 422, body = crate::http::error::ErrorBody)))]
+pub async fn snooze(
+    State(state): State<AppState>,
+    Authorized(principal, ..): Authorized<WriteTasks>,
+    Path(id): Path<String>,
+    Json(body): Json<Snooze>,
+) -> Result<ResponseJson<Task>, ApiError> {
+    let now = Utc::now();
+    let until = match (body.seconds, body.until) {
+        (Some(seconds), None) if seconds > 0 => now + chrono::Duration::seconds(i64::from(seconds)),
+        (None, Some(until)) if until > now => until,
+        (Some(_), None) => return Err(ApiError::invalid_field("seconds", "must be at least 1")),
+        (None, Some(_)) => return Err(ApiError::invalid_field("until", "must be in the future")),
+        _ => {
+            return Err(ApiError::invalid_field(
+                "seconds",
+                "give either seconds or until",
+            ));
+        }
+    };
+    set_status(&state, &principal, &id, "task.snooze", move |task, _| {
+        if task.status != "active" {
+            return Err(
+                ApiError::conflict(format!("The task is {}, not active.", task.status))
+                    .with_details(json!({ "status": task.status })),
+            );
+        }
+        let schedule = task.schedule().map_err(schedule_error)?;
+        task.next_run_at = match schedule {
+            Schedule::Once(at) => Some(at.max(until)),
+            Schedule::Event(_) | Schedule::Manual => {
+                return Err(ApiError::conflict(
+                    "Only time-scheduled tasks can be snoozed.",
+                ));
+            }
+            _ => schedule.next_after(until - chrono::Duration::seconds(1)),
+        };
+        Ok(())
+    })
+    .await
+}

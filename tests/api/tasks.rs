@@ -1,0 +1,202 @@
+use std::time::Duration;
+
+use docket::auth::Role;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::on_both_backends;
+use crate::support::TestApp;
+
+fn cron_task(title: &str) -> Value {
+    json!({ "title": title, "schedule_kind": "cron", "schedule_expr": "0 8 * * 1-5", "timezone": "Europe/Chisinau", "payload": { "city": "Chisinau" } })
+}
+
+on_both_backends! {
+    async fn tasks_are_created_with_their_next_fire_times(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let ops = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let (status, task) = app.call(Method::POST, "/api/v1/tasks", &ops.access_token, Some(cron_task("Morning brief"))).await;
+        assert_eq!(status, StatusCode::CREATED, "{task}");
+        assert_eq!(task["status"], "active");
+        assert_eq!(task["payload"], json!({ "city": "Chisinau" }));
+        assert_eq!(task["misfire_grace_seconds"], 30);
+        let times: Vec<chrono::DateTime<chrono::Utc>> = serde_json::from_value(task["next_fire_times"].clone()).unwrap();
+        assert_eq!(times.len(), 5);
+        assert!(times.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(task["next_run_at"], json!(times[0]));
+        for t in &times {
+            let local = t.with_timezone(&chrono_tz::Europe::Chisinau);
+            assert_eq!(local.format("%H:%M").to_string(), "08:00");
+            assert!(!matches!(chrono::Datelike::weekday(&local), chrono::Weekday::Sat | chrono::Weekday::Sun));
+        }
+        let id = task["id"].as_str().unwrap();
+        let (status, fetched) = app.call(Method::GET, &format!("/api/v1/tasks/{id}"), &ops.access_token, None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(fetched["next_fire_times"], task["next_fire_times"]);
+
+        let rrule = json!({ "title": "Weekdays", "schedule_kind": "rrule", "schedule_expr": "FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR;BYHOUR=8;BYMINUTE=30", "timezone": "UTC" });
+        let (status, task) = app.call(Method::POST, "/api/v1/tasks", &ops.access_token, Some(rrule)).await;
+        assert_eq!(status, StatusCode::CREATED, "{task}");
+        assert!(task["schedule_expr"].as_str().unwrap().starts_with("DTSTART;TZID=UTC:"));
+        assert_eq!(task["next_fire_times"].as_array().unwrap().len(), 5);
+    }
+
+    async fn invalid_tasks_get_422_naming_the_field(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let ops = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let cases = [
+            (json!({ "title": "x", "schedule_kind": "cron", "schedule_expr": "99 * * * *" }), "schedule_expr"),
+            (json!({ "title": "x", "schedule_kind": "cron", "schedule_expr": "* * * * *", "timezone": "Nowhere/Land" }), "timezone"),
+            (json!({ "title": "x", "schedule_kind": "once", "schedule_expr": "2001-01-01T00:00:00Z" }), "schedule_expr"),
+            (json!({ "title": "x", "schedule_kind": "sometimes" }), "schedule_kind"),
+            (json!({ "title": "", "schedule_kind": "manual" }), "title"),
+            (json!({ "title": "x", "schedule_kind": "manual", "max_retries": -1 }), "max_retries"),
+            (json!({ "title": "x", "schedule_kind": "manual", "concurrency": 0 }), "concurrency"),
+            (json!({ "title": "x", "schedule_kind": "manual", "payload": { "pipeline": [] } }), "payload"),
+        ];
+        for (body, field) in cases {
+            let (status, response) = app.call(Method::POST, "/api/v1/tasks", &ops.access_token, Some(body.clone())).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {response}");
+            assert_eq!(response["error"]["details"]["field"], field, "{body}: {response}");
+        }
+        let (_, list) = app.call(Method::GET, "/api/v1/tasks", &ops.access_token, None).await;
+        assert_eq!(list["items"], json!([]), "nothing was created");
+    }
+
+    async fn tasks_are_listed_filtered_and_changed(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let ops = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let viewer = app.sign_in("acme", "val@acme.test", Role::Viewer).await;
+        let (_, a) = app.call(Method::POST, "/api/v1/tasks", &ops.access_token, Some(cron_task("Morning brief"))).await;
+        app.call(Method::POST, "/api/v1/tasks", &ops.access_token, Some(json!({ "title": "Reindex", "schedule_kind": "manual" }))).await;
+        app.call(Method::POST, "/api/v1/tasks", &ops.access_token, Some(json!({ "title": "On order", "schedule_kind": "event", "schedule_expr": "orders.created" }))).await;
+
+        let (status, all) = app.call(Method::GET, "/api/v1/tasks", &viewer.access_token, None).await;
+        assert_eq!(status, StatusCode::OK, "viewers may read");
+        assert_eq!(all["items"].as_array().unwrap().len(), 3);
+        let (_, manual) = app.call(Method::GET, "/api/v1/tasks?kind=manual", &viewer.access_token, None).await;
+        assert_eq!(manual["items"][0]["title"], "Reindex");
+        let (_, found) = app.call(Method::GET, "/api/v1/tasks?q=MORNING", &viewer.access_token, None).await;
+        assert_eq!(found["items"].as_array().unwrap().len(), 1);
+        let (_, page) = app.call(Method::GET, "/api/v1/tasks?limit=2", &viewer.access_token, None).await;
+        assert_eq!(page["items"].as_array().unwrap().len(), 2);
+        assert!(page["next_cursor"].is_string());
+        let (status, _) = app.call(Method::POST, "/api/v1/tasks", &viewer.access_token, Some(cron_task("nope"))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "viewers may not write");
+
+        let id = a["id"].as_str().unwrap();
+        let (status, changed) = app.call(Method::PATCH, &format!("/api/v1/tasks/{id}"), &ops.access_token, Some(json!({ "schedule_expr": "0 9 * * *", "timezone": "UTC", "title": "Nine" }))).await;
+        assert_eq!(status, StatusCode::OK, "{changed}");
+        let next: chrono::DateTime<chrono::Utc> = serde_json::from_value(changed["next_run_at"].clone()).unwrap();
+        assert_eq!(next.format("%H:%M").to_string(), "09:00");
+        let (status, bad) = app.call(Method::PATCH, &format!("/api/v1/tasks/{id}"), &ops.access_token, Some(json!({ "timezone": "Mars/Base" }))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+
+        let (_, paused) = app.call(Method::POST, &format!("/api/v1/tasks/{id}/pause"), &ops.access_token, None).await;
+        assert_eq!(paused["status"], "paused");
+        assert_eq!(paused["next_fire_times"], json!([]));
+        let (status, conflict) = app.call(Method::POST, &format!("/api/v1/tasks/{id}/pause"), &ops.access_token, None).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(conflict["error"]["details"]["status"], "paused");
+        let (_, resumed) = app.call(Method::POST, &format!("/api/v1/tasks/{id}/resume"), &ops.access_token, None).await;
+        assert_eq!(resumed["status"], "active");
+
+        let until = chrono::Utc::now() + chrono::Duration::days(3);
+        let (status, snoozed) = app.call(Method::POST, &format!("/api/v1/tasks/{id}/snooze"), &ops.access_token, Some(json!({ "until": until }))).await;
+        assert_eq!(status, StatusCode::OK, "{snoozed}");
+        let next: chrono::DateTime<chrono::Utc> = serde_json::from_value(snoozed["next_run_at"].clone()).unwrap();
+        assert!(next >= until && next - until <= chrono::Duration::days(1), "{next} vs {until}");
+        let (status, _) = app.call(Method::POST, &format!("/api/v1/tasks/{id}/snooze"), &ops.access_token, Some(json!({ "seconds": 0 }))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+        let (status, _) = app.call(Method::DELETE, &format!("/api/v1/tasks/{id}"), &ops.access_token, None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert_eq!(app.call(Method::GET, &format!("/api/v1/tasks/{id}"), &ops.access_token, None).await.0, StatusCode::NOT_FOUND);
+
+        let (_, audit) = app.call(Method::GET, "/api/v1/audit?target_type=task&limit=100", &ops.access_token, None).await;
+        let actions: Vec<&str> = audit["items"].as_array().unwrap().iter().map(|r| r["action"].as_str().unwrap()).collect();
+        for action in ["task.create", "task.update", "task.pause", "task.resume", "task.snooze", "task.delete"] {
+            assert!(actions.contains(&action), "{action} not audited: {actions:?}");
+        }
+    }
+
+    async fn run_now_executes_and_delete_cancels_queued_work(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let ops = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let (_, task) = app.call(Method::POST, "/api/v1/tasks", &ops.access_token, Some(json!({ "title": "Ping", "schedule_kind": "manual", "payload": { "hello": "world" } }))).await;
+        let id = task["id"].as_str().unwrap().to_owned();
+        let (status, job) = app.call(Method::POST, &format!("/api/v1/tasks/{id}/run_now"), &ops.access_token, None).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+        let job_id = job["id"].as_str().unwrap().to_owned();
+        // The app runs a worker (role `all`): the job completes with the task's payload.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let job = docket::queue::get(&app.state.store, &ops.tenant_id, &job_id).await.unwrap().unwrap();
+            if job.status == "succeeded" {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "job stuck in {}", job.status);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let runs = docket::queue::runs_of(&app.state.store, &ops.tenant_id, &job_id).await.unwrap();
+        let output: Value = serde_json::from_str(runs[0].output.as_deref().unwrap()).unwrap();
+        assert_eq!(output["payload"], json!({ "hello": "world" }));
+
+        // A job due in the future is cancelled when its task is deleted.
+        let (_, later) = app.call(Method::POST, "/api/v1/tasks", &ops.access_token, Some(json!({ "title": "Later", "schedule_kind": "manual" }))).await;
+        let later_id = later["id"].as_str().unwrap().to_owned();
+        let mut tx = app.state.store.begin().await.unwrap();
+        let row = docket::scheduler::tasks::find(&app.state.store, &ops.tenant_id, &later_id).await.unwrap().unwrap();
+        let queued = docket::queue::enqueue(&mut tx, &app.state.queue.settings, row.job_for(chrono::Utc::now() + chrono::Duration::hours(1)), chrono::Utc::now()).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(app.call(Method::DELETE, &format!("/api/v1/tasks/{later_id}"), &ops.access_token, None).await.0, StatusCode::NO_CONTENT);
+        let cancelled = docket::queue::get(&app.state.store, &ops.tenant_id, &queued.id).await.unwrap().unwrap();
+        assert_eq!(cancelled.status, "cancelled");
+    }
+
+    async fn a_scheduled_task_runs_end_to_end(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let ops = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let (status, task) = app.call(Method::POST, "/api/v1/tasks", &ops.access_token, Some(json!({ "title": "Tick", "schedule_kind": "cron", "schedule_expr": "* * * * * *" }))).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let id = task["id"].as_str().unwrap().to_owned();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let succeeded: i64 = docket::with_pool!(&app.state.store, pool => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE task_id = $1 AND status = 'succeeded'").bind(&id).fetch_one(pool).await
+            })
+            .unwrap();
+            if succeeded >= 2 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the scheduler and worker did not run the task");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn other_tenants_tasks_are_invisible(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let a = app.sign_in("alpha", "sue@alpha.test", Role::Supervisor).await;
+        let b = app.sign_in("beta", "sam@beta.test", Role::Supervisor).await;
+        let (_, task) = app.call(Method::POST, "/api/v1/tasks", &b.access_token, Some(cron_task("B's"))).await;
+        let id = task["id"].as_str().unwrap();
+        let probes = [
+            (Method::GET, format!("/api/v1/tasks/{id}"), None),
+            (Method::PATCH, format!("/api/v1/tasks/{id}"), Some(json!({ "title": "pwned" }))),
+            (Method::DELETE, format!("/api/v1/tasks/{id}"), None),
+            (Method::POST, format!("/api/v1/tasks/{id}/run_now"), None),
+            (Method::POST, format!("/api/v1/tasks/{id}/pause"), None),
+            (Method::POST, format!("/api/v1/tasks/{id}/resume"), None),
+            (Method::POST, format!("/api/v1/tasks/{id}/snooze"), Some(json!({ "seconds": 60 }))),
+        ];
+        for (method, path, body) in probes {
+            let (status, response) = app.call(method.clone(), &path, &a.access_token, body).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {response}");
+        }
+        let (_, list) = app.call(Method::GET, "/api/v1/tasks", &a.access_token, None).await;
+        assert_eq!(list["items"], json!([]));
+        let (_, mine) = app.call(Method::GET, &format!("/api/v1/tasks/{id}"), &b.access_token, None).await;
+        assert_eq!(mine["title"], "B's");
+        assert_eq!(mine["status"], "active");
+    }
+}
