@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use chrono::Utc;
+
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -215,7 +215,7 @@ impl Server {
         } = self;
         let grace = state.config.shutdown_grace;
         let shutdown = state.shutdown.clone();
-        let node = Node::this_process(role.as_str(), Utc::now());
+        let node = Node::this_process(role.as_str(), crate::clock::now());
         if let Err(e) = nodes::register(&state.store, &node).await {
             tracing::warn!(error = %e, "cannot register this process; will retry with the heartbeat");
         }
@@ -288,8 +288,12 @@ async fn audit_retention_loop(state: AppState) {
             () = state.shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        match audit::purge_expired(&state.store, state.config.audit_retention_days, Utc::now())
-            .await
+        match audit::purge_expired(
+            &state.store,
+            state.config.audit_retention_days,
+            crate::clock::now(),
+        )
+        .await
         {
             Ok(0) => {}
             Ok(removed) => tracing::info!(removed, "expired audit records purged"),
@@ -306,7 +310,7 @@ async fn heartbeat_loop(store: Store, node: Node, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let now = Utc::now();
+        let now = crate::clock::now();
         if let Err(e) = nodes::heartbeat(&store, &node, now).await {
             tracing::warn!(error = %e, "heartbeat failed");
             continue;

@@ -7,7 +7,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
@@ -247,7 +246,36 @@ async fn record_gauges(state: &AppState) {
         .set(f64::from(pool.size.saturating_sub(pool.idle)));
     metrics::gauge!("db_pool_max_connections").set(f64::from(pool.max));
 
-    let since = Utc::now()
+    if let Ok(Ok(depth)) =
+        tokio::time::timeout(CHECK_TIMEOUT, crate::queue::http::depth(&state.store, None)).await
+    {
+        // Groups that emptied since the last scrape must read 0, not their last value.
+        static SEEN: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+        let mut seen = SEEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (kind, status) in seen.iter() {
+            let labels = [("kind", kind.clone()), ("status", status.clone())];
+            metrics::gauge!("docket_queue_depth", &labels).set(0.0);
+            metrics::gauge!("docket_queue_oldest_age_seconds", &labels).set(0.0);
+        }
+        let now = crate::clock::now();
+        for group in depth {
+            let labels = [
+                ("kind", group.kind.clone()),
+                ("status", group.status.clone()),
+            ];
+            metrics::gauge!("docket_queue_depth", &labels).set(group.jobs as f64);
+            if let Some(oldest) = group.oldest_run_at {
+                let age = (now - oldest).num_milliseconds().max(0) as f64 / 1000.0;
+                metrics::gauge!("docket_queue_oldest_age_seconds", &labels).set(age);
+            }
+            let key = (group.kind, group.status);
+            if !seen.contains(&key) {
+                seen.push(key);
+            }
+        }
+    }
+
+    let since = crate::clock::now()
         - chrono::Duration::from_std(ALIVE_WINDOW).unwrap_or(chrono::Duration::seconds(30));
     if let Ok(Ok(alive)) =
         tokio::time::timeout(CHECK_TIMEOUT, nodes::list_alive(&state.store, since)).await

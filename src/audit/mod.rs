@@ -5,7 +5,7 @@
 
 pub mod http;
 
-use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -139,7 +139,7 @@ pub async fn append(tx: &mut Tx, event: Event<'_>) -> Result<Record, sqlx::Error
         seq,
         id: Uuid::now_v7().to_string(),
         // Both databases keep microseconds; hash what will be read back.
-        occurred_at: Utc::now().trunc_subsecs(6),
+        occurred_at: crate::clock::now(),
         actor_type: actor_type.to_owned(),
         actor_id: actor_id.to_owned(),
         action: event.action.to_owned(),

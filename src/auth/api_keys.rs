@@ -114,7 +114,7 @@ pub async fn authenticate(store: &Store, secret: &str) -> Result<KeyIdentity, Au
     })?;
     let row = row.ok_or(AuthError::InvalidToken("unknown API key"))?;
     let tenant_id = row.tenant_id.clone();
-    let now = Utc::now();
+    let now = crate::clock::now();
     if row.revoked_at.is_some() {
         return Err(AuthError::InvalidToken("the API key was revoked"));
     }
@@ -167,7 +167,7 @@ pub async fn create_key(
             format!("unknown scope {unknown:?}; known: {}", SCOPES.join(", ")),
         ));
     }
-    if body.expires_at.is_some_and(|t| t <= Utc::now()) {
+    if body.expires_at.is_some_and(|t| t <= crate::clock::now()) {
         return Err(ApiError::invalid_field(
             "expires_at",
             "must be in the future",
@@ -183,7 +183,7 @@ pub async fn create_key(
         prefix: secret.chars().take(KEY_PREFIX.len() + 8).collect(),
         scopes,
         created_by: principal.user_id().unwrap_or_default().to_owned(),
-        created_at: Utc::now(),
+        created_at: crate::clock::now(),
         expires_at: body.expires_at,
         last_used_at: None,
         revoked_at: None,
@@ -268,7 +268,7 @@ pub async fn revoke_key(
     let mut tx = state.store.begin().await?;
     let revoked = with_tx!(&mut tx, conn => {
         sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE tenant_id = $2 AND id = $3 AND revoked_at IS NULL")
-            .bind(Utc::now())
+            .bind(crate::clock::now())
             .bind(&principal.tenant_id)
             .bind(&id)
             .execute(conn)

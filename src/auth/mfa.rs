@@ -4,7 +4,7 @@
 use axum::Json as ResponseJson;
 use axum::extract::State;
 use axum::http::StatusCode;
-use chrono::Utc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use totp_rs::{Algorithm, Builder, Totp};
@@ -101,7 +101,7 @@ pub async fn verify_login(
         (None, Some(recovery)) => {
             let used = with_tx!(tx, conn => {
                 sqlx::query("UPDATE recovery_codes SET used_at = $1 WHERE user_id = $2 AND code_hash = $3 AND used_at IS NULL")
-                    .bind(Utc::now())
+                    .bind(crate::clock::now())
                     .bind(&user.id)
                     .bind(tokens::hash_secret(&normalise_recovery(recovery)))
                     .execute(conn)
@@ -216,7 +216,7 @@ pub async fn confirm(
     with_tx!(&mut tx, conn => {
         sqlx::query("UPDATE users SET totp_enabled = $1, updated_at = $2 WHERE id = $3")
             .bind(true)
-            .bind(Utc::now())
+            .bind(crate::clock::now())
             .bind(&user.id)
             .execute(conn)
             .await
@@ -278,7 +278,7 @@ pub async fn disable(
     with_tx!(&mut tx, conn => {
         sqlx::query("UPDATE users SET totp_enabled = $1, totp_secret = NULL, updated_at = $2 WHERE id = $3")
             .bind(false)
-            .bind(Utc::now())
+            .bind(crate::clock::now())
             .bind(&user.id)
             .execute(conn)
             .await

@@ -106,6 +106,14 @@ permission!(
     WriteTasks { const MIN_ROLE: Option<Role> = Some(Role::Supervisor); const SCOPE: Option<&'static str> = Some("tasks:write"); }
 );
 permission!(
+    /// Reading runs (execution history).
+    ReadRuns { const MIN_ROLE: Option<Role> = Some(Role::Viewer); const SCOPE: Option<&'static str> = Some("runs:read"); }
+);
+permission!(
+    /// Operating views: live workers and queue depth.
+    ReadOperations { const MIN_ROLE: Option<Role> = Some(Role::Supervisor); const SCOPE: Option<&'static str> = Some("tasks:read"); }
+);
+permission!(
     /// Reading and exporting the audit log.
     ReadAudit { const MIN_ROLE: Option<Role> = Some(Role::Supervisor); const SCOPE: Option<&'static str> = Some("audit:read"); }
 );

@@ -113,7 +113,7 @@ pub async fn touch(state: &AppState, claims: &AccessClaims) -> Result<SessionSta
         .await
     })?;
     let row = row.ok_or(AuthError::SessionEnded)?;
-    let now = Utc::now();
+    let now = crate::clock::now();
     if row.revoked_at.is_some()
         || row.expires_at <= now
         || row.user_status != "active"
@@ -160,7 +160,7 @@ async fn revoke(
             "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
              WHERE id = $3 AND tenant_id = $4 AND revoked_at IS NULL",
         )
-        .bind(Utc::now())
+        .bind(crate::clock::now())
         .bind(reason)
         .bind(session_id)
         .bind(tenant_id)
@@ -183,7 +183,7 @@ pub async fn revoke_all_for_user(
             "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
              WHERE tenant_id = $3 AND user_id = $4 AND revoked_at IS NULL AND ($5 IS NULL OR id <> $5)",
         )
-        .bind(Utc::now())
+        .bind(crate::clock::now())
         .bind(reason)
         .bind(tenant_id)
         .bind(user_id)
@@ -223,7 +223,7 @@ fn token_pair(
     refresh_expires_at: DateTime<Utc>,
     mfa_enrolment_required: bool,
 ) -> Result<TokenPair, AuthError> {
-    let now = Utc::now();
+    let now = crate::clock::now();
     let ttl = state.config.access_token_ttl;
     Ok(TokenPair {
         access_token: tokens::encode_access(
@@ -263,7 +263,7 @@ async fn record_failed_login(
                 let exponent = u32::try_from(failures - ACCOUNT_FAILURES_BEFORE_LOCK)
                     .unwrap_or(0)
                     .min(12);
-                Utc::now()
+                crate::clock::now()
                     + chrono::Duration::seconds((60_i64 << exponent).min(MAX_ACCOUNT_LOCK_SECONDS))
             });
             with_tx!(&mut tx, conn => {
@@ -331,7 +331,7 @@ pub async fn login(
         record_failed_login(&state, None, &body.email, "unknown_email", &origin).await?;
         return Err(AuthError::InvalidCredentials.into());
     };
-    let now = Utc::now();
+    let now = crate::clock::now();
     if let Some(until) = user.locked_until.filter(|until| *until > now) {
         let retry_after_seconds = u64::try_from((until - now).num_seconds())
             .unwrap_or(1)
@@ -479,7 +479,7 @@ pub async fn refresh(
         end_session_on_reuse(&state, &row, &origin).await?;
         return Err(AuthError::SessionEnded.into());
     }
-    let now = Utc::now();
+    let now = crate::clock::now();
     if row.token_expires_at <= now {
         return Err(AuthError::SessionEnded.into());
     }
@@ -637,7 +637,7 @@ pub async fn list_sessions(
         )
         .bind(&principal.tenant_id)
         .bind(user_id)
-        .bind(Utc::now())
+        .bind(crate::clock::now())
         .fetch_all(pool)
         .await
     })?;

@@ -129,7 +129,7 @@ pub async fn insert(
     validate_slug(slug)?;
     let name = validate_name("name", name)?;
     let allowlist = validate_allowlist(ip_allowlist)?;
-    let now = Utc::now();
+    let now = crate::clock::now();
     let tenant = Tenant {
         id: Uuid::now_v7().to_string(),
         slug: slug.to_owned(),
@@ -315,7 +315,7 @@ pub async fn update_tenant(
     if let Some(list) = &body.ip_allowlist {
         after.ip_allowlist = validate_allowlist(list)?;
     }
-    after.updated_at = Utc::now();
+    after.updated_at = crate::clock::now();
     let mut tx = state.store.begin().await?;
     with_tx!(&mut tx, conn => {
         sqlx::query("UPDATE tenants SET name = $1, status = $2, ip_allowlist = $3, updated_at = $4 WHERE id = $5")

@@ -102,7 +102,7 @@ mod tests {
             "u1",
             "t1",
             "s1",
-            Utc::now(),
+            crate::clock::now(),
             Duration::from_secs(60),
         )
         .unwrap();
@@ -119,7 +119,7 @@ mod tests {
 
     #[test]
     fn expired_wrong_key_and_garbage_are_rejected() {
-        let past = Utc::now() - chrono::Duration::hours(2);
+        let past = crate::clock::now() - chrono::Duration::hours(2);
         let expired = encode_access(&key(), "u", "t", "s", past, Duration::from_secs(60)).unwrap();
         assert!(matches!(
             decode_access(&key(), &expired),
@@ -131,7 +131,7 @@ mod tests {
             "u",
             "t",
             "s",
-            Utc::now(),
+            crate::clock::now(),
             Duration::from_secs(60),
         )
         .unwrap();
@@ -149,7 +149,7 @@ mod tests {
     fn alg_none_is_rejected() {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let header = b64.encode(r#"{"alg":"none","typ":"JWT"}"#);
-        let exp = Utc::now().timestamp() + 600;
+        let exp = crate::clock::now().timestamp() + 600;
         let payload = b64.encode(format!(
             r#"{{"sub":"u","tid":"t","sid":"s","iss":"docket","iat":0,"exp":{exp}}}"#
         ));

@@ -152,7 +152,7 @@ pub async fn insert(tx: &mut Tx, new: NewUser<'_>) -> Result<UserRow, AuthError>
     password::validate("password", new.password)?;
     let plain = new.password.to_owned();
     let password_hash = password::blocking(move || password::hash(&plain)).await??;
-    let now = Utc::now();
+    let now = crate::clock::now();
     let row = UserRow {
         id: Uuid::now_v7().to_string(),
         tenant_id: new.tenant_id.to_owned(),
@@ -376,7 +376,7 @@ pub async fn update_user(
         let plain = new_password.clone();
         after.password_hash = password::blocking(move || password::hash(&plain)).await??;
     }
-    after.updated_at = Utc::now();
+    after.updated_at = crate::clock::now();
     let ends_sessions =
         after.status != "active" || body.password.is_some() || after.role != before.role;
 
@@ -431,7 +431,7 @@ pub async fn delete_user(
     let mut tx = state.store.begin().await?;
     with_tx!(&mut tx, conn => {
         sqlx::query("UPDATE users SET status = 'deleted', updated_at = $1 WHERE tenant_id = $2 AND id = $3")
-            .bind(Utc::now())
+            .bind(crate::clock::now())
             .bind(&principal.tenant_id)
             .bind(&id)
             .execute(conn)
@@ -480,7 +480,7 @@ pub async fn change_password(
     with_tx!(&mut tx, conn => {
         sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4")
             .bind(&new_hash)
-            .bind(Utc::now())
+            .bind(crate::clock::now())
             .bind(&principal.tenant_id)
             .bind(&user_id)
             .execute(conn)

@@ -31,7 +31,8 @@ use error::ApiError;
         (name = "users", description = "Users of a tenant"),
         (name = "api-keys", description = "API keys for agents and services"),
         (name = "audit", description = "The tamper-evident audit log"),
-        (name = "tasks", description = "Scheduled work")
+        (name = "tasks", description = "Scheduled work"),
+        (name = "runs", description = "Execution history, workers and queues")
     ),
     modifiers(&BearerAuth)
 )]
@@ -85,7 +86,9 @@ pub fn router(state: AppState, role: Role) -> Router {
             .routes(routes!(ops::api_health))
             .merge(crate::auth::routes())
             .merge(crate::audit::routes())
-            .merge(crate::scheduler::routes());
+            .merge(crate::scheduler::routes())
+            .merge(crate::runs::routes())
+            .merge(crate::queue::routes());
         app = app.nest(&prefix, v1);
     }
     let (router, openapi) = app.split_for_parts();

@@ -6,7 +6,11 @@
 //! Every completion is fenced by lease owner and attempt number, so a worker whose lease expired
 //! cannot overwrite the outcome of the attempt that replaced it. Every attempt is recorded as a run.
 
+pub mod http;
 pub mod worker;
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +24,12 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::store::{Store, Tx};
 use crate::{with_pool, with_tx};
+
+pub fn routes() -> OpenApiRouter<crate::app::AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(http::list_workers))
+        .routes(routes!(http::list_queues))
+}
 
 /// PostgreSQL channel on which enqueues wake idle workers in every process.
 pub const NOTIFY_CHANNEL: &str = "docket_jobs";
@@ -166,7 +176,7 @@ impl Queue {
     /// Enqueues in a transaction of its own and wakes local workers.
     pub async fn enqueue(&self, job: NewJob) -> Result<Job, sqlx::Error> {
         let mut tx = self.store.begin().await?;
-        let job = enqueue(&mut tx, &self.settings, job, Utc::now()).await?;
+        let job = enqueue(&mut tx, &self.settings, job, crate::clock::now()).await?;
         tx.commit().await?;
         self.wake();
         Ok(job)
@@ -200,7 +210,8 @@ pub async fn enqueue(
         payload: new.payload.to_string(),
         status: "queued".to_owned(),
         priority: new.priority,
-        run_at: new.run_at.unwrap_or(now),
+        // Stored with PostgreSQL's precision on both backends, so what is returned is what is kept.
+        run_at: chrono::SubsecRound::trunc_subsecs(new.run_at.unwrap_or(now), 6),
         attempts: 0,
         max_attempts: i32::try_from(max_attempts).unwrap_or(i32::MAX),
         timeout_seconds: i32::try_from(timeout.as_secs().max(1)).unwrap_or(i32::MAX),

@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -98,7 +97,7 @@ impl Worker {
                     &self.id,
                     limit,
                     settings.lease,
-                    Utc::now(),
+                    crate::clock::now(),
                 )
                 .await
                 {
@@ -169,7 +168,9 @@ async fn execute(
     let settings = queue.settings;
     let job = &claimed.job;
     let started = std::time::Instant::now();
-    let delay = (Utc::now() - job.run_at).to_std().unwrap_or_default();
+    let delay = (crate::clock::now() - job.run_at)
+        .to_std()
+        .unwrap_or_default();
     metrics::histogram!("docket_job_start_delay_seconds", "kind" => job.kind.clone())
         .record(delay.as_secs_f64());
 
@@ -228,7 +229,7 @@ async fn execute(
         &worker_id,
         outcome,
         settings.backoff_max_delay,
-        Utc::now(),
+        crate::clock::now(),
     )
     .await
     {
@@ -252,7 +253,7 @@ async fn keep_lease(store: &Store, claimed: &Claimed, worker_id: &str, lease: Du
     ticker.tick().await;
     loop {
         ticker.tick().await;
-        match super::heartbeat(store, claimed, worker_id, lease, Utc::now()).await {
+        match super::heartbeat(store, claimed, worker_id, lease, crate::clock::now()).await {
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {

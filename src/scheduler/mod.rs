@@ -184,30 +184,35 @@ impl Scheduler {
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let full_batch =
-                match tick(&self.state.store, &self.state.queue.settings, Utc::now()).await {
-                    Ok(report) => {
-                        if report.enqueued > 0 {
-                            self.state.queue.wake();
-                        }
-                        if report.missed > 0 {
-                            tracing::warn!(
-                                missed = report.missed,
-                                "task occurrences missed (beyond their misfire grace)"
-                            );
-                        }
-                        report.tasks as i64 == BATCH
+            let full_batch = match tick(
+                &self.state.store,
+                &self.state.queue.settings,
+                crate::clock::now(),
+            )
+            .await
+            {
+                Ok(report) => {
+                    if report.enqueued > 0 {
+                        self.state.queue.wake();
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "scheduler pass failed");
-                        false
+                    if report.missed > 0 {
+                        tracing::warn!(
+                            missed = report.missed,
+                            "task occurrences missed (beyond their misfire grace)"
+                        );
                     }
-                };
+                    report.tasks as i64 == BATCH
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "scheduler pass failed");
+                    false
+                }
+            };
             if full_batch {
                 continue;
             }
             let sleep = match next_due(&self.state.store).await {
-                Ok(Some(at)) => (at - Utc::now())
+                Ok(Some(at)) => (at - crate::clock::now())
                     .to_std()
                     .unwrap_or(Duration::ZERO)
                     .min(MAX_SLEEP),

@@ -314,7 +314,7 @@ pub async fn create_task(
     Authorized(principal, ..): Authorized<WriteTasks>,
     Json(body): Json<CreateTask>,
 ) -> Result<(StatusCode, ResponseJson<Task>), ApiError> {
-    let now = Utc::now();
+    let now = crate::clock::now();
     let title = validate_text("title", &body.title, 200, true)?;
     let description = validate_text("description", &body.description, 10_000, false)?;
     let timezone = body.timezone.unwrap_or_else(|| "UTC".to_owned());
@@ -433,7 +433,7 @@ pub async fn list_tasks(
         .fetch_all(pool)
         .await
     })?;
-    let now = Utc::now();
+    let now = crate::clock::now();
     let tasks = rows
         .into_iter()
         .map(|row| Task::from_row(row, now))
@@ -456,7 +456,7 @@ pub async fn get_task(
     Path(id): Path<String>,
 ) -> Result<ResponseJson<Task>, ApiError> {
     let task = find_or_404(&state.store, &principal, &id).await?;
-    Ok(ResponseJson(Task::from_row(task, Utc::now())))
+    Ok(ResponseJson(Task::from_row(task, crate::clock::now())))
 }
 
 /// Change a task; its schedule is validated and re-planned.
@@ -470,7 +470,7 @@ pub async fn update_task(
     Path(id): Path<String>,
     Json(body): Json<UpdateTask>,
 ) -> Result<ResponseJson<Task>, ApiError> {
-    let now = Utc::now();
+    let now = crate::clock::now();
     let before = find_or_404(&state.store, &principal, &id).await?;
     let mut task = before.clone();
     if let Some(title) = &body.title {
@@ -546,7 +546,7 @@ pub async fn delete_task(
     Authorized(principal, ..): Authorized<WriteTasks>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let now = Utc::now();
+    let now = crate::clock::now();
     let mut task = find_or_404(&state.store, &principal, &id).await?;
     let before = summary(&task);
     task.status = "deleted".to_owned();
@@ -577,7 +577,7 @@ pub async fn run_now(
     Authorized(principal, ..): Authorized<WriteTasks>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, ResponseJson<Job>), ApiError> {
-    let now = Utc::now();
+    let now = crate::clock::now();
     let task = find_or_404(&state.store, &principal, &id).await?;
     let mut job = task.job_for(now);
     job.unique_key = Some(format!("task:{}:manual:{}", task.id, Uuid::now_v7()));
@@ -603,7 +603,7 @@ async fn set_status(
     action: &str,
     change: impl FnOnce(&mut TaskRow, DateTime<Utc>) -> Result<(), ApiError>,
 ) -> Result<ResponseJson<Task>, ApiError> {
-    let now = Utc::now();
+    let now = crate::clock::now();
     let before = find_or_404(&state.store, principal, id).await?;
     let mut task = before.clone();
     change(&mut task, now)?;
@@ -688,7 +688,7 @@ pub async fn snooze(
     Path(id): Path<String>,
     Json(body): Json<Snooze>,
 ) -> Result<ResponseJson<Task>, ApiError> {
-    let now = Utc::now();
+    let now = crate::clock::now();
     let until = match (body.seconds, body.until) {
         (Some(seconds), None) if seconds > 0 => now + chrono::Duration::seconds(i64::from(seconds)),
         (None, Some(until)) if until > now => until,

@@ -138,9 +138,31 @@ on_both_backends! {
             assert!(tokio::time::Instant::now() < deadline, "job stuck in {}", job.status);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let runs = docket::queue::runs_of(&app.state.store, &ops.tenant_id, &job_id).await.unwrap();
-        let output: Value = serde_json::from_str(runs[0].output.as_deref().unwrap()).unwrap();
-        assert_eq!(output["payload"], json!({ "hello": "world" }));
+        let (status, runs) = app.call(Method::GET, &format!("/api/v1/runs?task_id={id}"), &ops.access_token, None).await;
+        assert_eq!(status, StatusCode::OK, "{runs}");
+        let run = &runs["items"][0];
+        assert_eq!(runs["items"].as_array().unwrap().len(), 1);
+        assert_eq!(run["status"], "succeeded");
+        assert_eq!(run["attempt"], 1);
+        assert_eq!(run["input"]["payload"], json!({ "hello": "world" }));
+        assert_eq!(run["output"]["payload"], json!({ "hello": "world" }));
+        assert!(run["duration_seconds"].as_f64().unwrap() >= 0.0);
+        let run_id = run["id"].as_str().unwrap();
+        let (status, detail) = app.call(Method::GET, &format!("/api/v1/runs/{run_id}"), &ops.access_token, None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(detail["job_id"], Value::from(job_id.clone()));
+        let outsider = app.sign_in("globex", "gil@globex.test", Role::Supervisor).await;
+        assert_eq!(app.call(Method::GET, &format!("/api/v1/runs/{run_id}"), &outsider.access_token, None).await.0, StatusCode::NOT_FOUND);
+        let (_, none) = app.call(Method::GET, "/api/v1/runs", &outsider.access_token, None).await;
+        assert_eq!(none["items"], json!([]));
+
+        let (status, workers) = app.call(Method::GET, "/api/v1/workers", &ops.access_token, None).await;
+        assert_eq!(status, StatusCode::OK, "{workers}");
+        assert_eq!(workers.as_array().unwrap().len(), 1);
+        assert_eq!(workers[0]["role"], "all");
+        let (status, queues) = app.call(Method::GET, "/api/v1/queues", &ops.access_token, None).await;
+        assert_eq!(status, StatusCode::OK, "{queues}");
+        assert!(queues.is_array());
 
         // A job due in the future is cancelled when its task is deleted.
         let (_, later) = app.call(Method::POST, "/api/v1/tasks", &ops.access_token, Some(json!({ "title": "Later", "schedule_kind": "manual" }))).await;
@@ -149,9 +171,15 @@ on_both_backends! {
         let row = docket::scheduler::tasks::find(&app.state.store, &ops.tenant_id, &later_id).await.unwrap().unwrap();
         let queued = docket::queue::enqueue(&mut tx, &app.state.queue.settings, row.job_for(chrono::Utc::now() + chrono::Duration::hours(1)), chrono::Utc::now()).await.unwrap();
         tx.commit().await.unwrap();
+        let (_, queues) = app.call(Method::GET, "/api/v1/queues", &ops.access_token, None).await;
+        assert_eq!(queues, json!([{ "kind": "task", "status": "queued", "jobs": 1, "oldest_run_at": queued.run_at }]));
+        let metrics = app.get("/metrics").await.text().await.unwrap();
+        assert!(metrics.contains(r#"docket_queue_depth{kind="task",status="queued"} 1"#), "{metrics}");
         assert_eq!(app.call(Method::DELETE, &format!("/api/v1/tasks/{later_id}"), &ops.access_token, None).await.0, StatusCode::NO_CONTENT);
         let cancelled = docket::queue::get(&app.state.store, &ops.tenant_id, &queued.id).await.unwrap().unwrap();
         assert_eq!(cancelled.status, "cancelled");
+        let (_, queues) = app.call(Method::GET, "/api/v1/queues", &ops.access_token, None).await;
+        assert_eq!(queues, json!([]));
     }
 
     async fn a_scheduled_task_runs_end_to_end(backend) {
