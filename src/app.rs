@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::rate_limit::RateLimiter;
 use crate::config::{Config, Secret};
+use crate::events::EventBus;
 use crate::nodes::{self, Node};
 use crate::queue::worker::{Registry, Worker};
 use crate::queue::{self, Queue};
@@ -90,6 +91,7 @@ pub struct AppState {
     pub secret_key: Secret,
     pub metrics: PrometheusHandle,
     pub queue: Queue,
+    pub events: EventBus,
     /// Wakes this process's scheduler when tasks change.
     pub scheduler_wake: Arc<tokio::sync::Notify>,
     /// Job handlers by kind, for this process's worker.
@@ -148,9 +150,15 @@ impl AppState {
             Some(client) => RateLimiter::redis(client.clone()),
             None => RateLimiter::in_process(),
         });
-        let queue = Queue::new(store.clone(), queue::Settings::from_config(&config));
+        let events = EventBus::new(redis.clone());
+        let queue = Queue::new(
+            store.clone(),
+            queue::Settings::from_config(&config),
+            events.clone(),
+        );
         Ok(Self {
             queue,
+            events,
             job_handlers: Arc::new(job_handlers()),
             scheduler_wake: Arc::new(tokio::sync::Notify::new()),
             config: Arc::new(config),

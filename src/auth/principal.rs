@@ -114,6 +114,10 @@ permission!(
     ReadOperations { const MIN_ROLE: Option<Role> = Some(Role::Supervisor); const SCOPE: Option<&'static str> = Some("tasks:read"); }
 );
 permission!(
+    /// Publishing events (which may trigger tasks).
+    PublishEvents { const MIN_ROLE: Option<Role> = Some(Role::Supervisor); const SCOPE: Option<&'static str> = Some("events:write"); }
+);
+permission!(
     /// Reading and exporting the audit log.
     ReadAudit { const MIN_ROLE: Option<Role> = Some(Role::Supervisor); const SCOPE: Option<&'static str> = Some("audit:read"); }
 );

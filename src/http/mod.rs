@@ -32,7 +32,8 @@ use error::ApiError;
         (name = "api-keys", description = "API keys for agents and services"),
         (name = "audit", description = "The tamper-evident audit log"),
         (name = "tasks", description = "Scheduled work"),
-        (name = "runs", description = "Execution history, workers and queues")
+        (name = "runs", description = "Execution history, workers and queues"),
+        (name = "events", description = "Published events and the live event stream")
     ),
     modifiers(&BearerAuth)
 )]
@@ -88,7 +89,8 @@ pub fn router(state: AppState, role: Role) -> Router {
             .merge(crate::audit::routes())
             .merge(crate::scheduler::routes())
             .merge(crate::runs::routes())
-            .merge(crate::queue::routes());
+            .merge(crate::queue::routes())
+            .merge(crate::events::routes());
         app = app.nest(&prefix, v1);
     }
     let (router, openapi) = app.split_for_parts();

@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::config::Config;
+use crate::events::EventBus;
 use crate::store::{Store, Tx};
 use crate::{with_pool, with_tx};
 
@@ -161,14 +162,17 @@ impl Settings {
 pub struct Queue {
     pub store: Store,
     pub settings: Settings,
+    /// Where job state changes are announced.
+    pub events: EventBus,
     ready: Arc<Notify>,
 }
 
 impl Queue {
-    pub fn new(store: Store, settings: Settings) -> Self {
+    pub fn new(store: Store, settings: Settings, events: EventBus) -> Self {
         Self {
             store,
             settings,
+            events,
             ready: Arc::new(Notify::new()),
         }
     }

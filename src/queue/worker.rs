@@ -173,6 +173,13 @@ async fn execute(
         .unwrap_or_default();
     metrics::histogram!("docket_job_start_delay_seconds", "kind" => job.kind.clone())
         .record(delay.as_secs_f64());
+    queue.events.publish(job_event(
+        job,
+        &claimed.run_id,
+        "job.started",
+        &worker_id,
+        None,
+    ));
 
     let outcome = match registry.get(&job.kind) {
         None => Outcome::FailedPermanently(format!(
@@ -223,7 +230,11 @@ async fn execute(
         .record(started.elapsed().as_secs_f64());
     metrics::counter!("docket_jobs_total", "kind" => job.kind.clone(), "outcome" => label)
         .increment(1);
-    match finish(
+    let error = match &outcome {
+        Outcome::Failed(e) | Outcome::FailedPermanently(e) => Some(e.clone()),
+        Outcome::Succeeded(_) | Outcome::Released => None,
+    };
+    let settled = finish(
         &queue.store,
         &claimed,
         &worker_id,
@@ -231,20 +242,48 @@ async fn execute(
         settings.backoff_max_delay,
         crate::clock::now(),
     )
-    .await
-    {
+    .await;
+    let topic = match settled {
         Ok(Settled::Stale) => {
-            tracing::warn!(job_id = %job.id, "result discarded: the lease had expired")
+            tracing::warn!(job_id = %job.id, "result discarded: the lease had expired");
+            return;
         }
         Ok(Settled::Dead) => {
-            tracing::warn!(job_id = %job.id, kind = %job.kind, "job is dead (no attempts left)")
+            tracing::warn!(job_id = %job.id, kind = %job.kind, "job is dead (no attempts left)");
+            "job.dead"
         }
-        Ok(Settled::WillRetry) => queue.wake(),
-        Ok(_) => {}
+        Ok(Settled::WillRetry) => {
+            queue.wake();
+            "job.failed"
+        }
+        Ok(Settled::Succeeded) => "job.succeeded",
+        Ok(Settled::Requeued) => "job.released",
         Err(e) => {
-            tracing::error!(job_id = %job.id, error = %e, "cannot record the job's outcome; it will be retried after its lease expires")
+            tracing::error!(job_id = %job.id, error = %e, "cannot record the job's outcome; it will be retried after its lease expires");
+            return;
         }
-    }
+    };
+    queue
+        .events
+        .publish(job_event(job, &claimed.run_id, topic, &worker_id, error));
+}
+
+/// The event announcing a job's state change.
+fn job_event(
+    job: &super::Job,
+    run_id: &str,
+    topic: &str,
+    worker_id: &str,
+    error: Option<String>,
+) -> crate::events::Envelope {
+    crate::events::Envelope::internal(
+        &job.tenant_id,
+        topic,
+        json!({
+            "job_id": job.id, "run_id": run_id, "kind": job.kind, "task_id": job.task_id,
+            "attempt": job.attempts, "worker_id": worker_id, "error": error,
+        }),
+    )
 }
 
 /// Renews the lease at a third of its length; returns only when the lease was lost.

@@ -297,10 +297,20 @@ fn summary(task: &TaskRow) -> Value {
     })
 }
 
-/// Commits a task change and wakes the schedulers so they re-plan.
-async fn commit_and_wake(state: &AppState, tx: Tx) -> Result<(), ApiError> {
+/// Commits a task change, wakes the schedulers so they re-plan, and announces the change.
+async fn commit_and_wake(
+    state: &AppState,
+    tx: Tx,
+    topic: &str,
+    task: &TaskRow,
+) -> Result<(), ApiError> {
     tx.commit().await?;
     super::wake(state).await;
+    state.events.publish(crate::events::Envelope::internal(
+        &task.tenant_id,
+        topic,
+        summary(task),
+    ));
     Ok(())
 }
 
@@ -397,7 +407,7 @@ pub async fn create_task(
         json!({ "after": summary(&task) }),
     )
     .await?;
-    commit_and_wake(&state, tx).await?;
+    commit_and_wake(&state, tx, "task.created", &task).await?;
     Ok((StatusCode::CREATED, ResponseJson(Task::from_row(task, now))))
 }
 
@@ -532,7 +542,7 @@ pub async fn update_task(
         json!({ "before": summary(&before), "after": summary(&task) }),
     )
     .await?;
-    commit_and_wake(&state, tx).await?;
+    commit_and_wake(&state, tx, "task.updated", &task).await?;
     Ok(ResponseJson(Task::from_row(task, now)))
 }
 
@@ -563,7 +573,7 @@ pub async fn delete_task(
         json!({ "before": before, "cancelled_jobs": cancelled }),
     )
     .await?;
-    commit_and_wake(&state, tx).await?;
+    commit_and_wake(&state, tx, "task.deleted", &task).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -600,7 +610,7 @@ async fn set_status(
     state: &AppState,
     principal: &Principal,
     id: &str,
-    action: &str,
+    (action, topic): (&str, &str),
     change: impl FnOnce(&mut TaskRow, DateTime<Utc>) -> Result<(), ApiError>,
 ) -> Result<ResponseJson<Task>, ApiError> {
     let now = crate::clock::now();
@@ -618,7 +628,7 @@ async fn set_status(
         json!({ "before": summary(&before), "after": summary(&task) }),
     )
     .await?;
-    commit_and_wake(state, tx).await?;
+    commit_and_wake(state, tx, topic, &task).await?;
     Ok(ResponseJson(Task::from_row(task, now)))
 }
 
@@ -631,16 +641,23 @@ pub async fn pause(
     Authorized(principal, ..): Authorized<WriteTasks>,
     Path(id): Path<String>,
 ) -> Result<ResponseJson<Task>, ApiError> {
-    set_status(&state, &principal, &id, "task.pause", |task, _| {
-        if task.status != "active" {
-            return Err(
-                ApiError::conflict(format!("The task is {}, not active.", task.status))
-                    .with_details(json!({ "status": task.status })),
-            );
-        }
-        task.status = "paused".to_owned();
-        Ok(())
-    })
+    set_status(
+        &state,
+        &principal,
+        &id,
+        ("task.pause", "task.paused"),
+        |task, _| {
+            if task.status != "active" {
+                return Err(ApiError::conflict(format!(
+                    "The task is {}, not active.",
+                    task.status
+                ))
+                .with_details(json!({ "status": task.status })));
+            }
+            task.status = "paused".to_owned();
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -653,27 +670,34 @@ pub async fn resume(
     Authorized(principal, ..): Authorized<WriteTasks>,
     Path(id): Path<String>,
 ) -> Result<ResponseJson<Task>, ApiError> {
-    set_status(&state, &principal, &id, "task.resume", |task, now| {
-        if task.status != "paused" {
-            return Err(
-                ApiError::conflict(format!("The task is {}, not paused.", task.status))
-                    .with_details(json!({ "status": task.status })),
-            );
-        }
-        let schedule = task.schedule().map_err(schedule_error)?;
-        task.next_run_at = match (&schedule, task.next_run_at) {
-            // A one-shot keeps its instant if it is still ahead.
-            (Schedule::Once(at), _) => Some(*at).filter(|at| *at > now),
-            (_, _) => schedule.next_after(now),
-        };
-        task.status = if task.next_run_at.is_none() && task.schedule_kind == "once" {
-            "completed"
-        } else {
-            "active"
-        }
-        .to_owned();
-        Ok(())
-    })
+    set_status(
+        &state,
+        &principal,
+        &id,
+        ("task.resume", "task.resumed"),
+        |task, now| {
+            if task.status != "paused" {
+                return Err(ApiError::conflict(format!(
+                    "The task is {}, not paused.",
+                    task.status
+                ))
+                .with_details(json!({ "status": task.status })));
+            }
+            let schedule = task.schedule().map_err(schedule_error)?;
+            task.next_run_at = match (&schedule, task.next_run_at) {
+                // A one-shot keeps its instant if it is still ahead.
+                (Schedule::Once(at), _) => Some(*at).filter(|at| *at > now),
+                (_, _) => schedule.next_after(now),
+            };
+            task.status = if task.next_run_at.is_none() && task.schedule_kind == "once" {
+                "completed"
+            } else {
+                "active"
+            }
+            .to_owned();
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -701,24 +725,31 @@ pub async fn snooze(
             ));
         }
     };
-    set_status(&state, &principal, &id, "task.snooze", move |task, _| {
-        if task.status != "active" {
-            return Err(
-                ApiError::conflict(format!("The task is {}, not active.", task.status))
-                    .with_details(json!({ "status": task.status })),
-            );
-        }
-        let schedule = task.schedule().map_err(schedule_error)?;
-        task.next_run_at = match schedule {
-            Schedule::Once(at) => Some(at.max(until)),
-            Schedule::Event(_) | Schedule::Manual => {
-                return Err(ApiError::conflict(
-                    "Only time-scheduled tasks can be snoozed.",
-                ));
+    set_status(
+        &state,
+        &principal,
+        &id,
+        ("task.snooze", "task.snoozed"),
+        move |task, _| {
+            if task.status != "active" {
+                return Err(ApiError::conflict(format!(
+                    "The task is {}, not active.",
+                    task.status
+                ))
+                .with_details(json!({ "status": task.status })));
             }
-            _ => schedule.next_after(until - chrono::Duration::seconds(1)),
-        };
-        Ok(())
-    })
+            let schedule = task.schedule().map_err(schedule_error)?;
+            task.next_run_at = match schedule {
+                Schedule::Once(at) => Some(at.max(until)),
+                Schedule::Event(_) | Schedule::Manual => {
+                    return Err(ApiError::conflict(
+                        "Only time-scheduled tasks can be snoozed.",
+                    ));
+                }
+                _ => schedule.next_after(until - chrono::Duration::seconds(1)),
+            };
+            Ok(())
+        },
+    )
     .await
 }

@@ -6,6 +6,7 @@ mod support;
 mod audit;
 mod auth;
 mod errors;
+mod events;
 mod health;
 mod observability;
 mod shutdown;

@@ -30,7 +30,7 @@ async fn harness(backend: Backend) -> Option<Harness> {
         default_timeout: Duration::from_secs(30),
     };
     Some(Harness {
-        queue: Queue::new(state.store.clone(), settings),
+        queue: Queue::new(state.store.clone(), settings, state.events.clone()),
         _db: db,
     })
 }

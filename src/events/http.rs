@@ -1,0 +1,302 @@
+//! `POST /events` and the live stream `GET /events/stream` (server-sent events).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json as ResponseJson;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio_stream::wrappers::BroadcastStream;
+
+use super::{Envelope, from_stream_entry, read_stream};
+use crate::app::AppState;
+use crate::auth::principal::{Authorized, PublishEvents, ReadTasks};
+use crate::http::error::ApiError;
+use crate::http::extract::Json;
+use crate::queue;
+use crate::scheduler::tasks::{COLUMNS, TaskRow};
+use crate::{with_pool, with_tx};
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishEvent {
+    /// Topic name, e.g. `orders.created`.
+    pub topic: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub payload: Value,
+    /// Publishing again with the same key returns the first event (the `Idempotency-Key` header works too).
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Published {
+    pub event: Envelope,
+    /// Jobs created for event-triggered tasks on this topic.
+    pub job_ids: Vec<String>,
+    /// True when the idempotency key matched an earlier event, which is returned instead.
+    pub duplicate: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    id: String,
+    tenant_id: String,
+    topic: String,
+    payload: String,
+    source: String,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+fn validate_topic(topic: &str) -> Result<(), ApiError> {
+    let valid = !topic.is_empty()
+        && topic.len() <= 200
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:/".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_field(
+            "topic",
+            "must be 1-200 letters, digits or . _ - : /",
+        ))
+    }
+}
+
+/// Publish an event; tasks scheduled on its topic get a job each.
+#[utoipa::path(post, path = "/events", tag = "events",
+    description = "Requires: supervisor or admin (`PublishEvents`), or an API key with `events:write`.",
+    request_body = PublishEvent,
+    responses((status = 202, body = Published), (status = 200, description = "duplicate idempotency key", body = Published), (status = 422, body = crate::http::error::ErrorBody)))]
+pub async fn publish(
+    State(state): State<AppState>,
+    Authorized(principal, ..): Authorized<PublishEvents>,
+    headers: HeaderMap,
+    Json(body): Json<PublishEvent>,
+) -> Result<(StatusCode, ResponseJson<Published>), ApiError> {
+    validate_topic(&body.topic)?;
+    if body.payload.to_string().len() > 256 * 1024 {
+        return Err(ApiError::invalid_field(
+            "payload",
+            "must be at most 256 KiB of JSON",
+        ));
+    }
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(body.idempotency_key.clone())
+        .filter(|k| !k.is_empty());
+    if key.as_ref().is_some_and(|k| k.len() > 200) {
+        return Err(ApiError::invalid_field(
+            "idempotency_key",
+            "must be at most 200 characters",
+        ));
+    }
+    let now = crate::clock::now();
+    let mut event = Envelope::internal(&principal.tenant_id, &body.topic, body.payload.clone());
+    event.source = "api".to_owned();
+    event.occurred_at = now;
+
+    let mut tx = state.store.begin().await?;
+    let inserted = with_tx!(&mut tx, conn => {
+        sqlx::query(
+            "INSERT INTO events (id, tenant_id, topic, payload, idempotency_key, source, created_at) \
+             VALUES ($1, $2, $3, $4, $5, 'api', $6) \
+             ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+        )
+        .bind(&event.id)
+        .bind(&event.tenant_id)
+        .bind(&event.topic)
+        .bind(event.payload.to_string())
+        .bind(&key)
+        .bind(now)
+        .execute(conn)
+        .await
+        .map(|done| done.rows_affected())
+    })?;
+    if inserted == 0 {
+        drop(tx);
+        return duplicate(
+            &state,
+            &principal.tenant_id,
+            key.as_deref().unwrap_or_default(),
+        )
+        .await;
+    }
+    let tasks: Vec<TaskRow> = with_tx!(&mut tx, conn => {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM tasks WHERE tenant_id = $1 AND schedule_kind = 'event' AND status = 'active' AND schedule_expr = $2"
+        )))
+        .bind(&principal.tenant_id)
+        .bind(&event.topic)
+        .fetch_all(conn)
+        .await
+    })?;
+    let mut job_ids = Vec::with_capacity(tasks.len());
+    for task in &tasks {
+        let mut job = task.job_for(now);
+        job.payload["event"] = json!(event);
+        job.unique_key = Some(format!("task:{}:event:{}", task.id, event.id));
+        job_ids.push(
+            queue::enqueue(&mut tx, &state.queue.settings, job, now)
+                .await?
+                .id,
+        );
+    }
+    tx.commit().await?;
+    if !job_ids.is_empty() {
+        state.queue.wake();
+    }
+    state.events.publish(event.clone());
+    Ok((
+        StatusCode::ACCEPTED,
+        ResponseJson(Published {
+            event,
+            job_ids,
+            duplicate: false,
+        }),
+    ))
+}
+
+async fn duplicate(
+    state: &AppState,
+    tenant_id: &str,
+    key: &str,
+) -> Result<(StatusCode, ResponseJson<Published>), ApiError> {
+    let row: EventRow = with_pool!(&state.store, pool => {
+        sqlx::query_as("SELECT id, tenant_id, topic, payload, source, created_at FROM events WHERE tenant_id = $1 AND idempotency_key = $2")
+            .bind(tenant_id)
+            .bind(key)
+            .fetch_one(pool)
+            .await
+    })?;
+    let job_ids: Vec<String> = with_pool!(&state.store, pool => {
+        sqlx::query_scalar("SELECT id FROM jobs WHERE tenant_id = $1 AND unique_key LIKE $2 ORDER BY id")
+            .bind(tenant_id)
+            .bind(format!("task:%:event:{}", row.id))
+            .fetch_all(pool)
+            .await
+    })?;
+    let event = Envelope {
+        id: row.id,
+        tenant_id: row.tenant_id,
+        topic: row.topic,
+        payload: serde_json::from_str(&row.payload).unwrap_or(Value::Null),
+        source: row.source,
+        occurred_at: row.created_at,
+    };
+    Ok((
+        StatusCode::OK,
+        ResponseJson(Published {
+            event,
+            job_ids,
+            duplicate: true,
+        }),
+    ))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+pub struct StreamFilter {
+    /// Only topics starting with this prefix (e.g. `job.`).
+    pub topic: Option<String>,
+}
+
+/// Live events of your tenant as server-sent events. With Redis, `Last-Event-ID` resumes from a
+/// stream position; without it only new events are sent.
+#[utoipa::path(get, path = "/events/stream", tag = "events",
+    description = "Requires: any role (`ReadTasks`), or an API key with `tasks:read`.",
+    params(StreamFilter),
+    responses((status = 200, description = "text/event-stream")))]
+pub async fn stream(
+    State(state): State<AppState>,
+    Authorized(principal, ..): Authorized<ReadTasks>,
+    headers: HeaderMap,
+    Query(filter): Query<StreamFilter>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let tenant = principal.tenant_id.clone();
+    let prefix = filter.topic.unwrap_or_default();
+    let wanted = move |e: &Envelope| e.tenant_id == tenant && e.topic.starts_with(&prefix);
+    let events: std::pin::Pin<Box<dyn Stream<Item = (String, Envelope)> + Send>> =
+        match state.events.redis() {
+            Some(client) => {
+                let last = headers
+                    .get("last-event-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("$")
+                    .to_owned();
+                Box::pin(redis_stream(client.clone(), last))
+            }
+            None => Box::pin(
+                BroadcastStream::new(state.events.subscribe_local()).filter_map(
+                    |item| async move { item.ok().map(|e| (e.id.clone(), (*e).clone())) },
+                ),
+            ),
+        };
+    let shutdown = state.shutdown.clone();
+    let stream = events
+        .filter(move |(_, e)| std::future::ready(wanted(e)))
+        .map(|(id, e)| {
+            Ok(SseEvent::default()
+                .id(id)
+                .event(e.topic.clone())
+                .json_data(&e)
+                .unwrap_or_default())
+        })
+        .take_until(async move { shutdown.cancelled().await });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// Entries of the Redis Stream after `last_id`, as (stream id, event), reconnecting on errors.
+fn redis_stream(
+    client: redis::Client,
+    last_id: String,
+) -> impl Stream<Item = (String, Envelope)> + Send {
+    stream::unfold((None, last_id), move |(conn, last_id)| {
+        let client = client.clone();
+        async move {
+            let mut conn: Option<redis::aio::MultiplexedConnection> = conn;
+            let mut last_id = last_id;
+            loop {
+                if conn.is_none() {
+                    match client.get_multiplexed_async_connection().await {
+                        Ok(c) => conn = Some(c),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "event stream: Redis unavailable; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    }
+                }
+                let Some(c) = conn.as_mut() else { continue };
+                match read_stream(c, &last_id, 5000).await {
+                    Ok(reply) => {
+                        let batch: Vec<(String, Envelope)> = reply
+                            .keys
+                            .into_iter()
+                            .flat_map(|k| k.ids)
+                            .filter_map(|entry| from_stream_entry(&entry.map).map(|e| (entry.id, e)))
+                            .collect();
+                        if let Some((id, _)) = batch.last() {
+                            last_id = id.clone();
+                        }
+                        if !batch.is_empty() {
+                            return Some((stream::iter(batch), (conn, last_id)));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "event stream read failed; reconnecting");
+                        conn = None;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+    })
+    .flatten()
+}
