@@ -43,6 +43,23 @@ enum Command {
     /// Audit log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Benchmarks against the configured database (not tests: they print measurements).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Enqueue no-op jobs while workers drain them; report enqueue rate, processing rate and
+    /// enqueue-to-start latency (p50/p99). Worker concurrency comes from WORKER_CONCURRENCY.
+    Queue {
+        /// Number of jobs.
+        #[arg(long, default_value_t = 10_000)]
+        jobs: usize,
+        /// Worker loops in this process (each runs WORKER_CONCURRENCY jobs at once).
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +117,9 @@ pub async fn run() -> ExitCode {
         }) => admin_create(config, &email, &tenant, name.as_deref(), platform_admin).await,
         Command::Audit(AuditCommand::Verify { tenant }) => {
             audit_verify(config, tenant.as_deref()).await
+        }
+        Command::Bench(BenchCommand::Queue { jobs, workers }) => {
+            bench_queue(config, jobs, workers).await
         }
         Command::Config => {
             for line in config.redacted_lines() {
@@ -285,6 +305,41 @@ async fn audit_verify(config: Config, tenant: Option<&str>) -> ExitCode {
             } else {
                 ExitCode::FAILURE
             }
+        }
+        Err(e) => {
+            eprintln!("docket: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench_queue(config: Config, jobs: usize, workers: usize) -> ExitCode {
+    let result = async {
+        let store = open_store(&config).await?;
+        let queue = crate::queue::Queue::new(
+            store.clone(),
+            crate::queue::Settings::from_config(&config),
+            crate::events::EventBus::new(None),
+        );
+        let report = crate::queue::bench::run(&queue, jobs, workers)
+            .await
+            .map_err(|e| e.to_string());
+        store.close().await;
+        report
+    }
+    .await;
+    match result {
+        Ok(report) => {
+            println!(
+                "backend                   {}",
+                if config.database_url.expose().starts_with("sqlite") {
+                    "sqlite"
+                } else {
+                    "postgres"
+                }
+            );
+            println!("{report}");
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("docket: {e}");

@@ -6,6 +6,7 @@
 //! Every completion is fenced by lease owner and attempt number, so a worker whose lease expired
 //! cannot overwrite the outcome of the attempt that replaced it. Every attempt is recorded as a run.
 
+pub mod bench;
 pub mod http;
 pub mod worker;
 
@@ -270,6 +271,79 @@ pub async fn enqueue(
     Ok(row.into())
 }
 
+/// Enqueues many jobs with one multi-row insert per call (bulk loads, benchmarks). Jobs whose
+/// unique key already exists are skipped; returns how many were inserted.
+pub async fn enqueue_many(
+    tx: &mut Tx,
+    settings: &Settings,
+    jobs: Vec<NewJob>,
+    now: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    if jobs.is_empty() {
+        return Ok(0);
+    }
+    let rows: Vec<JobRow> = jobs
+        .into_iter()
+        .map(|new| JobRow {
+            id: Uuid::now_v7().to_string(),
+            tenant_id: new.tenant_id,
+            task_id: new.task_id,
+            kind: new.kind,
+            payload: new.payload.to_string(),
+            status: "queued".to_owned(),
+            priority: new.priority,
+            run_at: chrono::SubsecRound::trunc_subsecs(new.run_at.unwrap_or(now), 6),
+            attempts: 0,
+            max_attempts: i32::try_from(
+                new.max_attempts.unwrap_or(settings.max_retries + 1).max(1),
+            )
+            .unwrap_or(i32::MAX),
+            timeout_seconds: i32::try_from(
+                new.timeout
+                    .unwrap_or(settings.default_timeout)
+                    .as_secs()
+                    .max(1),
+            )
+            .unwrap_or(i32::MAX),
+            unique_key: new.unique_key,
+            last_error: None,
+            created_at: now,
+            finished_at: None,
+        })
+        .collect();
+    let inserted = with_tx!(tx, conn => {
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO jobs (id, tenant_id, task_id, kind, payload, status, priority, run_at, attempts, max_attempts, \
+             timeout_seconds, unique_key, created_at, updated_at) ",
+        );
+        insert.push_values(&rows, |mut row, job| {
+            row.push_bind(&job.id)
+                .push_bind(&job.tenant_id)
+                .push_bind(&job.task_id)
+                .push_bind(&job.kind)
+                .push_bind(&job.payload)
+                .push_bind("queued")
+                .push_bind(job.priority)
+                .push_bind(job.run_at)
+                .push_bind(0_i32)
+                .push_bind(job.max_attempts)
+                .push_bind(job.timeout_seconds)
+                .push_bind(&job.unique_key)
+                .push_bind(job.created_at)
+                .push_bind(job.created_at);
+        });
+        insert.push(" ON CONFLICT (tenant_id, unique_key) WHERE unique_key IS NOT NULL DO NOTHING");
+        insert.build().execute(conn).await.map(|done| done.rows_affected())
+    })?;
+    if let Tx::Postgres(tx) = tx {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(NOTIFY_CHANNEL)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(inserted)
+}
+
 /// Records a task occurrence that was found too late to run (beyond its misfire grace) as a job in
 /// state `missed` with one `missed` run, never executed. The unique key makes it happen once even
 /// when schedulers race. Returns false when the occurrence was already recorded.
@@ -363,32 +437,10 @@ pub async fn claim(
     let lease_until =
         now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60));
     let mut tx = store.begin().await?;
-    with_tx!(&mut tx, conn => {
-        sqlx::query(
-            "UPDATE runs SET status = 'lost', finished_at = $1, error = 'the worker stopped renewing its lease' \
-             WHERE status = 'running' AND job_id IN \
-             (SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < $1)",
-        )
-        .bind(now)
-        .execute(conn)
-        .await
-        .map(|_| ())
-    })?;
-    with_tx!(&mut tx, conn => {
-        sqlx::query(
-            "UPDATE jobs SET status = 'dead', finished_at = $1, updated_at = $1, lease_owner = NULL, \
-             lease_expires_at = NULL, last_error = 'the worker stopped renewing its lease on the last attempt' \
-             WHERE status = 'running' AND lease_expires_at < $1 AND attempts >= max_attempts",
-        )
-        .bind(now)
-        .execute(conn)
-        .await
-        .map(|_| ())
-    })?;
+    recover_expired_leases(&mut tx, store, now).await?;
     let sql = format!(
         "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = $1, lease_expires_at = $2, updated_at = $3 \
-         WHERE id IN (SELECT id FROM jobs WHERE (status IN ('queued', 'failed') AND run_at <= $3) \
-         OR (status = 'running' AND lease_expires_at < $3) \
+         WHERE id IN (SELECT id FROM jobs WHERE status IN ('queued', 'failed') AND run_at <= $3 \
          ORDER BY priority DESC, run_at, id LIMIT $4 {}) \
          RETURNING {JOB_COLUMNS}",
         store.skip_locked()
@@ -402,30 +454,69 @@ pub async fn claim(
             .fetch_all(conn)
             .await
     })?;
-    let mut claimed = Vec::with_capacity(rows.len());
-    for row in rows {
-        let job = Job::from(row);
-        let run_id = Uuid::now_v7().to_string();
+    let claimed: Vec<Claimed> = rows
+        .into_iter()
+        .map(|row| Claimed {
+            job: Job::from(row),
+            run_id: Uuid::now_v7().to_string(),
+        })
+        .collect();
+    if !claimed.is_empty() {
         with_tx!(&mut tx, conn => {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO runs (id, tenant_id, job_id, attempt, status, worker_id, queued_at, started_at) ",
+            );
+            insert.push_values(&claimed, |mut row, c| {
+                row.push_bind(&c.run_id)
+                    .push_bind(&c.job.tenant_id)
+                    .push_bind(&c.job.id)
+                    .push_bind(c.job.attempts)
+                    .push_bind("running")
+                    .push_bind(worker_id)
+                    .push_bind(c.job.run_at)
+                    .push_bind(now);
+            });
+            insert.build().execute(conn).await.map(|_| ())
+        })?;
+    }
+    tx.commit().await?;
+    Ok(claimed)
+}
+
+/// Jobs whose worker stopped renewing the lease: their run is marked lost, and the job goes back to
+/// the queue (or is dead when that was its last attempt). Cheap when there are none (partial index).
+async fn recover_expired_leases(
+    tx: &mut Tx,
+    store: &Store,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "UPDATE jobs SET status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, \
+         finished_at = CASE WHEN attempts >= max_attempts THEN $1 ELSE NULL END, \
+         last_error = CASE WHEN attempts >= max_attempts THEN 'the worker stopped renewing its lease on the last attempt' \
+         ELSE 'the worker stopped renewing its lease' END, \
+         run_at = $1, updated_at = $1, lease_owner = NULL, lease_expires_at = NULL \
+         WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < $1 LIMIT 100 {}) \
+         RETURNING id",
+        store.skip_locked()
+    );
+    let expired: Vec<String> = with_tx!(tx, conn => {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone())).bind(now).fetch_all(conn).await
+    })?;
+    for job_id in expired {
+        with_tx!(tx, conn => {
             sqlx::query(
-                "INSERT INTO runs (id, tenant_id, job_id, attempt, status, worker_id, queued_at, started_at) \
-                 VALUES ($1, $2, $3, $4, 'running', $5, $6, $7)",
+                "UPDATE runs SET status = 'lost', finished_at = $1, error = 'the worker stopped renewing its lease' \
+                 WHERE job_id = $2 AND status = 'running'",
             )
-            .bind(&run_id)
-            .bind(&job.tenant_id)
-            .bind(&job.id)
-            .bind(job.attempts)
-            .bind(worker_id)
-            .bind(job.run_at)
             .bind(now)
+            .bind(&job_id)
             .execute(conn)
             .await
             .map(|_| ())
         })?;
-        claimed.push(Claimed { job, run_id });
     }
-    tx.commit().await?;
-    Ok(claimed)
+    Ok(())
 }
 
 /// Extends the lease of a running job. False when the lease was lost (another worker has the job).
@@ -484,75 +575,181 @@ pub async fn finish(
     backoff_max_delay: Duration,
     now: DateTime<Utc>,
 ) -> Result<Settled, sqlx::Error> {
-    let job = &claimed.job;
-    let retry = matches!(outcome, Outcome::Failed(_)) && job.attempts < job.max_attempts;
-    let (job_status, run_status, settled, error, output) = match &outcome {
-        Outcome::Succeeded(value) => (
-            "succeeded",
-            "succeeded",
-            Settled::Succeeded,
-            None,
-            Some(value.to_string()),
-        ),
-        Outcome::Failed(e) if retry => (
-            "failed",
-            "failed",
-            Settled::WillRetry,
-            Some(e.clone()),
-            None,
-        ),
-        Outcome::Failed(e) | Outcome::FailedPermanently(e) => {
-            ("dead", "failed", Settled::Dead, Some(e.clone()), None)
+    let settled = finish_many(
+        store,
+        worker_id,
+        vec![(claimed.clone(), outcome)],
+        backoff_max_delay,
+        now,
+    )
+    .await?;
+    Ok(settled.into_iter().next().unwrap_or(Settled::Stale))
+}
+
+/// The row changes one outcome makes.
+struct Completion {
+    job_id: String,
+    run_id: String,
+    expected_attempts: i32,
+    job_status: &'static str,
+    run_status: &'static str,
+    settled: Settled,
+    run_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+    attempts: i32,
+    error: Option<String>,
+    output: Option<String>,
+}
+
+impl Completion {
+    fn new(
+        claimed: Claimed,
+        outcome: Outcome,
+        backoff_max_delay: Duration,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let job = claimed.job;
+        let retry = matches!(outcome, Outcome::Failed(_)) && job.attempts < job.max_attempts;
+        let (job_status, run_status, settled, error, output) = match outcome {
+            Outcome::Succeeded(value) => (
+                "succeeded",
+                "succeeded",
+                Settled::Succeeded,
+                None,
+                Some(value.to_string()),
+            ),
+            Outcome::Failed(e) if retry => ("failed", "failed", Settled::WillRetry, Some(e), None),
+            Outcome::Failed(e) | Outcome::FailedPermanently(e) => {
+                ("dead", "failed", Settled::Dead, Some(e), None)
+            }
+            Outcome::Released => ("queued", "released", Settled::Requeued, None, None),
+        };
+        Self {
+            run_at: if retry {
+                now + backoff_delay(job.attempts, backoff_max_delay)
+            } else {
+                now
+            },
+            finished_at: matches!(settled, Settled::Succeeded | Settled::Dead).then_some(now),
+            attempts: if settled == Settled::Requeued {
+                job.attempts - 1
+            } else {
+                job.attempts
+            },
+            expected_attempts: job.attempts,
+            job_id: job.id,
+            run_id: claimed.run_id,
+            job_status,
+            run_status,
+            settled,
+            error,
+            output,
         }
-        Outcome::Released => ("queued", "released", Settled::Requeued, None, None),
-    };
-    let run_at = if retry {
-        now + backoff_delay(job.attempts, backoff_max_delay)
-    } else {
-        now
-    };
-    let finished_at = matches!(settled, Settled::Succeeded | Settled::Dead).then_some(now);
-    let attempts = if settled == Settled::Requeued {
-        job.attempts - 1
-    } else {
-        job.attempts
-    };
-    let mut tx = store.begin().await?;
-    let updated = with_tx!(&mut tx, conn => {
-        sqlx::query(
-            "UPDATE jobs SET status = $1, run_at = $2, finished_at = $3, updated_at = $4, last_error = COALESCE($5, last_error), \
-             attempts = $6, lease_owner = NULL, lease_expires_at = NULL \
-             WHERE id = $7 AND lease_owner = $8 AND attempts = $9 AND status = 'running'",
-        )
-        .bind(job_status)
-        .bind(run_at)
-        .bind(finished_at)
-        .bind(now)
-        .bind(&error)
-        .bind(attempts)
-        .bind(&job.id)
-        .bind(worker_id)
-        .bind(job.attempts)
-        .execute(conn)
-        .await
-        .map(|done| done.rows_affected())
-    })?;
-    if updated == 0 {
-        return Ok(Settled::Stale);
     }
-    with_tx!(&mut tx, conn => {
-        sqlx::query("UPDATE runs SET status = $1, finished_at = $2, output = $3, error = $4 WHERE id = $5")
-            .bind(run_status)
+}
+
+/// Records many outcomes in one transaction (one commit for the batch is what lets a worker go
+/// beyond the database's commit rate). Each is fenced like [`finish`]; the result says per item.
+pub async fn finish_many(
+    store: &Store,
+    worker_id: &str,
+    items: Vec<(Claimed, Outcome)>,
+    backoff_max_delay: Duration,
+    now: DateTime<Utc>,
+) -> Result<Vec<Settled>, sqlx::Error> {
+    let completions: Vec<Completion> = items
+        .into_iter()
+        .map(|(claimed, outcome)| Completion::new(claimed, outcome, backoff_max_delay, now))
+        .collect();
+    let mut tx = store.begin().await?;
+    let applied: Vec<bool> = match &mut tx {
+        // One set-based statement per table for the whole batch.
+        Tx::Postgres(tx) => {
+            let ids: Vec<String> = sqlx::query_scalar(
+                "UPDATE jobs SET status = v.status, run_at = v.run_at, finished_at = v.finished_at, updated_at = $8, \
+                 last_error = COALESCE(v.error, jobs.last_error), attempts = v.attempts, lease_owner = NULL, lease_expires_at = NULL \
+                 FROM UNNEST($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[], $7::int[]) \
+                 AS v(id, expected, status, run_at, finished_at, error, attempts) \
+                 WHERE jobs.id = v.id AND jobs.attempts = v.expected AND jobs.lease_owner = $9 AND jobs.status = 'running' \
+                 RETURNING jobs.id",
+            )
+            .bind(completions.iter().map(|c| c.job_id.clone()).collect::<Vec<_>>())
+            .bind(completions.iter().map(|c| c.expected_attempts).collect::<Vec<_>>())
+            .bind(completions.iter().map(|c| c.job_status).collect::<Vec<_>>())
+            .bind(completions.iter().map(|c| c.run_at).collect::<Vec<_>>())
+            .bind(completions.iter().map(|c| c.finished_at).collect::<Vec<_>>())
+            .bind(completions.iter().map(|c| c.error.clone()).collect::<Vec<_>>())
+            .bind(completions.iter().map(|c| c.attempts).collect::<Vec<_>>())
             .bind(now)
-            .bind(&output)
-            .bind(&error)
-            .bind(&claimed.run_id)
-            .execute(conn)
-            .await
-            .map(|_| ())
-    })?;
+            .bind(worker_id)
+            .fetch_all(&mut **tx)
+            .await?;
+            let applied: Vec<bool> = completions
+                .iter()
+                .map(|c| ids.contains(&c.job_id))
+                .collect();
+            let runs: Vec<&Completion> = completions
+                .iter()
+                .zip(&applied)
+                .filter(|(_, ok)| **ok)
+                .map(|(c, _)| c)
+                .collect();
+            sqlx::query(
+                "UPDATE runs SET status = v.status, finished_at = $5, output = v.output, error = v.error \
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS v(id, status, output, error) \
+                 WHERE runs.id = v.id",
+            )
+            .bind(runs.iter().map(|c| c.run_id.clone()).collect::<Vec<_>>())
+            .bind(runs.iter().map(|c| c.run_status).collect::<Vec<_>>())
+            .bind(runs.iter().map(|c| c.output.clone()).collect::<Vec<_>>())
+            .bind(runs.iter().map(|c| c.error.clone()).collect::<Vec<_>>())
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+            applied
+        }
+        // In-process statements are cheap; the single commit is what matters.
+        Tx::Sqlite(tx) => {
+            let mut applied = Vec::with_capacity(completions.len());
+            for c in &completions {
+                let updated = sqlx::query(
+                    "UPDATE jobs SET status = $1, run_at = $2, finished_at = $3, updated_at = $4, last_error = COALESCE($5, last_error), \
+                     attempts = $6, lease_owner = NULL, lease_expires_at = NULL \
+                     WHERE id = $7 AND lease_owner = $8 AND attempts = $9 AND status = 'running'",
+                )
+                .bind(c.job_status)
+                .bind(c.run_at)
+                .bind(c.finished_at)
+                .bind(now)
+                .bind(&c.error)
+                .bind(c.attempts)
+                .bind(&c.job_id)
+                .bind(worker_id)
+                .bind(c.expected_attempts)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                if updated == 1 {
+                    sqlx::query("UPDATE runs SET status = $1, finished_at = $2, output = $3, error = $4 WHERE id = $5")
+                        .bind(c.run_status)
+                        .bind(now)
+                        .bind(&c.output)
+                        .bind(&c.error)
+                        .bind(&c.run_id)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                applied.push(updated == 1);
+            }
+            applied
+        }
+    };
     tx.commit().await?;
-    Ok(settled)
+    Ok(completions
+        .iter()
+        .zip(applied)
+        .map(|(c, ok)| if ok { c.settled } else { Settled::Stale })
+        .collect())
 }
 
 /// Exponential backoff with full jitter: uniformly random in `[0, min(cap, base · 2^(attempt-1))]`.

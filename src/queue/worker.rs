@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{Claimed, Outcome, Queue, Settled, finish};
+use super::{Claimed, Outcome, Queue, Settled};
 use crate::store::Store;
 
 /// What a handler gets: the job's tenant, payload and attempt number.
@@ -77,7 +78,15 @@ impl Worker {
         let settings = self.queue.settings;
         let concurrency = usize::try_from(settings.concurrency).unwrap_or(1).max(1);
         let ready = self.queue.ready();
+        let claim_threshold = (concurrency / 4).max(1);
         let abandon = CancellationToken::new();
+        let (completions, pending) = mpsc::channel(COMPLETION_QUEUE);
+        let completer = tokio::spawn(complete_in_batches(
+            self.queue.store.clone(),
+            self.id.clone(),
+            settings.backoff_max_delay,
+            pending,
+        ));
         let _listener = spawn_pg_listener(&self.queue.store, ready.clone(), shutdown.clone());
         let mut running: JoinSet<()> = JoinSet::new();
         loop {
@@ -88,9 +97,11 @@ impl Worker {
             let notified = ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            while running.try_join_next().is_some() {}
             let free = concurrency.saturating_sub(running.len());
             let mut claimed_full_batch = false;
-            if free > 0 {
+            // Claim in batches: one slot at a time would cost a transaction per job under load.
+            if free > 0 && (free >= claim_threshold || running.is_empty()) {
                 let limit = u32::try_from(free).unwrap_or(u32::MAX);
                 match super::claim(
                     &self.queue.store,
@@ -110,6 +121,7 @@ impl Worker {
                                 self.id.clone(),
                                 claimed,
                                 abandon.clone(),
+                                completions.clone(),
                             ));
                         }
                     }
@@ -138,6 +150,58 @@ impl Worker {
             abandon.cancel();
             while running.join_next().await.is_some() {}
         }
+        drop(completions);
+        let _ = completer.await;
+    }
+}
+
+/// An outcome on its way to the database, and where to report how it settled.
+type Completion = (
+    Claimed,
+    Outcome,
+    oneshot::Sender<Result<Settled, sqlx::Error>>,
+);
+
+/// Outcomes waiting to be written; running jobs wait for their slot when it is full.
+const COMPLETION_QUEUE: usize = 4096;
+/// Most outcomes written in one transaction.
+const COMPLETION_BATCH: usize = 512;
+
+/// Writes job outcomes in batches: whatever finished while the previous batch was being written
+/// goes into the next transaction, so one commit covers many jobs under load and one job when idle.
+async fn complete_in_batches(
+    store: Store,
+    worker_id: String,
+    backoff_max_delay: Duration,
+    mut pending: mpsc::Receiver<Completion>,
+) {
+    let mut batch = Vec::with_capacity(COMPLETION_BATCH);
+    while pending.recv_many(&mut batch, COMPLETION_BATCH).await > 0 {
+        let (items, replies): (Vec<_>, Vec<_>) = batch
+            .drain(..)
+            .map(|(claimed, outcome, reply)| ((claimed, outcome), reply))
+            .unzip();
+        match super::finish_many(
+            &store,
+            &worker_id,
+            items,
+            backoff_max_delay,
+            crate::clock::now(),
+        )
+        .await
+        {
+            Ok(settled) => {
+                for (reply, settled) in replies.into_iter().zip(settled) {
+                    let _ = reply.send(Ok(settled));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, jobs = replies.len(), "cannot record job outcomes; they will be retried after their leases expire");
+                for reply in replies {
+                    let _ = reply.send(Err(sqlx::Error::WorkerCrashed));
+                }
+            }
+        }
     }
 }
 
@@ -164,6 +228,7 @@ async fn execute(
     worker_id: String,
     claimed: Claimed,
     abandon: CancellationToken,
+    completions: mpsc::Sender<Completion>,
 ) {
     let settings = queue.settings;
     let job = &claimed.job;
@@ -234,15 +299,15 @@ async fn execute(
         Outcome::Failed(e) | Outcome::FailedPermanently(e) => Some(e.clone()),
         Outcome::Succeeded(_) | Outcome::Released => None,
     };
-    let settled = finish(
-        &queue.store,
-        &claimed,
-        &worker_id,
-        outcome,
-        settings.backoff_max_delay,
-        crate::clock::now(),
-    )
-    .await;
+    let (reply, settled) = oneshot::channel();
+    if completions
+        .send((claimed.clone(), outcome, reply))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let settled = settled.await.unwrap_or(Err(sqlx::Error::WorkerCrashed));
     let topic = match settled {
         Ok(Settled::Stale) => {
             tracing::warn!(job_id = %job.id, "result discarded: the lease had expired");

@@ -392,6 +392,19 @@ async fn readiness_follows_postgres_going_away_and_coming_back() {
     assert!(exit.success());
 }
 
+on_both_backends! {
+    async fn the_queue_benchmark_runs_and_reports(backend) {
+        let Some(db) = TestDatabase::new(backend).await else { return };
+        let env = [("DATABASE_URL", db.url.as_str())];
+        let out = run(db.dir.path(), &env, &["bench", "queue", "--jobs", "200", "--workers", "2"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let report = text(&out.stdout);
+        for line in ["jobs                      200", "processing rate", "enqueue-to-start p99"] {
+            assert!(report.contains(line), "{line} missing:\n{report}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn sslmode_require_is_honoured() {
     let Some(db) = TestDatabase::new(Backend::Postgres).await else {

@@ -288,4 +288,44 @@ on_both_backends! {
         let taken = queue::claim(&h.queue.store, "w2", 10, Duration::from_secs(30), Utc::now()).await.unwrap();
         assert_eq!(taken.iter().map(|c| c.job.id.clone()).collect::<Vec<_>>(), [long.id], "another worker takes it at once");
     }
+
+    async fn bulk_enqueue_and_batched_outcomes(backend) {
+        let Some(h) = harness(backend).await else { return };
+        let mut jobs: Vec<NewJob> = (0..5).map(|i| job("noop", json!({ "i": i }))).collect();
+        jobs[0].unique_key = Some("dup".to_owned());
+        let mut tx = h.queue.store.begin().await.unwrap();
+        assert_eq!(queue::enqueue_many(&mut tx, &h.queue.settings, jobs, Utc::now()).await.unwrap(), 5);
+        let mut again = job("noop", json!({}));
+        again.unique_key = Some("dup".to_owned());
+        assert_eq!(queue::enqueue_many(&mut tx, &h.queue.settings, vec![again], Utc::now()).await.unwrap(), 0, "unique keys hold in bulk too");
+        tx.commit().await.unwrap();
+
+        let now = Utc::now();
+        let claimed = queue::claim(&h.queue.store, "w1", 10, Duration::from_secs(30), now).await.unwrap();
+        assert_eq!(claimed.len(), 5);
+        // One attempt was taken over by another worker meanwhile: its outcome must be discarded.
+        let mut stale = claimed[4].clone();
+        stale.job.attempts = 99;
+        let items = vec![
+            (claimed[0].clone(), Outcome::Succeeded(json!({ "ok": true }))),
+            (claimed[1].clone(), Outcome::Failed("transient".to_owned())),
+            (claimed[2].clone(), Outcome::FailedPermanently("fatal".to_owned())),
+            (claimed[3].clone(), Outcome::Released),
+            (stale, Outcome::Succeeded(json!({}))),
+        ];
+        let settled = queue::finish_many(&h.queue.store, "w1", items, Duration::from_millis(10), now).await.unwrap();
+        assert_eq!(settled, [Settled::Succeeded, Settled::WillRetry, Settled::Dead, Settled::Requeued, Settled::Stale]);
+        let status = |i: usize| {
+            let store = h.queue.store.clone();
+            let id = claimed[i].job.id.clone();
+            async move { queue::get(&store, "t1", &id).await.unwrap().unwrap().status }
+        };
+        assert_eq!(status(0).await, "succeeded");
+        assert_eq!(status(1).await, "failed");
+        assert_eq!(status(2).await, "dead");
+        assert_eq!(status(3).await, "queued");
+        assert_eq!(status(4).await, "running", "the stale outcome changed nothing");
+        let runs = queue::runs_of(&h.queue.store, "t1", &claimed[0].job.id).await.unwrap();
+        assert_eq!(runs[0].output.as_deref(), Some(r#"{"ok":true}"#));
+    }
 }

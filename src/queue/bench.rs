@@ -1,0 +1,139 @@
+//! `docket bench queue`: enqueue N no-op jobs while W workers drain them, and report enqueue rate,
+//! processing rate and enqueue-to-start latency. Runs against whatever `DATABASE_URL` points at.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::worker::{Registry, Worker};
+use super::{NewJob, Queue, enqueue_many};
+use crate::with_pool;
+
+/// Jobs per enqueue transaction.
+const ENQUEUE_BATCH: usize = 500;
+
+#[derive(Debug)]
+pub struct Report {
+    pub jobs: usize,
+    pub workers: usize,
+    pub concurrency: u32,
+    pub enqueue_per_second: f64,
+    pub processed_per_second: f64,
+    pub start_latency_p50_ms: f64,
+    pub start_latency_p99_ms: f64,
+    pub wall_seconds: f64,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "jobs                      {}", self.jobs)?;
+        writeln!(
+            f,
+            "workers × concurrency     {} × {}",
+            self.workers, self.concurrency
+        )?;
+        writeln!(
+            f,
+            "enqueue rate              {:.0} jobs/s",
+            self.enqueue_per_second
+        )?;
+        writeln!(
+            f,
+            "processing rate           {:.0} jobs/s",
+            self.processed_per_second
+        )?;
+        writeln!(
+            f,
+            "enqueue-to-start p50      {:.1} ms",
+            self.start_latency_p50_ms
+        )?;
+        writeln!(
+            f,
+            "enqueue-to-start p99      {:.1} ms",
+            self.start_latency_p99_ms
+        )?;
+        write!(f, "wall time                 {:.1} s", self.wall_seconds)
+    }
+}
+
+/// Runs the benchmark in its own tenant namespace (left in the database for inspection).
+pub async fn run(queue: &Queue, jobs: usize, workers: usize) -> Result<Report, sqlx::Error> {
+    let tenant = format!("bench-{}", uuid::Uuid::now_v7());
+    let shutdown = CancellationToken::new();
+    let registry = Arc::new(Registry::builtin());
+    let handles: Vec<_> = (0..workers)
+        .map(|i| {
+            let worker = Worker::new(queue.clone(), registry.clone(), format!("{tenant}-w{i}"));
+            tokio::spawn(worker.run(shutdown.clone(), Duration::from_secs(30)))
+        })
+        .collect();
+
+    let started = Instant::now();
+    let mut enqueued = 0;
+    while enqueued < jobs {
+        let batch = ENQUEUE_BATCH.min(jobs - enqueued);
+        let jobs = (0..batch)
+            .map(|_| NewJob {
+                tenant_id: tenant.clone(),
+                kind: "noop".to_owned(),
+                payload: json!({}),
+                ..NewJob::default()
+            })
+            .collect();
+        let mut tx = queue.store.begin().await?;
+        enqueue_many(&mut tx, &queue.settings, jobs, crate::clock::now()).await?;
+        tx.commit().await?;
+        queue.wake();
+        enqueued += batch;
+    }
+    let enqueue_seconds = started.elapsed().as_secs_f64();
+
+    loop {
+        let done: i64 = with_pool!(&queue.store, pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE tenant_id = $1 AND status = 'succeeded'")
+                .bind(&tenant)
+                .fetch_one(pool)
+                .await
+        })?;
+        if usize::try_from(done).unwrap_or(0) >= jobs {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let wall_seconds = started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    for handle in handles {
+        let _ = handle.await;
+    }
+
+    let mut delays: Vec<f64> = with_pool!(&queue.store, pool => {
+        sqlx::query_as::<_, (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>(
+            "SELECT queued_at, started_at FROM runs WHERE tenant_id = $1",
+        )
+        .bind(&tenant)
+        .fetch_all(pool)
+        .await
+    })?
+    .into_iter()
+    .map(|(queued, started)| (started - queued).num_microseconds().unwrap_or(0) as f64 / 1000.0)
+    .collect();
+    delays.sort_by(f64::total_cmp);
+    let percentile = |p: f64| {
+        delays
+            .get(((delays.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok(Report {
+        jobs,
+        workers,
+        concurrency: queue.settings.concurrency,
+        enqueue_per_second: jobs as f64 / enqueue_seconds,
+        processed_per_second: jobs as f64 / wall_seconds,
+        start_latency_p50_ms: percentile(0.5),
+        start_latency_p99_ms: percentile(0.99),
+        wall_seconds,
+    })
+}
