@@ -438,21 +438,32 @@ pub async fn claim(
         now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60));
     let mut tx = store.begin().await?;
     recover_expired_leases(&mut tx, store, now).await?;
+    // Due jobs, skipping tasks that already run as many jobs as their `concurrency` allows.
     let sql = format!(
-        "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = $1, lease_expires_at = $2, updated_at = $3 \
-         WHERE id IN (SELECT id FROM jobs WHERE status IN ('queued', 'failed') AND run_at <= $3 \
-         ORDER BY priority DESC, run_at, id LIMIT $4 {}) \
-         RETURNING {JOB_COLUMNS}",
+        "SELECT id, task_id FROM jobs j WHERE status IN ('queued', 'failed') AND run_at <= $1 \
+         AND (task_id IS NULL OR (SELECT COUNT(*) FROM jobs r WHERE r.task_id = j.task_id AND r.status = 'running') \
+              < COALESCE((SELECT t.concurrency FROM tasks t WHERE t.id = j.task_id), 1)) \
+         ORDER BY priority DESC, run_at, id LIMIT $2 {}",
         store.skip_locked()
     );
+    let candidates: Vec<(String, Option<String>)> = with_tx!(&mut tx, conn => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(now).bind(i64::from(limit)).fetch_all(conn).await
+    })?;
+    let ids = within_task_concurrency(&mut tx, store, candidates).await?;
+    if ids.is_empty() {
+        tx.commit().await?;
+        return Ok(Vec::new());
+    }
     let rows: Vec<JobRow> = with_tx!(&mut tx, conn => {
-        sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
-            .bind(worker_id)
-            .bind(lease_until)
-            .bind(now)
-            .bind(i64::from(limit))
-            .fetch_all(conn)
-            .await
+        let mut update = sqlx::QueryBuilder::new("UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ");
+        update.push_bind(worker_id).push(", lease_expires_at = ").push_bind(lease_until);
+        update.push(", updated_at = ").push_bind(now).push(" WHERE id IN (");
+        let mut list = update.separated(", ");
+        for id in &ids {
+            list.push_bind(id);
+        }
+        update.push(format!(") RETURNING {JOB_COLUMNS}"));
+        update.build_query_as().fetch_all(conn).await
     })?;
     let claimed: Vec<Claimed> = rows
         .into_iter()
@@ -481,6 +492,55 @@ pub async fn claim(
     }
     tx.commit().await?;
     Ok(claimed)
+}
+
+/// Keeps the candidates that fit their task's `concurrency`. The task row is locked first (in id
+/// order, so claimers cannot deadlock), which makes the running count exact even when several
+/// workers claim jobs of the same task at once.
+async fn within_task_concurrency(
+    tx: &mut Tx,
+    store: &Store,
+    candidates: Vec<(String, Option<String>)>,
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut tasks: Vec<String> = candidates
+        .iter()
+        .filter_map(|(_, task)| task.clone())
+        .collect();
+    tasks.sort();
+    tasks.dedup();
+    let mut room = std::collections::HashMap::new();
+    for task_id in tasks {
+        let lock = format!(
+            "SELECT concurrency FROM tasks WHERE id = $1 {}",
+            store.lock_rows()
+        );
+        let concurrency: Option<i32> = with_tx!(tx, conn => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(lock.clone())).bind(&task_id).fetch_optional(conn).await
+        })?;
+        let running: i64 = with_tx!(tx, conn => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE task_id = $1 AND status = 'running'")
+                .bind(&task_id)
+                .fetch_one(conn)
+                .await
+        })?;
+        room.insert(
+            task_id,
+            (i64::from(concurrency.unwrap_or(1)) - running).max(0),
+        );
+    }
+    Ok(candidates
+        .into_iter()
+        .filter_map(|(id, task)| match task {
+            None => Some(id),
+            Some(task) => {
+                let left = room.entry(task).or_insert(0);
+                (*left > 0).then(|| {
+                    *left -= 1;
+                    id
+                })
+            }
+        })
+        .collect())
 }
 
 /// Jobs whose worker stopped renewing the lease: their run is marked lost, and the job goes back to

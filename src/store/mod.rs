@@ -273,6 +273,15 @@ impl Store {
         }
     }
 
+    /// The clause that locks selected rows until the transaction ends (PostgreSQL); SQLite's write
+    /// transaction already excludes other writers.
+    pub fn lock_rows(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "",
+            Self::Postgres(_) => "FOR UPDATE",
+        }
+    }
+
     /// A round trip to the database.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         with_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))

@@ -328,4 +328,53 @@ on_both_backends! {
         let runs = queue::runs_of(&h.queue.store, "t1", &claimed[0].job.id).await.unwrap();
         assert_eq!(runs[0].output.as_deref(), Some(r#"{"ok":true}"#));
     }
+
+    async fn a_tasks_concurrency_limits_its_running_jobs(backend) {
+        let Some(h) = harness(backend).await else { return };
+        let now = Utc::now();
+        let mut tx = h.queue.store.begin().await.unwrap();
+        docket::with_tx!(&mut tx, conn => {
+            sqlx::query(
+                "INSERT INTO tasks (id, tenant_id, title, description, schedule_kind, schedule_expr, timezone, payload, \
+                 priority, max_retries, timeout_seconds, misfire_grace_seconds, concurrency, status, next_run_at, \
+                 created_by, created_at, updated_at) \
+                 VALUES ('limited', 't1', 'limited', '', 'manual', '', 'UTC', '{}', 0, 0, 60, 30, 1, 'active', NULL, 'test', $1, $1)",
+            )
+            .bind(now)
+            .execute(conn)
+            .await
+            .map(|_| ())
+        })
+        .unwrap();
+        tx.commit().await.unwrap();
+        for i in 0..6 {
+            let mut new = job("noop", json!({ "i": i }));
+            new.task_id = Some("limited".to_owned());
+            h.queue.enqueue(new).await.unwrap();
+        }
+        h.queue.enqueue(job("noop", json!({ "free": true }))).await.unwrap();
+
+        // Several workers claim at once: only one of the task's jobs may run.
+        let lease = Duration::from_secs(30);
+        let now = Utc::now() + chrono::Duration::seconds(1);
+        let claims = futures_util::future::join_all((0..4).map(|w| {
+            let store = h.queue.store.clone();
+            async move { queue::claim(&store, &format!("w{w}"), 10, lease, now).await.unwrap() }
+        }))
+        .await;
+        let claimed: Vec<_> = claims.into_iter().flatten().collect();
+        let of_task: Vec<_> = claimed.iter().filter(|c| c.job.task_id.is_some()).collect();
+        assert_eq!(of_task.len(), 1, "concurrency 1: {} of the task's jobs were claimed", of_task.len());
+        assert_eq!(claimed.len(), 2, "the job without a task is not held back");
+
+        let running = of_task[0].clone();
+        let owner: String = docket::with_pool!(&h.queue.store, pool => {
+            sqlx::query_scalar("SELECT lease_owner FROM jobs WHERE id = $1").bind(&running.job.id).fetch_one(pool).await
+        })
+        .unwrap();
+        assert!(queue::claim(&h.queue.store, "late", 10, lease, now).await.unwrap().is_empty(), "still at its limit");
+        queue::finish(&h.queue.store, &running, &owner, Outcome::Succeeded(json!({})), Duration::from_secs(1), now).await.unwrap();
+        let next = queue::claim(&h.queue.store, "late", 10, lease, now).await.unwrap();
+        assert_eq!(next.len(), 1, "the next one may start once the first finished");
+    }
 }
