@@ -11,7 +11,6 @@ use uuid::Uuid;
 use super::principal::{Authorized, TenantAdmin};
 use super::{AuthError, tokens};
 use crate::app::AppState;
-use crate::audit::{self, Event};
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
 use crate::http::pagination::{Page, PageParams};
@@ -207,19 +206,7 @@ pub async fn create_key(
         .await
         .map(|_| ())
     })?;
-    audit::append(
-        &mut tx,
-        Event {
-            tenant_id: &principal.tenant_id,
-            actor: &principal.actor,
-            action: "api_key.create",
-            target_type: "api_key",
-            target_id: &key.id,
-            summary: json!({ "after": { "name": key.name, "scopes": key.scopes, "expires_at": key.expires_at } }),
-            origin: &principal.origin,
-        },
-    )
-    .await?;
+    principal.audit(&mut tx, "api_key.create", "api_key", &key.id, json!({ "after": { "name": key.name, "scopes": key.scopes, "expires_at": key.expires_at } })).await?;
     tx.commit().await?;
     Ok((
         StatusCode::CREATED,
@@ -278,19 +265,9 @@ pub async fn revoke_key(
     if revoked == 0 {
         return Err(AuthError::NotFound("API key").into());
     }
-    audit::append(
-        &mut tx,
-        Event {
-            tenant_id: &principal.tenant_id,
-            actor: &principal.actor,
-            action: "api_key.revoke",
-            target_type: "api_key",
-            target_id: &id,
-            summary: json!({}),
-            origin: &principal.origin,
-        },
-    )
-    .await?;
+    principal
+        .audit(&mut tx, "api_key.revoke", "api_key", &id, json!({}))
+        .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

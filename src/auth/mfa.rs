@@ -13,7 +13,6 @@ use super::principal::{Authorized, MfaEnrolment, Principal, SignedIn};
 use super::users::{self, UserRow};
 use super::{AuthError, password, tokens};
 use crate::app::AppState;
-use crate::audit::{self, Event};
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
 use crate::store::Tx;
@@ -131,28 +130,6 @@ async fn current_user(state: &AppState, principal: &Principal) -> Result<UserRow
         .ok_or(AuthError::SessionEnded)
 }
 
-async fn audit_mfa(
-    tx: &mut Tx,
-    principal: &Principal,
-    action: &str,
-    user_id: &str,
-) -> Result<(), sqlx::Error> {
-    audit::append(
-        tx,
-        Event {
-            tenant_id: &principal.tenant_id,
-            actor: &principal.actor,
-            action,
-            target_type: "user",
-            target_id: user_id,
-            summary: json!({}),
-            origin: &principal.origin,
-        },
-    )
-    .await
-    .map(|_| ())
-}
-
 /// Start TOTP enrolment: returns a new secret; it takes effect once confirmed with a code.
 #[utoipa::path(post, path = "/auth/mfa/enrol", tag = "auth",
     description = "Requires: any signed-in user (`MfaEnrolment`, also before an admin has MFA).",
@@ -245,7 +222,9 @@ pub async fn confirm(
                 .map(|_| ())
         })?;
     }
-    audit_mfa(&mut tx, &principal, "user.mfa_enable", &user.id).await?;
+    principal
+        .audit(&mut tx, "user.mfa_enable", "user", &user.id, json!({}))
+        .await?;
     tx.commit().await?;
     Ok(ResponseJson(RecoveryCodes {
         recovery_codes: codes,
@@ -287,7 +266,9 @@ pub async fn disable(
     with_tx!(&mut tx, conn => {
         sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1").bind(&user.id).execute(conn).await.map(|_| ())
     })?;
-    audit_mfa(&mut tx, &principal, "user.mfa_disable", &user.id).await?;
+    principal
+        .audit(&mut tx, "user.mfa_disable", "user", &user.id, json!({}))
+        .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

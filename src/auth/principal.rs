@@ -33,6 +33,27 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Appends an audit record of this caller's action inside `tx`.
+    pub async fn audit(
+        &self,
+        tx: &mut crate::store::Tx,
+        action: &str,
+        target_type: &str,
+        target_id: &str,
+        summary: serde_json::Value,
+    ) -> Result<(), sqlx::Error> {
+        let event = crate::audit::Event {
+            tenant_id: &self.tenant_id,
+            actor: &self.actor,
+            action,
+            target_type,
+            target_id,
+            summary,
+            origin: &self.origin,
+        };
+        crate::audit::append(tx, event).await.map(|_| ())
+    }
+
     pub fn user_id(&self) -> Option<&str> {
         match &self.actor {
             Actor::User(id) => Some(id),

@@ -581,19 +581,9 @@ pub async fn logout(
         .ok_or(AuthError::Forbidden("API keys have no session"))?;
     let mut tx = state.store.begin().await?;
     revoke(&mut tx, &principal.tenant_id, &session_id, "logout").await?;
-    audit::append(
-        &mut tx,
-        Event {
-            tenant_id: &principal.tenant_id,
-            actor: &principal.actor,
-            action: "auth.logout",
-            target_type: "session",
-            target_id: &session_id,
-            summary: json!({}),
-            origin: &principal.origin,
-        },
-    )
-    .await?;
+    principal
+        .audit(&mut tx, "auth.logout", "session", &session_id, json!({}))
+        .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -670,19 +660,9 @@ pub async fn revoke_session(
     }
     let mut tx = state.store.begin().await?;
     revoke(&mut tx, &principal.tenant_id, &id, "revoked_by_user").await?;
-    audit::append(
-        &mut tx,
-        Event {
-            tenant_id: &principal.tenant_id,
-            actor: &principal.actor,
-            action: "auth.session_revoke",
-            target_type: "session",
-            target_id: &id,
-            summary: json!({}),
-            origin: &principal.origin,
-        },
-    )
-    .await?;
+    principal
+        .audit(&mut tx, "auth.session_revoke", "session", &id, json!({}))
+        .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

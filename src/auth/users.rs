@@ -8,10 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::principal::{Authorized, Principal, ReadUsers, SignedIn, TenantAdmin};
+use super::principal::{Authorized, ReadUsers, SignedIn, TenantAdmin};
 use super::{AuthError, Role, password, sessions};
 use crate::app::AppState;
-use crate::audit::{self, Event};
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
 use crate::http::pagination::{Page, PageParams};
@@ -247,43 +246,21 @@ pub async fn create_user(
         },
     )
     .await?;
-    audit_user(
-        &mut tx,
-        &principal,
-        "user.create",
-        &user.id,
-        json!({ "after": summary(&user) }),
-    )
-    .await?;
+    principal
+        .audit(
+            &mut tx,
+            "user.create",
+            "user",
+            &user.id,
+            json!({ "after": summary(&user) }),
+        )
+        .await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, ResponseJson(user.public())))
 }
 
 fn summary(user: &UserRow) -> serde_json::Value {
     json!({ "email": user.email, "name": user.name, "role": user.role, "status": user.status })
-}
-
-async fn audit_user(
-    tx: &mut Tx,
-    principal: &Principal,
-    action: &str,
-    user_id: &str,
-    summary: serde_json::Value,
-) -> Result<(), sqlx::Error> {
-    audit::append(
-        tx,
-        Event {
-            tenant_id: &principal.tenant_id,
-            actor: &principal.actor,
-            action,
-            target_type: "user",
-            target_id: user_id,
-            summary,
-            origin: &principal.origin,
-        },
-    )
-    .await
-    .map(|_| ())
 }
 
 /// List the tenant's users.
@@ -405,7 +382,9 @@ pub async fn update_user(
     if body.password.is_some() {
         changes["password_reset"] = json!(true);
     }
-    audit_user(&mut tx, &principal, "user.update", &id, changes).await?;
+    principal
+        .audit(&mut tx, "user.update", "user", &id, changes)
+        .await?;
     tx.commit().await?;
     Ok(ResponseJson(after.public()))
 }
@@ -440,14 +419,15 @@ pub async fn delete_user(
     })?;
     sessions::revoke_all_for_user(&mut tx, &principal.tenant_id, &id, "account_deleted", None)
         .await?;
-    audit_user(
-        &mut tx,
-        &principal,
-        "user.delete",
-        &id,
-        json!({ "before": summary(&before) }),
-    )
-    .await?;
+    principal
+        .audit(
+            &mut tx,
+            "user.delete",
+            "user",
+            &id,
+            json!({ "before": summary(&before) }),
+        )
+        .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -495,14 +475,9 @@ pub async fn change_password(
         principal.session_id.as_deref(),
     )
     .await?;
-    audit_user(
-        &mut tx,
-        &principal,
-        "user.password_change",
-        &user_id,
-        json!({}),
-    )
-    .await?;
+    principal
+        .audit(&mut tx, "user.password_change", "user", &user_id, json!({}))
+        .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -53,12 +53,7 @@ struct EventRow {
 }
 
 fn validate_topic(topic: &str) -> Result<(), ApiError> {
-    let valid = !topic.is_empty()
-        && topic.len() <= 200
-        && topic
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-:/".contains(&b));
-    if valid {
+    if super::is_valid_topic(topic) {
         Ok(())
     } else {
         Err(ApiError::invalid_field(

@@ -78,6 +78,32 @@ struct JobRow {
     finished_at: Option<DateTime<Utc>>,
 }
 
+impl JobRow {
+    /// A queued job as it will be inserted, with the configured defaults filled in.
+    fn new(new: NewJob, settings: &Settings, now: DateTime<Utc>) -> Self {
+        let max_attempts = new.max_attempts.unwrap_or(settings.max_retries + 1).max(1);
+        let timeout = new.timeout.unwrap_or(settings.default_timeout);
+        Self {
+            id: Uuid::now_v7().to_string(),
+            tenant_id: new.tenant_id,
+            task_id: new.task_id,
+            kind: new.kind,
+            payload: new.payload.to_string(),
+            status: "queued".to_owned(),
+            priority: new.priority,
+            // Stored with PostgreSQL's precision on both backends, so what is returned is what is kept.
+            run_at: chrono::SubsecRound::trunc_subsecs(new.run_at.unwrap_or(now), 6),
+            attempts: 0,
+            max_attempts: i32::try_from(max_attempts).unwrap_or(i32::MAX),
+            timeout_seconds: i32::try_from(timeout.as_secs().max(1)).unwrap_or(i32::MAX),
+            unique_key: new.unique_key,
+            last_error: None,
+            created_at: now,
+            finished_at: None,
+        }
+    }
+}
+
 impl From<JobRow> for Job {
     fn from(row: JobRow) -> Self {
         Self {
@@ -205,26 +231,7 @@ pub async fn enqueue(
     new: NewJob,
     now: DateTime<Utc>,
 ) -> Result<Job, sqlx::Error> {
-    let max_attempts = new.max_attempts.unwrap_or(settings.max_retries + 1).max(1);
-    let timeout = new.timeout.unwrap_or(settings.default_timeout);
-    let row = JobRow {
-        id: Uuid::now_v7().to_string(),
-        tenant_id: new.tenant_id,
-        task_id: new.task_id,
-        kind: new.kind,
-        payload: new.payload.to_string(),
-        status: "queued".to_owned(),
-        priority: new.priority,
-        // Stored with PostgreSQL's precision on both backends, so what is returned is what is kept.
-        run_at: chrono::SubsecRound::trunc_subsecs(new.run_at.unwrap_or(now), 6),
-        attempts: 0,
-        max_attempts: i32::try_from(max_attempts).unwrap_or(i32::MAX),
-        timeout_seconds: i32::try_from(timeout.as_secs().max(1)).unwrap_or(i32::MAX),
-        unique_key: new.unique_key,
-        last_error: None,
-        created_at: now,
-        finished_at: None,
-    };
+    let row = JobRow::new(new, settings, now);
     let inserted = with_tx!(tx, conn => {
         sqlx::query(
             "INSERT INTO jobs (id, tenant_id, kind, payload, status, priority, run_at, attempts, max_attempts, \
@@ -284,32 +291,7 @@ pub async fn enqueue_many(
     }
     let rows: Vec<JobRow> = jobs
         .into_iter()
-        .map(|new| JobRow {
-            id: Uuid::now_v7().to_string(),
-            tenant_id: new.tenant_id,
-            task_id: new.task_id,
-            kind: new.kind,
-            payload: new.payload.to_string(),
-            status: "queued".to_owned(),
-            priority: new.priority,
-            run_at: chrono::SubsecRound::trunc_subsecs(new.run_at.unwrap_or(now), 6),
-            attempts: 0,
-            max_attempts: i32::try_from(
-                new.max_attempts.unwrap_or(settings.max_retries + 1).max(1),
-            )
-            .unwrap_or(i32::MAX),
-            timeout_seconds: i32::try_from(
-                new.timeout
-                    .unwrap_or(settings.default_timeout)
-                    .as_secs()
-                    .max(1),
-            )
-            .unwrap_or(i32::MAX),
-            unique_key: new.unique_key,
-            last_error: None,
-            created_at: now,
-            finished_at: None,
-        })
+        .map(|new| JobRow::new(new, settings, now))
         .collect();
     let inserted = with_tx!(tx, conn => {
         let mut insert = sqlx::QueryBuilder::new(

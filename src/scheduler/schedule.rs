@@ -75,12 +75,7 @@ impl Schedule {
                 }),
             "event" => {
                 let topic = expr.trim();
-                let valid = !topic.is_empty()
-                    && topic.len() <= 200
-                    && topic
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"._-:/".contains(&b));
-                if valid {
+                if crate::events::is_valid_topic(topic) {
                     Ok(Self::Event(topic.to_owned()))
                 } else {
                     Err(invalid(

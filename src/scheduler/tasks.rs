@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::schedule::Schedule;
 use crate::app::AppState;
-use crate::audit::{self, Event};
+use crate::audit;
 use crate::auth::principal::{Authorized, Principal, ReadTasks, WriteTasks};
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
@@ -267,29 +267,6 @@ async fn save(tx: &mut Tx, task: &TaskRow) -> Result<(), sqlx::Error> {
     })
 }
 
-async fn audit_task(
-    tx: &mut Tx,
-    principal: &Principal,
-    action: &str,
-    task_id: &str,
-    summary: Value,
-) -> Result<(), sqlx::Error> {
-    audit::append(
-        tx,
-        Event {
-            tenant_id: &principal.tenant_id,
-            actor: &principal.actor,
-            action,
-            target_type: "task",
-            target_id: task_id,
-            summary,
-            origin: &principal.origin,
-        },
-    )
-    .await
-    .map(|_| ())
-}
-
 fn summary(task: &TaskRow) -> Value {
     json!({
         "title": task.title, "status": task.status, "schedule_kind": task.schedule_kind,
@@ -399,14 +376,15 @@ pub async fn create_task(
         .await
         .map(|_| ())
     })?;
-    audit_task(
-        &mut tx,
-        &principal,
-        "task.create",
-        &task.id,
-        json!({ "after": summary(&task) }),
-    )
-    .await?;
+    principal
+        .audit(
+            &mut tx,
+            "task.create",
+            "task",
+            &task.id,
+            json!({ "after": summary(&task) }),
+        )
+        .await?;
     commit_and_wake(&state, tx, "task.created", &task).await?;
     Ok((StatusCode::CREATED, ResponseJson(Task::from_row(task, now))))
 }
@@ -534,14 +512,15 @@ pub async fn update_task(
     task.updated_at = now;
     let mut tx = state.store.begin().await?;
     save(&mut tx, &task).await?;
-    audit_task(
-        &mut tx,
-        &principal,
-        "task.update",
-        &id,
-        json!({ "before": summary(&before), "after": summary(&task) }),
-    )
-    .await?;
+    principal
+        .audit(
+            &mut tx,
+            "task.update",
+            "task",
+            &id,
+            json!({ "before": summary(&before), "after": summary(&task) }),
+        )
+        .await?;
     commit_and_wake(&state, tx, "task.updated", &task).await?;
     Ok(ResponseJson(Task::from_row(task, now)))
 }
@@ -565,14 +544,15 @@ pub async fn delete_task(
     let mut tx = state.store.begin().await?;
     save(&mut tx, &task).await?;
     let cancelled = queue::cancel_pending_for_task(&mut tx, &principal.tenant_id, &id, now).await?;
-    audit_task(
-        &mut tx,
-        &principal,
-        "task.delete",
-        &id,
-        json!({ "before": before, "cancelled_jobs": cancelled }),
-    )
-    .await?;
+    principal
+        .audit(
+            &mut tx,
+            "task.delete",
+            "task",
+            &id,
+            json!({ "before": before, "cancelled_jobs": cancelled }),
+        )
+        .await?;
     commit_and_wake(&state, tx, "task.deleted", &task).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -593,14 +573,15 @@ pub async fn run_now(
     job.unique_key = Some(format!("task:{}:manual:{}", task.id, Uuid::now_v7()));
     let mut tx = state.store.begin().await?;
     let job = queue::enqueue(&mut tx, &state.queue.settings, job, now).await?;
-    audit_task(
-        &mut tx,
-        &principal,
-        "task.run_now",
-        &id,
-        json!({ "job_id": job.id }),
-    )
-    .await?;
+    principal
+        .audit(
+            &mut tx,
+            "task.run_now",
+            "task",
+            &id,
+            json!({ "job_id": job.id }),
+        )
+        .await?;
     tx.commit().await?;
     state.queue.wake();
     Ok((StatusCode::ACCEPTED, ResponseJson(job)))
@@ -620,14 +601,15 @@ async fn set_status(
     task.updated_at = now;
     let mut tx = state.store.begin().await?;
     save(&mut tx, &task).await?;
-    audit_task(
-        &mut tx,
-        principal,
-        action,
-        id,
-        json!({ "before": summary(&before), "after": summary(&task) }),
-    )
-    .await?;
+    principal
+        .audit(
+            &mut tx,
+            action,
+            "task",
+            id,
+            json!({ "before": summary(&before), "after": summary(&task) }),
+        )
+        .await?;
     commit_and_wake(state, tx, topic, &task).await?;
     Ok(ResponseJson(Task::from_row(task, now)))
 }
