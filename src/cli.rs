@@ -60,6 +60,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 2)]
         workers: usize,
     },
+    /// Run tasks that fire every second with this process's scheduler and worker; report how late
+    /// occurrences start (p50/p99/max) and whether any was enqueued twice.
+    Scheduler {
+        /// Number of tasks.
+        #[arg(long, default_value_t = 50)]
+        tasks: usize,
+        /// How long to run, in seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,6 +127,9 @@ pub async fn run() -> ExitCode {
         }) => admin_create(config, &email, &tenant, name.as_deref(), platform_admin).await,
         Command::Audit(AuditCommand::Verify { tenant }) => {
             audit_verify(config, tenant.as_deref()).await
+        }
+        Command::Bench(BenchCommand::Scheduler { tasks, seconds }) => {
+            bench_scheduler(config, tasks, seconds).await
         }
         Command::Bench(BenchCommand::Queue { jobs, workers }) => {
             bench_queue(config, jobs, workers).await
@@ -338,6 +351,30 @@ async fn bench_queue(config: Config, jobs: usize, workers: usize) -> ExitCode {
                     "postgres"
                 }
             );
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("docket: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench_scheduler(config: Config, tasks: usize, seconds: u64) -> ExitCode {
+    let result = async {
+        let state = AppState::initialise(config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let report = crate::scheduler::bench::run(&state, tasks, seconds)
+            .await
+            .map_err(|e| e.to_string());
+        state.store.close().await;
+        report
+    }
+    .await;
+    match result {
+        Ok(report) => {
             println!("{report}");
             ExitCode::SUCCESS
         }

@@ -667,10 +667,12 @@ impl Completion {
             Outcome::Released => ("queued", "released", Settled::Requeued, None, None),
         };
         Self {
-            run_at: if retry {
-                now + backoff_delay(job.attempts, backoff_max_delay)
-            } else {
-                now
+            // A retry waits out its backoff and a released job is due at once; a finished job keeps
+            // the time it was due, which runs and metrics measure lateness against.
+            run_at: match settled {
+                Settled::WillRetry => now + backoff_delay(job.attempts, backoff_max_delay),
+                Settled::Requeued => now,
+                _ => job.run_at,
             },
             finished_at: matches!(settled, Settled::Succeeded | Settled::Dead).then_some(now),
             attempts: if settled == Settled::Requeued {

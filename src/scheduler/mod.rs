@@ -5,6 +5,7 @@
 //! an occurrence becomes a job exactly once. A scheduler sleeps until the next due instant and is
 //! woken early by task changes (in-process, and through `LISTEN/NOTIFY` on PostgreSQL).
 
+pub mod bench;
 pub mod schedule;
 pub mod tasks;
 
@@ -116,6 +117,8 @@ pub async fn tick(
                 missed = Some((first, at, count + 1));
             } else {
                 queue::enqueue(&mut tx, settings, task.job_for(at), now).await?;
+                let lag = (now - at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+                metrics::histogram!("docket_scheduler_lag_seconds").record(lag);
                 report.enqueued += 1;
             }
             walked += 1;

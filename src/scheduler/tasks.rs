@@ -291,6 +291,39 @@ async fn commit_and_wake(
     Ok(())
 }
 
+/// Inserts a task row inside `tx` (the API validates first).
+pub async fn insert(tx: &mut Tx, task: &TaskRow) -> Result<(), sqlx::Error> {
+    with_tx!(tx, conn => {
+        sqlx::query(
+            "INSERT INTO tasks (id, tenant_id, title, description, schedule_kind, schedule_expr, timezone, payload, \
+             priority, max_retries, timeout_seconds, misfire_grace_seconds, concurrency, status, next_run_at, \
+             created_by, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+        )
+        .bind(&task.id)
+        .bind(&task.tenant_id)
+        .bind(&task.title)
+        .bind(&task.description)
+        .bind(&task.schedule_kind)
+        .bind(&task.schedule_expr)
+        .bind(&task.timezone)
+        .bind(&task.payload)
+        .bind(task.priority)
+        .bind(task.max_retries)
+        .bind(task.timeout_seconds)
+        .bind(task.misfire_grace_seconds)
+        .bind(task.concurrency)
+        .bind(&task.status)
+        .bind(task.next_run_at)
+        .bind(&task.created_by)
+        .bind(task.created_at)
+        .bind(task.updated_at)
+        .execute(conn)
+        .await
+        .map(|_| ())
+    })
+}
+
 /// Create a task.
 #[utoipa::path(post, path = "/tasks", tag = "tasks",
     description = "Requires: supervisor or admin (`WriteTasks`), or an API key with `tasks:write`.",
@@ -347,35 +380,7 @@ pub async fn create_task(
         updated_at: now,
     };
     let mut tx = state.store.begin().await?;
-    with_tx!(&mut tx, conn => {
-        sqlx::query(
-            "INSERT INTO tasks (id, tenant_id, title, description, schedule_kind, schedule_expr, timezone, payload, \
-             priority, max_retries, timeout_seconds, misfire_grace_seconds, concurrency, status, next_run_at, \
-             created_by, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
-        )
-        .bind(&task.id)
-        .bind(&task.tenant_id)
-        .bind(&task.title)
-        .bind(&task.description)
-        .bind(&task.schedule_kind)
-        .bind(&task.schedule_expr)
-        .bind(&task.timezone)
-        .bind(&task.payload)
-        .bind(task.priority)
-        .bind(task.max_retries)
-        .bind(task.timeout_seconds)
-        .bind(task.misfire_grace_seconds)
-        .bind(task.concurrency)
-        .bind(&task.status)
-        .bind(task.next_run_at)
-        .bind(&task.created_by)
-        .bind(task.created_at)
-        .bind(task.updated_at)
-        .execute(conn)
-        .await
-        .map(|_| ())
-    })?;
+    insert(&mut tx, &task).await?;
     principal
         .audit(
             &mut tx,

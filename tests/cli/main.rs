@@ -403,6 +403,21 @@ on_both_backends! {
             assert!(report.contains(line), "{line} missing:\n{report}");
         }
     }
+
+    async fn the_scheduler_benchmark_runs_each_occurrence_once(backend) {
+        let Some(db) = TestDatabase::new(backend).await else { return };
+        let env = [("DATABASE_URL", db.url.as_str())];
+        let out = run(db.dir.path(), &env, &["bench", "scheduler", "--tasks", "3", "--seconds", "2"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let report = text(&out.stdout);
+        assert!(report.contains("enqueued twice            0"), "{report}");
+        let ran: i64 = report
+            .lines()
+            .find_map(|l| l.strip_prefix("occurrences run"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no occurrence count:\n{report}"));
+        assert!(ran >= 3, "every task fired at least once: {report}");
+    }
 }
 
 #[tokio::test]

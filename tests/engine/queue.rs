@@ -321,6 +321,8 @@ on_both_backends! {
             async move { queue::get(&store, "t1", &id).await.unwrap().unwrap().status }
         };
         assert_eq!(status(0).await, "succeeded");
+        let done = queue::get(&h.queue.store, "t1", &claimed[0].job.id).await.unwrap().unwrap();
+        assert_eq!(done.run_at, claimed[0].job.run_at, "a finished job keeps the time it was due");
         assert_eq!(status(1).await, "failed");
         assert_eq!(status(2).await, "dead");
         assert_eq!(status(3).await, "queued");
