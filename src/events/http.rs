@@ -133,22 +133,17 @@ pub async fn publish(
         .fetch_all(conn)
         .await
     })?;
-    let mut job_ids = Vec::with_capacity(tasks.len());
+    let mut jobs = Vec::with_capacity(tasks.len());
     for task in &tasks {
         let mut job = task.job_for(now);
         job.payload["event"] = json!(event);
         job.unique_key = Some(format!("task:{}:event:{}", task.id, event.id));
-        job_ids.push(
-            queue::enqueue(&mut tx, &state.queue.settings, job, now)
-                .await?
-                .id,
-        );
+        jobs.push(queue::enqueue(&mut tx, &state.queue.settings, job, now).await?);
     }
     tx.commit().await?;
-    if !job_ids.is_empty() {
-        state.queue.wake();
-    }
     state.events.publish(event.clone());
+    state.queue.enqueued(&jobs);
+    let job_ids = jobs.into_iter().map(|job| job.id).collect();
     Ok((
         StatusCode::ACCEPTED,
         ResponseJson(Published {

@@ -209,8 +209,23 @@ impl Queue {
         let mut tx = self.store.begin().await?;
         let job = enqueue(&mut tx, &self.settings, job, crate::clock::now()).await?;
         tx.commit().await?;
-        self.wake();
+        self.enqueued(std::slice::from_ref(&job));
         Ok(job)
+    }
+
+    /// After the enqueueing transaction committed: wake local workers and announce the jobs.
+    pub fn enqueued(&self, jobs: &[Job]) {
+        if jobs.is_empty() {
+            return;
+        }
+        self.wake();
+        for job in jobs {
+            self.events.publish(crate::events::Envelope::internal(
+                &job.tenant_id,
+                "job.queued",
+                serde_json::json!({ "job_id": job.id, "kind": job.kind, "task_id": job.task_id, "run_at": job.run_at }),
+            ));
+        }
     }
 
     /// Wakes idle workers of this process (after a caller committed its own enqueue).

@@ -68,11 +68,13 @@ pub async fn wake(state: &AppState) {
 }
 
 /// What one pass did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Tick {
     pub tasks: usize,
     pub enqueued: usize,
     pub missed: usize,
+    /// The jobs enqueued, to announce once the pass has committed.
+    pub jobs: Vec<queue::Job>,
 }
 
 /// Enqueues the occurrences of due tasks as of `now`. Occurrences later than the task's misfire
@@ -116,7 +118,8 @@ pub async fn tick(
                 let (first, _, count) = missed.unwrap_or((at, at, 0));
                 missed = Some((first, at, count + 1));
             } else {
-                queue::enqueue(&mut tx, settings, task.job_for(at), now).await?;
+                let job = queue::enqueue(&mut tx, settings, task.job_for(at), now).await?;
+                report.jobs.push(job);
                 let lag = (now - at).num_microseconds().unwrap_or(0) as f64 / 1e6;
                 metrics::histogram!("docket_scheduler_lag_seconds").record(lag);
                 report.enqueued += 1;
@@ -195,9 +198,7 @@ impl Scheduler {
             .await
             {
                 Ok(report) => {
-                    if report.enqueued > 0 {
-                        self.state.queue.wake();
-                    }
+                    self.state.queue.enqueued(&report.jobs);
                     if report.missed > 0 {
                         tracing::warn!(
                             missed = report.missed,

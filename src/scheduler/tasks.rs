@@ -588,7 +588,7 @@ pub async fn run_now(
         )
         .await?;
     tx.commit().await?;
-    state.queue.wake();
+    state.queue.enqueued(std::slice::from_ref(&job));
     Ok((StatusCode::ACCEPTED, ResponseJson(job)))
 }
 

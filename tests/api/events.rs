@@ -110,6 +110,12 @@ on_both_backends! {
 
         let done = next_event(stream, "job.succeeded").await;
         assert_eq!(done["payload"]["task_id"], task["id"]);
+
+        // Jobs the scheduler makes are announced when queued.
+        let stream = app.client.get(app.url("/api/v1/events/stream?topic=job.queued")).bearer_auth(&ops.access_token).send().await.unwrap();
+        let (_, ticking) = app.call(Method::POST, "/api/v1/tasks", &ops.access_token, Some(json!({ "title": "Tick", "schedule_kind": "cron", "schedule_expr": "* * * * * *" }))).await;
+        let queued = next_event(stream, "job.queued").await;
+        assert_eq!(queued["payload"]["task_id"], ticking["id"]);
     }
 
     async fn events_travel_between_processes_through_redis(backend) {
