@@ -619,6 +619,18 @@ async fn set_status(
     Ok(ResponseJson(Task::from_row(task, now)))
 }
 
+/// A 409 naming the current state unless the task is in `expected`.
+fn require_status(task: &TaskRow, expected: &str) -> Result<(), ApiError> {
+    if task.status == expected {
+        Ok(())
+    } else {
+        Err(
+            ApiError::conflict(format!("The task is {}, not {expected}.", task.status))
+                .with_details(json!({ "status": task.status })),
+        )
+    }
+}
+
 /// Stop scheduling the task until resumed.
 #[utoipa::path(post, path = "/tasks/{id}/pause", tag = "tasks",
     description = "Requires: supervisor or admin (`WriteTasks`), or an API key with `tasks:write`.",
@@ -634,13 +646,7 @@ pub async fn pause(
         &id,
         ("task.pause", "task.paused"),
         |task, _| {
-            if task.status != "active" {
-                return Err(ApiError::conflict(format!(
-                    "The task is {}, not active.",
-                    task.status
-                ))
-                .with_details(json!({ "status": task.status })));
-            }
+            require_status(task, "active")?;
             task.status = "paused".to_owned();
             Ok(())
         },
@@ -663,13 +669,7 @@ pub async fn resume(
         &id,
         ("task.resume", "task.resumed"),
         |task, now| {
-            if task.status != "paused" {
-                return Err(ApiError::conflict(format!(
-                    "The task is {}, not paused.",
-                    task.status
-                ))
-                .with_details(json!({ "status": task.status })));
-            }
+            require_status(task, "paused")?;
             let schedule = task.schedule().map_err(schedule_error)?;
             task.next_run_at = match (&schedule, task.next_run_at) {
                 // A one-shot keeps its instant if it is still ahead.
@@ -718,13 +718,7 @@ pub async fn snooze(
         &id,
         ("task.snooze", "task.snoozed"),
         move |task, _| {
-            if task.status != "active" {
-                return Err(ApiError::conflict(format!(
-                    "The task is {}, not active.",
-                    task.status
-                ))
-                .with_details(json!({ "status": task.status })));
-            }
+            require_status(task, "active")?;
             let schedule = task.schedule().map_err(schedule_error)?;
             task.next_run_at = match schedule {
                 Schedule::Once(at) => Some(at.max(until)),
