@@ -379,4 +379,30 @@ on_both_backends! {
         let next = queue::claim(&h.queue.store, "late", 10, lease, now).await.unwrap();
         assert_eq!(next.len(), 1, "the next one may start once the first finished");
     }
+
+    async fn a_killed_workers_job_is_retried_after_its_lease_expires(backend) {
+        let Some(mut h) = harness(backend).await else { return };
+        h.queue.settings.lease = Duration::from_secs(1);
+        let mut stuck = Registry::default();
+        stuck.register("slow", |_| async {
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            Ok(json!({}))
+        });
+        let (_, doomed) = start_worker(&h.queue, stuck, "doomed", Duration::from_secs(5));
+        let job = h.queue.enqueue(job("slow", json!({}))).await.unwrap();
+        wait_for(&h.queue, std::slice::from_ref(&job.id), "running").await;
+        // The worker dies without draining: no release, no more heartbeats.
+        doomed.abort();
+        let _ = doomed.await;
+
+        let mut quick = Registry::default();
+        quick.register("slow", |_| async { Ok(json!({ "done": true })) });
+        let (stop, rescuer) = start_worker(&h.queue, quick, "rescuer", Duration::from_secs(5));
+        wait_for(&h.queue, std::slice::from_ref(&job.id), "succeeded").await;
+        let runs = queue::runs_of(&h.queue.store, "t1", &job.id).await.unwrap();
+        let seen: Vec<(&str, &str, i32)> = runs.iter().map(|r| (r.worker_id.as_str(), r.status.as_str(), r.attempt)).collect();
+        assert_eq!(seen, [("doomed", "lost", 1), ("rescuer", "succeeded", 2)]);
+        stop.cancel();
+        rescuer.await.unwrap();
+    }
 }
