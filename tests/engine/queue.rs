@@ -105,6 +105,15 @@ on_both_backends! {
 
     async fn racing_workers_run_each_job_exactly_once(backend) {
         let Some(h) = harness(backend).await else { return };
+        // All jobs are waiting before the workers start, so the four of them race for the same rows.
+        let jobs: Vec<NewJob> = (0..300).map(|i| job("count", json!({ "i": i }))).collect();
+        let mut tx = h.queue.store.begin().await.unwrap();
+        queue::enqueue_many(&mut tx, &h.queue.settings, jobs, Utc::now()).await.unwrap();
+        tx.commit().await.unwrap();
+        let ids: Vec<String> = docket::with_pool!(&h.queue.store, pool => {
+            sqlx::query_scalar("SELECT id FROM jobs WHERE tenant_id = 't1' ORDER BY id").fetch_all(pool).await
+        })
+        .unwrap();
         let counts: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
         let mut workers = Vec::new();
         for w in 0..4 {
@@ -114,14 +123,12 @@ on_both_backends! {
                 let counts = counts.clone();
                 async move {
                     *counts.lock().unwrap().entry(ctx.job_id).or_default() += 1;
+                    // Long enough that no single worker drains the queue before the others start.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                     Ok(json!({}))
                 }
             });
             workers.push(start_worker(&h.queue, registry, &format!("w{w}"), Duration::from_secs(5)));
-        }
-        let mut ids = Vec::new();
-        for i in 0..300 {
-            ids.push(h.queue.enqueue(job("count", json!({ "i": i }))).await.unwrap().id);
         }
         wait_for(&h.queue, &ids, "succeeded").await;
         let counts = counts.lock().unwrap().clone();
