@@ -193,7 +193,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, Auth
         }
     } else {
         let claims = tokens::decode_access(&state.secret_key, token)?;
-        let session = sessions::touch(state, &claims).await?;
+        let session = sessions::touch(state, &claims.tid, &claims.sub, &claims.sid).await?;
         Principal {
             tenant_id: claims.tid,
             actor: Actor::User(claims.sub),

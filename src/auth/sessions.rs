@@ -9,7 +9,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::principal::{Authorized, ClientOrigin, MfaEnrolment, SignedIn};
-use super::tokens::{self, AccessClaims};
+use super::tokens;
 use super::users::{self, UserRow};
 use super::{AuthError, Role, mfa, password};
 use crate::app::AppState;
@@ -98,7 +98,12 @@ struct SessionCheck {
 
 /// Validates the session behind an access token: not revoked, not expired, not idle for longer than
 /// `SESSION_TIMEOUT_MINUTES`, user and tenant active. Records activity (at most once a minute).
-pub async fn touch(state: &AppState, claims: &AccessClaims) -> Result<SessionState, AuthError> {
+pub async fn touch(
+    state: &AppState,
+    tenant_id: &str,
+    user_id: &str,
+    session_id: &str,
+) -> Result<SessionState, AuthError> {
     let row: Option<SessionCheck> = with_pool!(&state.store, pool => {
         sqlx::query_as(
             "SELECT s.revoked_at, s.expires_at, s.last_seen_at, s.mfa_verified, u.role, u.platform_admin, \
@@ -106,9 +111,9 @@ pub async fn touch(state: &AppState, claims: &AccessClaims) -> Result<SessionSta
              FROM sessions s JOIN users u ON u.id = s.user_id JOIN tenants t ON t.id = s.tenant_id \
              WHERE s.id = $1 AND s.tenant_id = $2 AND s.user_id = $3",
         )
-        .bind(&claims.sid)
-        .bind(&claims.tid)
-        .bind(&claims.sub)
+        .bind(session_id)
+        .bind(tenant_id)
+        .bind(user_id)
         .fetch_optional(pool)
         .await
     })?;
@@ -125,7 +130,7 @@ pub async fn touch(state: &AppState, claims: &AccessClaims) -> Result<SessionSta
         .unwrap_or(chrono::Duration::minutes(30));
     if row.last_seen_at + idle_limit <= now {
         let mut tx = state.store.begin().await?;
-        revoke(&mut tx, &claims.tid, &claims.sid, "idle_timeout").await?;
+        revoke(&mut tx, tenant_id, session_id, "idle_timeout").await?;
         tx.commit().await?;
         return Err(AuthError::SessionEnded);
     }
@@ -133,8 +138,8 @@ pub async fn touch(state: &AppState, claims: &AccessClaims) -> Result<SessionSta
         with_pool!(&state.store, pool => {
             sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2 AND tenant_id = $3")
                 .bind(now)
-                .bind(&claims.sid)
-                .bind(&claims.tid)
+                .bind(session_id)
+                .bind(tenant_id)
                 .execute(pool)
                 .await
                 .map(|_| ())
@@ -483,16 +488,8 @@ pub async fn refresh(
     if row.token_expires_at <= now {
         return Err(AuthError::SessionEnded.into());
     }
-    let claims = AccessClaims {
-        sub: row.user_id.clone(),
-        tid: row.tenant_id.clone(),
-        sid: row.session_id.clone(),
-        iss: String::new(),
-        iat: 0,
-        exp: 0,
-    };
     // Same checks as for an access token: revoked, idle, disabled user or tenant.
-    let session = touch(&state, &claims).await?;
+    let session = touch(&state, &row.tenant_id, &row.user_id, &row.session_id).await?;
     let user = users::find(&state.store, &row.tenant_id, &row.user_id)
         .await?
         .ok_or(AuthError::SessionEnded)?;
