@@ -197,8 +197,9 @@ pub struct StreamFilter {
     pub topic: Option<String>,
 }
 
-/// Live events of your tenant as server-sent events. With Redis, `Last-Event-ID` resumes from a
-/// stream position; without it only new events are sent.
+/// Live events of your tenant as server-sent events. A reconnecting client's `Last-Event-ID` resumes
+/// after that event: from the Redis Stream when `REDIS_URL` is set, otherwise from the last 10,000
+/// events this process published.
 #[utoipa::path(get, path = "/events/stream", tag = "events",
     description = "Requires: any role (`ReadTasks`), or an API key with `tasks:read`.",
     params(StreamFilter),
@@ -212,21 +213,20 @@ pub async fn stream(
     let tenant = principal.tenant_id.clone();
     let prefix = filter.topic.unwrap_or_default();
     let wanted = move |e: &Envelope| e.tenant_id == tenant && e.topic.starts_with(&prefix);
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| !id.is_empty());
     let events: std::pin::Pin<Box<dyn Stream<Item = (String, Envelope)> + Send>> =
-        match state.events.redis() {
-            Some(client) => {
-                let last = headers
-                    .get("last-event-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("$")
-                    .to_owned();
-                Box::pin(redis_stream(client.clone(), last))
+        match (state.events.redis(), last_event_id) {
+            (Some(client), last) => {
+                Box::pin(redis_stream(client.clone(), last.unwrap_or("$").to_owned()))
             }
-            None => Box::pin(
-                BroadcastStream::new(state.events.subscribe_local()).filter_map(
-                    |item| async move { item.ok().map(|e| (e.id.clone(), (*e).clone())) },
-                ),
-            ),
+            (None, None) => Box::pin(local_stream(Vec::new(), state.events.subscribe_local())),
+            (None, Some(last)) => {
+                let (backlog, receiver) = state.events.subscribe_after(last);
+                Box::pin(local_stream(backlog, receiver))
+            }
         };
     let shutdown = state.shutdown.clone();
     let stream = events
@@ -240,6 +240,17 @@ pub async fn stream(
         })
         .take_until(async move { shutdown.cancelled().await });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// Buffered events, then live ones from this process, as (event id, event).
+fn local_stream(
+    backlog: Vec<std::sync::Arc<Envelope>>,
+    receiver: tokio::sync::broadcast::Receiver<std::sync::Arc<Envelope>>,
+) -> impl Stream<Item = (String, Envelope)> + Send {
+    let live = BroadcastStream::new(receiver).filter_map(|item| async move { item.ok() });
+    stream::iter(backlog)
+        .chain(live)
+        .map(|e| (e.id.clone(), (*e).clone()))
 }
 
 /// Entries of the Redis Stream after `last_id`, as (stream id, event), reconnecting on errors.

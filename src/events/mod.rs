@@ -1,15 +1,17 @@
 //! Events: published through the API (stored, and turned into jobs for event-triggered tasks) and
 //! emitted by Docket itself for every task, job and run state change. They fan out to live
 //! subscribers (`GET /events/stream`, SSE) and, with `REDIS_URL`, to the Redis Stream
-//! `docket:events` for consumer groups. Without Redis an in-process channel stands in, which is all
-//! one process needs; with several processes the Redis Stream carries events between them.
+//! `docket:events` for consumer groups. Without Redis an in-process channel and a replay buffer of
+//! recent events stand in, which is all one process needs; with several processes the Redis Stream
+//! carries events between them.
 
 pub mod http;
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
@@ -24,6 +26,8 @@ pub const STREAM_KEY: &str = "docket:events";
 const STREAM_MAXLEN: usize = 100_000;
 /// Events a slow in-process subscriber may lag before it skips ahead.
 const BROADCAST_CAPACITY: usize = 4096;
+/// Recent events kept in process so an SSE client without Redis can resume with `Last-Event-ID`.
+const REPLAY_CAPACITY: usize = 10_000;
 /// Events buffered for Redis before publishing blocks callers.
 const OUTBOX_CAPACITY: usize = 65_536;
 
@@ -73,6 +77,9 @@ impl Envelope {
 #[derive(Clone)]
 pub struct EventBus {
     local: broadcast::Sender<Arc<Envelope>>,
+    /// The latest events, oldest first. Sending on `local` happens under this lock so a subscriber
+    /// taking a backlog and a receiver together sees every event exactly once.
+    recent: Arc<Mutex<VecDeque<Arc<Envelope>>>>,
     outbox: Option<mpsc::Sender<Arc<Envelope>>>,
     redis: Option<redis::Client>,
 }
@@ -88,6 +95,7 @@ impl EventBus {
         });
         Self {
             local,
+            recent: Arc::new(Mutex::new(VecDeque::with_capacity(1024))),
             outbox,
             redis,
         }
@@ -97,8 +105,15 @@ impl EventBus {
     /// notifications, the database holds the truth.
     pub fn publish(&self, event: Envelope) {
         let event = Arc::new(event);
-        // No receivers is normal (nobody is watching).
-        let _ = self.local.send(event.clone());
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            if recent.len() == REPLAY_CAPACITY {
+                recent.pop_front();
+            }
+            recent.push_back(event.clone());
+            // No receivers is normal (nobody is watching).
+            let _ = self.local.send(event.clone());
+        }
         if let Some(outbox) = &self.outbox
             && outbox.try_send(event).is_err()
         {
@@ -108,6 +123,25 @@ impl EventBus {
 
     pub fn subscribe_local(&self) -> broadcast::Receiver<Arc<Envelope>> {
         self.local.subscribe()
+    }
+
+    /// Events published in this process after `last_id`, plus a receiver for everything after them.
+    /// An id no longer buffered replays what is left that is newer (ids are time-ordered UUIDv7).
+    pub fn subscribe_after(
+        &self,
+        last_id: &str,
+    ) -> (Vec<Arc<Envelope>>, broadcast::Receiver<Arc<Envelope>>) {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let receiver = self.local.subscribe();
+        let backlog = match recent.iter().position(|e| e.id == last_id) {
+            Some(at) => recent.iter().skip(at + 1).cloned().collect(),
+            None => recent
+                .iter()
+                .filter(|e| e.id.as_str() > last_id)
+                .cloned()
+                .collect(),
+        };
+        (backlog, receiver)
     }
 
     pub fn redis(&self) -> Option<&redis::Client> {
@@ -188,4 +222,46 @@ pub(crate) async fn read_stream(
         .count(100);
     conn.xread_options(&[STREAM_KEY], &[last_id], &options)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(topic: &str) -> Envelope {
+        Envelope::internal("t1", topic, Value::Null)
+    }
+
+    #[tokio::test]
+    async fn resuming_replays_only_what_came_after_and_then_goes_live() {
+        let bus = EventBus::new(None);
+        let first = event("a");
+        let first_id = first.id.clone();
+        bus.publish(first);
+        bus.publish(event("b"));
+        let (backlog, mut live) = bus.subscribe_after(&first_id);
+        assert_eq!(
+            backlog.iter().map(|e| e.topic.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+        bus.publish(event("c"));
+        assert_eq!(
+            live.recv().await.map(|e| e.topic.clone()).ok(),
+            Some("c".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn an_evicted_id_replays_the_newer_events_still_buffered() {
+        let bus = EventBus::new(None);
+        let oldest = event("evicted");
+        let oldest_id = oldest.id.clone();
+        bus.publish(oldest);
+        for _ in 0..REPLAY_CAPACITY {
+            bus.publish(event("kept"));
+        }
+        let (backlog, _) = bus.subscribe_after(&oldest_id);
+        assert_eq!(backlog.len(), REPLAY_CAPACITY);
+        assert!(backlog.iter().all(|e| e.topic == "kept"));
+    }
 }

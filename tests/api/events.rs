@@ -118,6 +118,31 @@ on_both_backends! {
         assert_eq!(queued["payload"]["task_id"], ticking["id"]);
     }
 
+    async fn a_reconnecting_stream_resumes_after_the_last_event_id_without_redis(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        assert!(app.state.events.redis().is_none(), "this test is about the embedded stand-in");
+        let ops = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let mut ids = Vec::new();
+        for n in 1..=3 {
+            let (status, published) = app.call(Method::POST, "/api/v1/events", &ops.access_token, Some(json!({ "topic": format!("orders.n{n}"), "payload": { "n": n } }))).await;
+            assert_eq!(status, StatusCode::ACCEPTED);
+            ids.push(published["event"]["id"].as_str().unwrap().to_owned());
+        }
+        // The client saw event 1, lost its connection, and comes back: 2 and 3 are replayed.
+        let resumed = || app.client.get(app.url("/api/v1/events/stream?topic=orders.")).bearer_auth(&ops.access_token).header("last-event-id", &ids[0]).send();
+        let second = next_event(resumed().await.unwrap(), "orders.n2").await;
+        assert_eq!(second["id"], ids[1].as_str());
+        let third = next_event(resumed().await.unwrap(), "orders.n3").await;
+        assert_eq!(third["payload"], json!({ "n": 3 }));
+        // Event 1 itself is not sent again: the first frame after resuming is event 2.
+        let mut response = resumed().await.unwrap();
+        let mut text = String::new();
+        while !text.contains("\n\n") {
+            text.push_str(&String::from_utf8_lossy(&response.chunk().await.unwrap().unwrap()));
+        }
+        assert!(text.contains(&format!("id: {}", ids[1])) || text.contains(&format!("id:{}", ids[1])), "{text}");
+    }
+
     async fn events_travel_between_processes_through_redis(backend) {
         let Some(redis) = shared_redis() else { return };
         let url = redis.url();
