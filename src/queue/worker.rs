@@ -40,6 +40,16 @@ impl Registry {
         let mut registry = Self::default();
         // A job that does nothing: used by `docket bench` and to check a deployment end to end.
         registry.register("noop", |_| async { Ok(json!({})) });
+        // Holds a worker slot for `{"seconds": n}` (the job's timeout still applies): for drills that
+        // kill or stop workers mid-job, and to see a deployment's leases and heartbeats at work.
+        registry.register("sleep", |ctx| async move {
+            let seconds = ctx.payload["seconds"]
+                .as_f64()
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .ok_or("payload.seconds must be a non-negative number")?;
+            tokio::time::sleep(Duration::from_secs_f64(seconds.min(86_400.0))).await;
+            Ok(json!({ "slept_seconds": seconds }))
+        });
         registry
     }
 

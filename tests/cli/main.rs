@@ -404,6 +404,83 @@ on_both_backends! {
         }
     }
 
+    async fn a_worker_process_killed_with_sigkill_loses_its_jobs_to_another(backend) {
+        let Some(db) = TestDatabase::new(backend).await else { return };
+        let start_worker = || {
+            let port = free_port().to_string();
+            let env = [
+                ("DATABASE_URL", db.url.as_str()),
+                ("PORT", port.as_str()),
+                ("WORKER_LEASE_SECONDS", "2"),
+                ("WORKER_CONCURRENCY", "4"),
+                ("WORKER_POLL_INTERVAL", "0.1"),
+            ];
+            Process::start(db.dir.path(), &env, &["worker"])
+        };
+        let mut doomed = start_worker();
+        doomed.wait_live().await;
+        let state = docket::app::AppState::initialise(support::test_config(&db, &[])).await.unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..8 {
+            let job = docket::queue::NewJob {
+                tenant_id: "t1".to_owned(),
+                kind: "sleep".to_owned(),
+                payload: serde_json::json!({ "seconds": 1.5 }),
+                ..docket::queue::NewJob::default()
+            };
+            ids.push(state.queue.enqueue(job).await.unwrap().id);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let in_hand = loop {
+            let mut running = Vec::new();
+            for id in &ids {
+                let job = docket::queue::get(&state.store, "t1", id).await.unwrap().unwrap();
+                if job.status == "running" {
+                    running.push(id.clone());
+                }
+            }
+            if running.len() == 4 {
+                break running;
+            }
+            assert!(Instant::now() < deadline, "the worker never filled its slots");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // SIGKILL: no drain, no release, no last heartbeat.
+        doomed.child.kill().unwrap();
+        doomed.child.wait().unwrap();
+
+        let mut rescuer = start_worker();
+        rescuer.wait_live().await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for id in &ids {
+            loop {
+                let job = docket::queue::get(&state.store, "t1", id).await.unwrap().unwrap();
+                if job.status == "succeeded" {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "job {id} stuck in {}", job.status);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let mut lost_by = std::collections::HashSet::new();
+        for id in &ids {
+            let runs = docket::queue::runs_of(&state.store, "t1", id).await.unwrap();
+            let succeeded: Vec<_> = runs.iter().filter(|r| r.status == "succeeded").collect();
+            assert_eq!(succeeded.len(), 1, "job {id} ran to completion exactly once: {runs:?}");
+            if in_hand.contains(id) {
+                let statuses: Vec<(&str, i32)> = runs.iter().map(|r| (r.status.as_str(), r.attempt)).collect();
+                assert_eq!(statuses, [("lost", 1), ("succeeded", 2)], "job {id}");
+                assert_ne!(runs[0].worker_id, runs[1].worker_id, "another worker finished it");
+                lost_by.insert(runs[0].worker_id.clone());
+            } else {
+                assert_eq!(runs.len(), 1, "job {id} was never in the dead worker's hands: {runs:?}");
+            }
+        }
+        assert_eq!(lost_by.len(), 1, "all lost runs belong to the killed process");
+        let (exit, _) = rescuer.terminate();
+        assert!(exit.success());
+    }
+
     async fn the_scheduler_benchmark_runs_each_occurrence_once(backend) {
         let Some(db) = TestDatabase::new(backend).await else { return };
         let env = [("DATABASE_URL", db.url.as_str())];
