@@ -92,6 +92,21 @@ pub struct Config {
     pub worker_concurrency: u32,
     /// Default for tasks: an occurrence found later than this after its time is recorded as missed.
     pub scheduler_misfire_grace: Duration,
+    /// The default decision policy: amounts at or above this need two reviewers.
+    pub dual_control_threshold: rust_decimal::Decimal,
+    /// The default decision policy: amounts at or above this get high priority.
+    pub high_priority_threshold: rust_decimal::Decimal,
+    pub default_sla_hours: u32,
+    /// Whether an AI assessment may decide a case on its own (never under dual control).
+    pub ai_enabled: bool,
+    pub ai_confidence_threshold: f64,
+    /// How long a reviewer holds a claimed case without acting before it returns to the queue.
+    pub review_lease: Duration,
+    /// How often the SLA sweep looks for breached cases.
+    pub sla_sweep_interval: Duration,
+    /// Where attachments live: `file://<dir>` (relative to the working directory) or `s3://bucket`.
+    pub object_store_url: String,
+    pub max_attachment_bytes: usize,
 }
 
 /// A configuration problem, always tied to the variable that caused it.
@@ -276,6 +291,39 @@ impl Config {
             get("SCHEDULER_MISFIRE_GRACE_TIME"),
             30,
         )?);
+        let dual_control_threshold =
+            decimal("DUAL_CONTROL_THRESHOLD", get("DUAL_CONTROL_THRESHOLD"), "5000.0")?;
+        let high_priority_threshold =
+            decimal("HIGH_PRIORITY_THRESHOLD", get("HIGH_PRIORITY_THRESHOLD"), "10000.0")?;
+        let default_sla_hours =
+            positive::<u32>("DEFAULT_SLA_HOURS", get("DEFAULT_SLA_HOURS"), 4)?;
+        let ai_enabled = parse_bool("AI_ENABLED", get("AI_ENABLED"), false)?;
+        let ai_confidence_threshold = parse_number::<f64>(
+            "AI_CONFIDENCE_THRESHOLD",
+            get("AI_CONFIDENCE_THRESHOLD"),
+            0.7,
+        )?;
+        if !(0.0..=1.0).contains(&ai_confidence_threshold) {
+            return Err(ConfigError::new(
+                "AI_CONFIDENCE_THRESHOLD",
+                "must be between 0 and 1",
+            ));
+        }
+        let review_lease = Duration::from_secs(
+            60 * positive::<u64>("REVIEW_LEASE_MINUTES", get("REVIEW_LEASE_MINUTES"), 30)?,
+        );
+        let sla_sweep_interval =
+            seconds("SLA_SWEEP_INTERVAL", get("SLA_SWEEP_INTERVAL"), 60.0)?;
+        let object_store_url = get("OBJECT_STORE_URL")
+            .unwrap_or_else(|| format!("file://{}/objects", data_dir.display()));
+        if !(object_store_url.starts_with("file://") || object_store_url.starts_with("s3://")) {
+            return Err(ConfigError::new(
+                "OBJECT_STORE_URL",
+                "must be file://<directory> or s3://<bucket>",
+            ));
+        }
+        let max_attachment_bytes =
+            positive::<usize>("MAX_ATTACHMENT_MB", get("MAX_ATTACHMENT_MB"), 10)? * 1024 * 1024;
 
         Ok(Self {
             environment,
@@ -309,6 +357,15 @@ impl Config {
             worker_max_retries,
             worker_concurrency,
             scheduler_misfire_grace,
+            dual_control_threshold,
+            high_priority_threshold,
+            default_sla_hours,
+            ai_enabled,
+            ai_confidence_threshold,
+            review_lease,
+            sla_sweep_interval,
+            object_store_url,
+            max_attachment_bytes,
         })
     }
 
@@ -396,6 +453,18 @@ impl Config {
             format!(
                 "SCHEDULER_MISFIRE_GRACE_TIME={}",
                 self.scheduler_misfire_grace.as_secs()
+            ),
+            format!("DUAL_CONTROL_THRESHOLD={}", self.dual_control_threshold),
+            format!("HIGH_PRIORITY_THRESHOLD={}", self.high_priority_threshold),
+            format!("DEFAULT_SLA_HOURS={}", self.default_sla_hours),
+            format!("AI_ENABLED={}", self.ai_enabled),
+            format!("AI_CONFIDENCE_THRESHOLD={}", self.ai_confidence_threshold),
+            format!("REVIEW_LEASE_MINUTES={}", self.review_lease.as_secs() / 60),
+            format!("SLA_SWEEP_INTERVAL={}", self.sla_sweep_interval.as_secs_f64()),
+            format!("OBJECT_STORE_URL={}", redact_url(&self.object_store_url)),
+            format!(
+                "MAX_ATTACHMENT_MB={}",
+                self.max_attachment_bytes / (1024 * 1024)
             ),
         ]
     }
@@ -520,6 +589,22 @@ pub fn parse_cidr(item: &str) -> Option<ipnet::IpNet> {
     item.parse::<ipnet::IpNet>()
         .ok()
         .or_else(|| item.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+/// A non-negative decimal amount, kept exact.
+fn decimal(
+    var: &'static str,
+    raw: Option<String>,
+    default: &str,
+) -> Result<rust_decimal::Decimal, ConfigError> {
+    let text = raw.as_deref().map_or(default, str::trim);
+    match text.parse::<rust_decimal::Decimal>() {
+        Ok(value) if !value.is_sign_negative() => Ok(value.normalize()),
+        _ => Err(ConfigError::new(
+            var,
+            format!("must be a non-negative decimal number, got {text:?}"),
+        )),
+    }
 }
 
 fn parse_bool(var: &'static str, raw: Option<String>, default: bool) -> Result<bool, ConfigError> {

@@ -142,6 +142,30 @@ permission!(
     /// Reading and exporting the audit log.
     ReadAudit { const MIN_ROLE: Option<Role> = Some(Role::Supervisor); const SCOPE: Option<&'static str> = Some("audit:read"); }
 );
+permission!(
+    /// Reading cases, their history and attachments.
+    ReadCases { const MIN_ROLE: Option<Role> = Some(Role::Viewer); const SCOPE: Option<&'static str> = Some("cases:read"); }
+);
+permission!(
+    /// Submitting cases and attaching files (people and agents).
+    WriteCases { const MIN_ROLE: Option<Role> = Some(Role::Reviewer); const SCOPE: Option<&'static str> = Some("cases:write"); }
+);
+permission!(
+    /// Claiming, releasing and deciding cases: people only, never API keys.
+    ReviewCases { const MIN_ROLE: Option<Role> = Some(Role::Reviewer); const SCOPE: Option<&'static str> = None; }
+);
+permission!(
+    /// Review queue statistics.
+    ReadReviewStats { const MIN_ROLE: Option<Role> = Some(Role::Supervisor); const SCOPE: Option<&'static str> = Some("cases:read"); }
+);
+permission!(
+    /// Reading, changing and simulating the decision policy.
+    ManagePolicy {
+        const MIN_ROLE: Option<Role> = Some(Role::Admin);
+        const SCOPE: Option<&'static str> = None;
+        const ADMIN_OPERATION: bool = true;
+    }
+);
 
 /// Extracts the caller and enforces `P`. Rejections are 401 (who are you?) or 403 (not allowed).
 pub struct Authorized<P: Permission>(pub Principal, pub PhantomData<P>);

@@ -90,7 +90,8 @@ pub fn router(state: AppState, role: Role) -> Router {
             .merge(crate::scheduler::routes())
             .merge(crate::runs::routes())
             .merge(crate::queue::routes())
-            .merge(crate::events::routes());
+            .merge(crate::events::routes())
+            .merge(crate::cases::routes());
         app = app.nest(&prefix, v1);
     }
     let (router, openapi) = app.split_for_parts();

@@ -1,0 +1,1 @@
+//! Policy documents: parsing, validation and evaluation (being written).
