@@ -78,6 +78,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Objects(#[from] crate::objects::ObjectsError),
     #[error("the HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -92,6 +94,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub queue: Queue,
     pub events: EventBus,
+    /// Where attachments are stored (`OBJECT_STORE_URL`).
+    pub objects: Arc<dyn object_store::ObjectStore>,
     /// Wakes this process's scheduler when tasks change.
     pub scheduler_wake: Arc<tokio::sync::Notify>,
     /// Job handlers by kind, for this process's worker.
@@ -106,6 +110,9 @@ impl AppState {
     /// Opens the database (and Redis client), applies migrations when `AUTO_MIGRATE` is on and
     /// refuses a schema newer than this binary.
     pub async fn initialise(config: Config) -> Result<Self, StartError> {
+        // TLS for outgoing HTTPS (object store, HTTP and LLM tools) uses ring; installing it twice
+        // (tests start several states in one process) is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let store = Store::connect(&config).await?;
         if config.auto_migrate {
             let status = store.migrate().await?;
@@ -151,6 +158,7 @@ impl AppState {
             None => RateLimiter::in_process(),
         });
         let events = EventBus::new(redis.clone());
+        let objects = crate::objects::open(&config.object_store_url)?;
         let queue = Queue::new(
             store.clone(),
             queue::Settings::from_config(&config),
@@ -159,6 +167,7 @@ impl AppState {
         Ok(Self {
             queue,
             events,
+            objects,
             job_handlers: Arc::new(job_handlers()),
             scheduler_wake: Arc::new(tokio::sync::Notify::new()),
             config: Arc::new(config),

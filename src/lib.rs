@@ -12,6 +12,7 @@ pub mod config;
 pub mod events;
 pub mod http;
 pub mod nodes;
+pub mod objects;
 pub mod ops;
 pub mod policy;
 pub mod queue;
