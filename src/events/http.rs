@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_stream::wrappers::BroadcastStream;
 
 use super::{Envelope, from_stream_entry, read_stream};
@@ -17,9 +17,7 @@ use crate::app::AppState;
 use crate::auth::principal::{Authorized, PublishEvents, ReadTasks};
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
-use crate::queue;
-use crate::scheduler::tasks::{COLUMNS, TaskRow};
-use crate::{with_pool, with_tx};
+use crate::with_pool;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -99,23 +97,8 @@ pub async fn publish(
     event.occurred_at = now;
 
     let mut tx = state.store.begin().await?;
-    let inserted = with_tx!(&mut tx, conn => {
-        sqlx::query(
-            "INSERT INTO events (id, tenant_id, topic, payload, idempotency_key, source, created_at) \
-             VALUES ($1, $2, $3, $4, $5, 'api', $6) \
-             ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
-        )
-        .bind(&event.id)
-        .bind(&event.tenant_id)
-        .bind(&event.topic)
-        .bind(event.payload.to_string())
-        .bind(&key)
-        .bind(now)
-        .execute(conn)
-        .await
-        .map(|done| done.rows_affected())
-    })?;
-    if inserted == 0 {
+    let Some(jobs) = super::record(&mut tx, &state.queue.settings, &event, key.as_deref()).await?
+    else {
         drop(tx);
         return duplicate(
             &state,
@@ -123,23 +106,7 @@ pub async fn publish(
             key.as_deref().unwrap_or_default(),
         )
         .await;
-    }
-    let tasks: Vec<TaskRow> = with_tx!(&mut tx, conn => {
-        sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM tasks WHERE tenant_id = $1 AND schedule_kind = 'event' AND status = 'active' AND schedule_expr = $2"
-        )))
-        .bind(&principal.tenant_id)
-        .bind(&event.topic)
-        .fetch_all(conn)
-        .await
-    })?;
-    let mut jobs = Vec::with_capacity(tasks.len());
-    for task in &tasks {
-        let mut job = task.job_for(now);
-        job.payload["event"] = json!(event);
-        job.unique_key = Some(format!("task:{}:event:{}", task.id, event.id));
-        jobs.push(queue::enqueue(&mut tx, &state.queue.settings, job, now).await?);
-    }
+    };
     tx.commit().await?;
     state.events.publish(event.clone());
     state.queue.enqueued(&jobs);

@@ -20,6 +20,11 @@ use serde_json::Value;
 use tokio::sync::{OnceCell, broadcast, mpsc};
 use uuid::Uuid;
 
+use crate::queue;
+use crate::scheduler::tasks::{COLUMNS, TaskRow};
+use crate::store::Tx;
+use crate::with_tx;
+
 /// The Redis Stream every event is appended to.
 pub const STREAM_KEY: &str = "docket:events";
 /// Approximate length the stream is trimmed to.
@@ -147,6 +152,55 @@ impl EventBus {
     pub fn redis(&self) -> Option<&redis::Client> {
         self.redis.as_ref()
     }
+}
+
+/// Stores `event` inside `tx` and enqueues a job for every active task listening on its topic, so
+/// the event exists, and its jobs with it, exactly when the change it describes commits. `None` when
+/// `idempotency_key` was used before (nothing is written). Publish the event and announce the jobs
+/// after the commit.
+pub async fn record(
+    tx: &mut Tx,
+    settings: &queue::Settings,
+    event: &Envelope,
+    idempotency_key: Option<&str>,
+) -> Result<Option<Vec<queue::Job>>, sqlx::Error> {
+    let inserted = with_tx!(tx, conn => {
+        sqlx::query(
+            "INSERT INTO events (id, tenant_id, topic, payload, idempotency_key, source, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+        )
+        .bind(&event.id)
+        .bind(&event.tenant_id)
+        .bind(&event.topic)
+        .bind(event.payload.to_string())
+        .bind(idempotency_key)
+        .bind(&event.source)
+        .bind(event.occurred_at)
+        .execute(conn)
+        .await
+        .map(|done| done.rows_affected())
+    })?;
+    if inserted == 0 {
+        return Ok(None);
+    }
+    let tasks: Vec<TaskRow> = with_tx!(tx, conn => {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM tasks WHERE tenant_id = $1 AND schedule_kind = 'event' AND status = 'active' AND schedule_expr = $2"
+        )))
+        .bind(&event.tenant_id)
+        .bind(&event.topic)
+        .fetch_all(conn)
+        .await
+    })?;
+    let mut jobs = Vec::with_capacity(tasks.len());
+    for task in &tasks {
+        let mut job = task.job_for(event.occurred_at);
+        job.payload["event"] = serde_json::json!(event);
+        job.unique_key = Some(format!("task:{}:event:{}", task.id, event.id));
+        jobs.push(queue::enqueue(tx, settings, job, event.occurred_at).await?);
+    }
+    Ok(Some(jobs))
 }
 
 /// Appends queued events to the Redis Stream, pipelining whatever has accumulated.
