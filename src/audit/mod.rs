@@ -42,6 +42,16 @@ impl Actor {
     }
 }
 
+/// `user:<id>`, `api_key:<id>`, `system` or `anonymous`: how other records name who acted.
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.parts() {
+            (kind, "") => f.write_str(kind),
+            (kind, id) => write!(f, "{kind}:{id}"),
+        }
+    }
+}
+
 /// The routes of this module, for the versioned API.
 pub fn routes() -> utoipa_axum::router::OpenApiRouter<crate::app::AppState> {
     use utoipa_axum::routes;
