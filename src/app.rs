@@ -252,6 +252,9 @@ impl Server {
         let retention = role
             .runs_scheduler()
             .then(|| tokio::spawn(audit_retention_loop(state.clone())));
+        let review_sweep = role
+            .runs_scheduler()
+            .then(|| tokio::spawn(crate::review::sweep_loop(state.clone())));
         let scheduler = role
             .runs_scheduler()
             .then(|| tokio::spawn(Scheduler::new(state.clone()).run(shutdown.clone())));
@@ -283,6 +286,9 @@ impl Server {
         heartbeat.abort();
         if let Some(retention) = retention {
             retention.abort();
+        }
+        if let Some(sweep) = review_sweep {
+            let _ = sweep.await;
         }
         if let Some(scheduler) = scheduler {
             let _ = scheduler.await;

@@ -291,12 +291,17 @@ impl Config {
             get("SCHEDULER_MISFIRE_GRACE_TIME"),
             30,
         )?);
-        let dual_control_threshold =
-            decimal("DUAL_CONTROL_THRESHOLD", get("DUAL_CONTROL_THRESHOLD"), "5000.0")?;
-        let high_priority_threshold =
-            decimal("HIGH_PRIORITY_THRESHOLD", get("HIGH_PRIORITY_THRESHOLD"), "10000.0")?;
-        let default_sla_hours =
-            positive::<u32>("DEFAULT_SLA_HOURS", get("DEFAULT_SLA_HOURS"), 4)?;
+        let dual_control_threshold = decimal(
+            "DUAL_CONTROL_THRESHOLD",
+            get("DUAL_CONTROL_THRESHOLD"),
+            "5000.0",
+        )?;
+        let high_priority_threshold = decimal(
+            "HIGH_PRIORITY_THRESHOLD",
+            get("HIGH_PRIORITY_THRESHOLD"),
+            "10000.0",
+        )?;
+        let default_sla_hours = positive::<u32>("DEFAULT_SLA_HOURS", get("DEFAULT_SLA_HOURS"), 4)?;
         let ai_enabled = parse_bool("AI_ENABLED", get("AI_ENABLED"), false)?;
         let ai_confidence_threshold = parse_number::<f64>(
             "AI_CONFIDENCE_THRESHOLD",
@@ -312,8 +317,7 @@ impl Config {
         let review_lease = Duration::from_secs(
             60 * positive::<u64>("REVIEW_LEASE_MINUTES", get("REVIEW_LEASE_MINUTES"), 30)?,
         );
-        let sla_sweep_interval =
-            seconds("SLA_SWEEP_INTERVAL", get("SLA_SWEEP_INTERVAL"), 60.0)?;
+        let sla_sweep_interval = seconds("SLA_SWEEP_INTERVAL", get("SLA_SWEEP_INTERVAL"), 60.0)?;
         let object_store_url = get("OBJECT_STORE_URL")
             .unwrap_or_else(|| format!("file://{}/objects", data_dir.display()));
         if !(object_store_url.starts_with("file://") || object_store_url.starts_with("s3://")) {
@@ -460,7 +464,10 @@ impl Config {
             format!("AI_ENABLED={}", self.ai_enabled),
             format!("AI_CONFIDENCE_THRESHOLD={}", self.ai_confidence_threshold),
             format!("REVIEW_LEASE_MINUTES={}", self.review_lease.as_secs() / 60),
-            format!("SLA_SWEEP_INTERVAL={}", self.sla_sweep_interval.as_secs_f64()),
+            format!(
+                "SLA_SWEEP_INTERVAL={}",
+                self.sla_sweep_interval.as_secs_f64()
+            ),
             format!("OBJECT_STORE_URL={}", redact_url(&self.object_store_url)),
             format!(
                 "MAX_ATTACHMENT_MB={}",

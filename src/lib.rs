@@ -16,6 +16,7 @@ pub mod objects;
 pub mod ops;
 pub mod policy;
 pub mod queue;
+pub mod review;
 pub mod runs;
 pub mod scheduler;
 pub mod store;

@@ -60,6 +60,9 @@ mod tests {
     #[test]
     fn unknown_schemes_and_bucket_paths_are_refused() {
         assert!(matches!(open("gs://x"), Err(ObjectsError::Config(_))));
-        assert!(matches!(open("s3://bucket/prefix"), Err(ObjectsError::Config(_))));
+        assert!(matches!(
+            open("s3://bucket/prefix"),
+            Err(ObjectsError::Config(_))
+        ));
     }
 }

@@ -1,11 +1,674 @@
 //! Cases: items that need a decision (a cheque, a payment, an agent's proposed action), routed by
 //! the tenant's policy to an automatic decision or to the review queue, with their history and
 //! attachments.
+//!
+//! States: `new → (auto_approved | auto_rejected | queued) → in_review → (awaiting_second_review) →
+//! approved | rejected | escalated`, and `cancelled` from any open state. `new` only exists inside
+//! the transaction that creates the case. Every change writes the case row, a history entry, an
+//! audit record and an event in one transaction; the event reaches subscribers after the commit.
 
 pub mod attachments;
+pub mod http;
 
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
 
-pub fn routes() -> OpenApiRouter<crate::app::AppState> {
-    OpenApiRouter::new().merge(attachments::routes())
+use crate::app::AppState;
+use crate::auth::principal::Principal;
+use crate::events::Envelope;
+use crate::http::error::ApiError;
+use crate::policy::engine::{AiAssessment, CaseFacts};
+use crate::queue::Job;
+use crate::store::{Store, Tx};
+use crate::{with_pool, with_tx};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(http::create_case, http::list_cases))
+        .routes(routes!(http::get_case))
+        .routes(routes!(http::cancel_case))
+        .merge(attachments::routes())
+}
+
+/// States in which a case waits for, or is with, a person.
+pub const OPEN_STATES: &str = "('queued', 'in_review', 'awaiting_second_review', 'escalated')";
+
+/// Amounts are stored exactly as text and, for range filters, as an integer of 1/10,000 units.
+pub const AMOUNT_SCALE: u32 = 4;
+
+/// Why a case operation was refused. Mapped to HTTP once, below.
+#[derive(Debug, thiserror::Error)]
+pub enum CaseError {
+    #[error("no such case")]
+    NotFound,
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("the case is {current}; it cannot be {attempted}")]
+    IllegalTransition {
+        current: String,
+        attempted: &'static str,
+    },
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
+    #[error("{message}")]
+    Conflict {
+        code: &'static str,
+        message: String,
+        details: Value,
+    },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl CaseError {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Forbidden {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<CaseError> for ApiError {
+    fn from(e: CaseError) -> Self {
+        match e {
+            CaseError::NotFound => ApiError::not_found("No such case."),
+            CaseError::Invalid { field, message } => ApiError::invalid_field(&field, message),
+            CaseError::IllegalTransition { current, attempted } => {
+                ApiError::conflict(format!("The case is {current}; it cannot be {attempted}."))
+                    .with_code("invalid_state")
+                    .with_details(json!({ "state": current }))
+            }
+            CaseError::Forbidden { code, message } => ApiError::forbidden(message).with_code(code),
+            CaseError::Conflict {
+                code,
+                message,
+                details,
+            } => ApiError::conflict(message)
+                .with_code(code)
+                .with_details(details),
+            CaseError::Database(e) => ApiError::internal(e),
+        }
+    }
+}
+
+/// How a case stands against its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SlaStatus {
+    /// Open and before its deadline.
+    OnTrack,
+    /// Open past its deadline, or decided after it.
+    Breached,
+    /// Decided in time (or decided automatically).
+    Met,
+}
+
+impl SlaStatus {
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "on_track" => Some(Self::OnTrack),
+            "breached" => Some(Self::Breached),
+            "met" => Some(Self::Met),
+            _ => None,
+        }
+    }
+}
+
+/// A case as the database holds it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CaseRow {
+    pub id: String,
+    pub tenant_id: String,
+    #[sqlx(rename = "type")]
+    pub case_type: String,
+    pub reference: String,
+    pub amount: String,
+    pub amount_e4: i64,
+    pub currency: String,
+    pub subject: String,
+    pub ai_assessment: Option<String>,
+    pub state: String,
+    pub priority: String,
+    pub priority_rank: i32,
+    pub queue: String,
+    pub required_role: String,
+    pub required_rank: i32,
+    pub dual_control: bool,
+    pub sla_hours: i32,
+    pub sla_due_at: DateTime<Utc>,
+    pub sla_breached_at: Option<DateTime<Utc>>,
+    pub policy_version: i32,
+    pub policy_trace: String,
+    pub submitted_by: String,
+    pub first_decision: Option<String>,
+    pub first_decider: Option<String>,
+    pub assignee_id: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub decision: Option<String>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub idempotency_key: Option<String>,
+    pub request_hash: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub const COLUMNS: &str = "id, tenant_id, type, reference, amount, amount_e4, currency, subject, ai_assessment, \
+    state, priority, priority_rank, queue, required_role, required_rank, dual_control, sla_hours, sla_due_at, \
+    sla_breached_at, policy_version, policy_trace, submitted_by, first_decision, first_decider, assignee_id, \
+    lease_expires_at, decision, decided_at, idempotency_key, request_hash, created_at, updated_at";
+
+impl CaseRow {
+    pub fn is_open(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "queued" | "in_review" | "awaiting_second_review" | "escalated"
+        )
+    }
+
+    /// Who holds the case right now (a lease that ran out holds nothing).
+    pub fn holder(&self, now: DateTime<Utc>) -> Option<&str> {
+        match (&self.assignee_id, self.lease_expires_at) {
+            (Some(who), Some(until)) if until > now => Some(who),
+            _ => None,
+        }
+    }
+
+    pub fn amount(&self) -> Decimal {
+        self.amount.parse().unwrap_or_default()
+    }
+
+    pub fn subject(&self) -> Value {
+        serde_json::from_str(&self.subject).unwrap_or(Value::Null)
+    }
+
+    pub fn ai(&self) -> Option<AiAssessment> {
+        self.ai_assessment
+            .as_deref()
+            .and_then(|a| serde_json::from_str(a).ok())
+    }
+
+    pub fn sla_status(&self, now: DateTime<Utc>) -> SlaStatus {
+        if self.sla_breached_at.is_some() {
+            return SlaStatus::Breached;
+        }
+        match self.decided_at {
+            _ if self.is_open() && now >= self.sla_due_at => SlaStatus::Breached,
+            _ if self.is_open() => SlaStatus::OnTrack,
+            Some(at) if at > self.sla_due_at => SlaStatus::Breached,
+            _ => SlaStatus::Met,
+        }
+    }
+
+    /// Evaluates `policy` against this case's facts.
+    pub fn evaluate(&self, policy: &crate::policy::Policy) -> crate::policy::engine::Outcome {
+        let subject = self.subject();
+        let ai = self.ai();
+        policy.evaluate(&CaseFacts {
+            case_type: &self.case_type,
+            reference: &self.reference,
+            amount: self.amount(),
+            currency: &self.currency,
+            subject: &subject,
+            ai: ai.as_ref(),
+        })
+    }
+}
+
+/// The first of two decisions under dual control.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FirstDecision {
+    pub decision: String,
+    pub by: String,
+}
+
+/// A case as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Case {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub case_type: String,
+    pub reference: String,
+    /// Exact decimal string, as submitted.
+    pub amount: String,
+    /// ISO 4217 code.
+    pub currency: String,
+    #[schema(value_type = Object)]
+    pub subject: Value,
+    pub ai_assessment: Option<AiAssessment>,
+    pub state: String,
+    /// low, normal, high or urgent.
+    pub priority: String,
+    pub queue: String,
+    /// Lowest role that may decide the case.
+    pub required_role: String,
+    /// Two different people must agree.
+    pub dual_control: bool,
+    pub sla_hours: i32,
+    pub sla_due_at: DateTime<Utc>,
+    pub sla_breached_at: Option<DateTime<Utc>>,
+    pub sla_status: SlaStatus,
+    /// The policy version that routed the case, and why (rules that fired, the reason).
+    pub policy_version: i32,
+    #[schema(value_type = Object)]
+    pub policy_trace: Value,
+    /// `user:<id>` or `api_key:<id>`.
+    pub submitted_by: String,
+    pub first_decision: Option<FirstDecision>,
+    /// The user holding the case, while their lease lasts.
+    pub assignee_id: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub decision: Option<String>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Case {
+    pub fn from_row(row: CaseRow, now: DateTime<Utc>) -> Self {
+        let sla_status = row.sla_status(now);
+        let holder = row.holder(now).map(str::to_owned);
+        let lease_expires_at = holder.as_ref().and(row.lease_expires_at);
+        Self {
+            subject: row.subject(),
+            ai_assessment: row.ai(),
+            policy_trace: serde_json::from_str(&row.policy_trace).unwrap_or(Value::Null),
+            first_decision: row
+                .first_decision
+                .clone()
+                .zip(row.first_decider.clone())
+                .map(|(decision, by)| FirstDecision { decision, by }),
+            sla_status,
+            assignee_id: holder,
+            lease_expires_at,
+            id: row.id,
+            case_type: row.case_type,
+            reference: row.reference,
+            amount: row.amount,
+            currency: row.currency,
+            state: row.state,
+            priority: row.priority,
+            queue: row.queue,
+            required_role: row.required_role,
+            dual_control: row.dual_control,
+            sla_hours: row.sla_hours,
+            sla_due_at: row.sla_due_at,
+            sla_breached_at: row.sla_breached_at,
+            policy_version: row.policy_version,
+            submitted_by: row.submitted_by,
+            decision: row.decision,
+            decided_at: row.decided_at,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+/// One entry of a case's history.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
+pub struct HistoryEntry {
+    pub id: String,
+    /// E.g. `created`, `routed`, `claimed`, `released`, `decided`, `escalated`, `sla_breached`.
+    pub action: String,
+    pub from_state: Option<String>,
+    pub to_state: String,
+    pub actor: String,
+    pub decision: Option<String>,
+    pub reason: Option<String>,
+    pub notes: Option<String>,
+    #[schema(value_type = Object)]
+    #[sqlx(try_from = "String")]
+    pub details: JsonText,
+    pub created_at: DateTime<Utc>,
+}
+
+/// JSON kept as text in the database.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct JsonText(pub Value);
+
+impl TryFrom<String> for JsonText {
+    type Error = serde_json::Error;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        serde_json::from_str(&text).map(Self)
+    }
+}
+
+/// What happened, for the history, the audit log and the event.
+pub struct Change<'a> {
+    pub action: &'static str,
+    pub from_state: Option<&'a str>,
+    pub actor: String,
+    pub decision: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    pub notes: Option<&'a str>,
+    pub details: Value,
+}
+
+impl<'a> Change<'a> {
+    pub fn new(
+        action: &'static str,
+        from_state: Option<&'a str>,
+        actor: impl fmt::Display,
+    ) -> Self {
+        Self {
+            action,
+            from_state,
+            actor: actor.to_string(),
+            decision: None,
+            reason: None,
+            notes: None,
+            details: json!({}),
+        }
+    }
+}
+
+/// Loads a case of the tenant, locking its row on PostgreSQL (SQLite's write transaction already
+/// excludes other writers).
+pub async fn lock(
+    tx: &mut Tx,
+    store: &Store,
+    tenant_id: &str,
+    id: &str,
+) -> Result<CaseRow, CaseError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM cases WHERE tenant_id = $1 AND id = $2 {}",
+        store.lock_rows()
+    );
+    let row: Option<CaseRow> = with_tx!(tx, conn => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(tenant_id).bind(id).fetch_optional(conn).await
+    })?;
+    row.ok_or(CaseError::NotFound)
+}
+
+pub async fn find(store: &Store, tenant_id: &str, id: &str) -> Result<CaseRow, CaseError> {
+    let row: Option<CaseRow> = with_pool!(store, pool => {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM cases WHERE tenant_id = $1 AND id = $2")))
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+    })?;
+    row.ok_or(CaseError::NotFound)
+}
+
+pub async fn history(
+    store: &Store,
+    tenant_id: &str,
+    case_id: &str,
+) -> Result<Vec<HistoryEntry>, sqlx::Error> {
+    with_pool!(store, pool => {
+        sqlx::query_as(
+            "SELECT id, action, from_state, to_state, actor, decision, reason, notes, details, created_at \
+             FROM case_history WHERE tenant_id = $1 AND case_id = $2 ORDER BY id",
+        )
+        .bind(tenant_id)
+        .bind(case_id)
+        .fetch_all(pool)
+        .await
+    })
+}
+
+pub async fn insert(tx: &mut Tx, row: &CaseRow) -> Result<(), sqlx::Error> {
+    with_tx!(tx, conn => {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO cases ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+             $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)"
+        )))
+        .bind(&row.id)
+        .bind(&row.tenant_id)
+        .bind(&row.case_type)
+        .bind(&row.reference)
+        .bind(&row.amount)
+        .bind(row.amount_e4)
+        .bind(&row.currency)
+        .bind(&row.subject)
+        .bind(&row.ai_assessment)
+        .bind(&row.state)
+        .bind(&row.priority)
+        .bind(row.priority_rank)
+        .bind(&row.queue)
+        .bind(&row.required_role)
+        .bind(row.required_rank)
+        .bind(row.dual_control)
+        .bind(row.sla_hours)
+        .bind(row.sla_due_at)
+        .bind(row.sla_breached_at)
+        .bind(row.policy_version)
+        .bind(&row.policy_trace)
+        .bind(&row.submitted_by)
+        .bind(&row.first_decision)
+        .bind(&row.first_decider)
+        .bind(&row.assignee_id)
+        .bind(row.lease_expires_at)
+        .bind(&row.decision)
+        .bind(row.decided_at)
+        .bind(&row.idempotency_key)
+        .bind(&row.request_hash)
+        .bind(row.created_at)
+        .bind(row.updated_at)
+        .execute(conn)
+        .await
+        .map(|_| ())
+    })
+}
+
+/// Writes back the mutable part of a case.
+pub async fn save(tx: &mut Tx, row: &CaseRow) -> Result<(), sqlx::Error> {
+    with_tx!(tx, conn => {
+        sqlx::query(
+            "UPDATE cases SET state = $1, priority = $2, priority_rank = $3, required_role = $4, required_rank = $5, \
+             sla_breached_at = $6, first_decision = $7, first_decider = $8, assignee_id = $9, lease_expires_at = $10, \
+             decision = $11, decided_at = $12, updated_at = $13 WHERE tenant_id = $14 AND id = $15",
+        )
+        .bind(&row.state)
+        .bind(&row.priority)
+        .bind(row.priority_rank)
+        .bind(&row.required_role)
+        .bind(row.required_rank)
+        .bind(row.sla_breached_at)
+        .bind(&row.first_decision)
+        .bind(&row.first_decider)
+        .bind(&row.assignee_id)
+        .bind(row.lease_expires_at)
+        .bind(&row.decision)
+        .bind(row.decided_at)
+        .bind(row.updated_at)
+        .bind(&row.tenant_id)
+        .bind(&row.id)
+        .execute(conn)
+        .await
+        .map(|_| ())
+    })
+}
+
+/// Records `change` (the case row must already hold its new state): history, audit record and the
+/// `case.<action>` event with its event-triggered jobs. Returns the event and jobs to announce after
+/// the commit.
+pub async fn record(
+    tx: &mut Tx,
+    state: &AppState,
+    principal: Option<&Principal>,
+    row: &CaseRow,
+    change: Change<'_>,
+    now: DateTime<Utc>,
+) -> Result<(Envelope, Vec<Job>), sqlx::Error> {
+    with_tx!(tx, conn => {
+        sqlx::query(
+            "INSERT INTO case_history (id, tenant_id, case_id, action, from_state, to_state, actor, decision, reason, notes, details, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(Uuid::now_v7().to_string())
+        .bind(&row.tenant_id)
+        .bind(&row.id)
+        .bind(change.action)
+        .bind(change.from_state)
+        .bind(&row.state)
+        .bind(&change.actor)
+        .bind(change.decision)
+        .bind(change.reason)
+        .bind(change.notes)
+        .bind(change.details.to_string())
+        .bind(now)
+        .execute(conn)
+        .await
+        .map(|_| ())
+    })?;
+    let summary = json!({
+        "from_state": change.from_state,
+        "to_state": row.state,
+        "decision": change.decision,
+        "reason": change.reason,
+        "details": change.details,
+    });
+    let audit_action = format!("case.{}", change.action);
+    match principal {
+        Some(principal) => {
+            principal
+                .audit(tx, &audit_action, "case", &row.id, summary)
+                .await?;
+        }
+        None => {
+            crate::audit::append(
+                tx,
+                crate::audit::Event {
+                    tenant_id: &row.tenant_id,
+                    actor: &crate::audit::Actor::System,
+                    action: &audit_action,
+                    target_type: "case",
+                    target_id: &row.id,
+                    summary,
+                    origin: &crate::audit::Origin::default(),
+                },
+            )
+            .await?;
+        }
+    }
+    let mut event = Envelope::internal(
+        &row.tenant_id,
+        &format!("case.{}", event_topic(change.action, &row.state)),
+        json!({
+            "case_id": row.id,
+            "type": row.case_type,
+            "reference": row.reference,
+            "amount": row.amount,
+            "currency": row.currency,
+            "state": row.state,
+            "from_state": change.from_state,
+            "priority": row.priority,
+            "decision": change.decision,
+            "actor": change.actor,
+        }),
+    );
+    event.occurred_at = now;
+    let jobs = crate::events::record(tx, &state.queue.settings, &event, None)
+        .await?
+        .unwrap_or_default();
+    Ok((event, jobs))
+}
+
+/// Decisions and routing are named after the state they lead to (`case.approved`,
+/// `case.queued`, …) so consumers subscribe to outcomes; other changes after the action.
+fn event_topic<'a>(action: &'a str, to_state: &'a str) -> &'a str {
+    match action {
+        "decided" | "routed" | "escalated" | "cancelled" => to_state,
+        other => other,
+    }
+}
+
+/// Publishes what [`record`] prepared, once the transaction has committed.
+pub fn announce(state: &AppState, recorded: Vec<(Envelope, Vec<Job>)>) {
+    for (event, jobs) in recorded {
+        state.events.publish(event);
+        state.queue.enqueued(&jobs);
+    }
+}
+
+/// Parses a decimal amount string for `currency`: no floats, no exponent, no more decimals than
+/// the currency has (at most four).
+pub fn parse_amount(text: &str, currency: &str) -> Result<(Decimal, i64), CaseError> {
+    let iso = iso_currency::Currency::from_code(currency).ok_or_else(|| {
+        CaseError::invalid("currency", "must be an ISO 4217 code such as USD or EUR")
+    })?;
+    let trimmed = text.trim();
+    let well_formed = !trimmed.is_empty()
+        && trimmed.len() <= 40
+        && trimmed
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
+    let amount: Decimal = well_formed
+        .then(|| trimmed.parse().ok())
+        .flatten()
+        .ok_or_else(|| {
+            CaseError::invalid("amount", "must be a decimal string such as \"1250.00\"")
+        })?;
+    if amount.is_sign_negative() {
+        return Err(CaseError::invalid("amount", "must not be negative"));
+    }
+    let decimals = u32::from(iso.exponent().unwrap_or(4)).min(AMOUNT_SCALE);
+    if amount.scale() > decimals && amount.normalize().scale() > decimals {
+        return Err(CaseError::invalid(
+            "amount",
+            format!("{currency} amounts have at most {decimals} decimal places"),
+        ));
+    }
+    let scaled = amount
+        .checked_mul(Decimal::from(10_i64.pow(AMOUNT_SCALE)))
+        .and_then(|v| i64::try_from(v.trunc()).ok())
+        .ok_or_else(|| CaseError::invalid("amount", "is too large"))?;
+    Ok((amount, scaled))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_are_exact_and_respect_the_currency() {
+        let (amount, scaled) = parse_amount("1234567890123.45", "USD").unwrap();
+        assert_eq!(amount.to_string(), "1234567890123.45");
+        assert_eq!(scaled, 12_345_678_901_234_500);
+        assert_eq!(parse_amount("5000", "JPY").unwrap().1, 50_000_000);
+        assert_eq!(parse_amount("0.1", "EUR").unwrap().1, 1_000);
+        assert_eq!(parse_amount("1.500", "BHD").unwrap().1, 15_000);
+        assert_eq!(
+            parse_amount("12.50", "JPY").unwrap_err().to_string(),
+            "amount: JPY amounts have at most 0 decimal places"
+        );
+        assert!(parse_amount("12.345", "USD").is_err());
+        assert_eq!(
+            parse_amount("12.3400", "USD").unwrap().1,
+            123_400,
+            "trailing zeros are fine"
+        );
+        for bad in ["", "1e5", "-5", "12,50", " ", "NaN", "1.2.3"] {
+            assert!(parse_amount(bad, "USD").is_err(), "{bad:?}");
+        }
+        assert!(
+            matches!(parse_amount("1", "XYZ"), Err(CaseError::Invalid { field, .. }) if field == "currency")
+        );
+        assert!(parse_amount("99999999999999999999", "USD").is_err());
+    }
+
+    #[test]
+    fn events_are_named_after_outcomes() {
+        assert_eq!(event_topic("decided", "approved"), "approved");
+        assert_eq!(event_topic("routed", "auto_rejected"), "auto_rejected");
+        assert_eq!(event_topic("claimed", "in_review"), "claimed");
+        assert_eq!(event_topic("sla_breached", "queued"), "sla_breached");
+    }
 }

@@ -28,6 +28,24 @@ where
     }
 }
 
+/// An optional JSON body: `None` when the request has no `Content-Type` (no body was sent).
+impl<T, S> axum::extract::OptionalFromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
+        match <axum::Json<T> as axum::extract::OptionalFromRequest<S>>::from_request(req, state)
+            .await
+        {
+            Ok(value) => Ok(value.map(|axum::Json(value)| Self(value))),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
         JsonRejection::JsonSyntaxError(e) => {

@@ -36,7 +36,11 @@ const MAX_CLIENT_REQUEST_ID_LEN: usize = 128;
 /// sees the request first and the response last.
 pub fn apply(router: Router, config: &Config) -> Router {
     router
-        .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+        // The hard cap for any body; JSON extractors apply the smaller `MAX_BODY_BYTES` themselves
+        // (`DefaultBodyLimit`), uploads their own attachment limit.
+        .layer(RequestBodyLimitLayer::new(config.max_body_bytes.max(
+            crate::cases::attachments::max_request_body(config.max_attachment_bytes),
+        )))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             config.request_timeout,

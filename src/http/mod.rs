@@ -33,7 +33,10 @@ use error::ApiError;
         (name = "audit", description = "The tamper-evident audit log"),
         (name = "tasks", description = "Scheduled work"),
         (name = "runs", description = "Execution history, workers and queues"),
-        (name = "events", description = "Published events and the live event stream")
+        (name = "events", description = "Published events and the live event stream"),
+        (name = "cases", description = "Items that need a decision, their history and attachments"),
+        (name = "reviews", description = "The review queue: claiming, deciding, dual control, statistics"),
+        (name = "policy", description = "The decision policy: versions, validation and simulation")
     ),
     modifiers(&BearerAuth)
 )]
@@ -91,7 +94,9 @@ pub fn router(state: AppState, role: Role) -> Router {
             .merge(crate::runs::routes())
             .merge(crate::queue::routes())
             .merge(crate::events::routes())
-            .merge(crate::cases::routes());
+            .merge(crate::cases::routes())
+            .merge(crate::review::routes())
+            .merge(crate::policy::routes());
         app = app.nest(&prefix, v1);
     }
     let (router, openapi) = app.split_for_parts();

@@ -9,7 +9,7 @@ use crate::on_both_backends;
 use crate::support::{TestApp, shared_redis};
 
 /// Reads server-sent events from `response` until one of topic `topic` arrives; returns its data.
-async fn next_event(mut response: reqwest::Response, topic: &str) -> Value {
+pub(crate) async fn next_event(mut response: reqwest::Response, topic: &str) -> Value {
     let mut buffer = String::new();
     let read = async {
         while let Some(chunk) = response.chunk().await.unwrap() {

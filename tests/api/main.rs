@@ -3,8 +3,10 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod attachments;
 mod audit;
 mod auth;
+mod cases;
 mod errors;
 mod events;
 mod health;

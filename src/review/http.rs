@@ -1,0 +1,254 @@
+//! `POST /reviews/next`, `GET /reviews/stats` and the per-case review actions.
+
+use std::collections::BTreeMap;
+
+use axum::Json as ResponseJson;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{Reviewer, Verdict};
+use crate::app::AppState;
+use crate::auth::principal::{Authorized, ReadReviewStats, ReviewCases};
+use crate::cases::{Case, OPEN_STATES};
+use crate::http::error::ApiError;
+use crate::http::extract::Json;
+use crate::with_pool;
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NextFilter {
+    /// Only this review queue.
+    pub queue: Option<String>,
+    /// Only this case type.
+    #[serde(rename = "type")]
+    pub case_type: Option<String>,
+}
+
+/// Claim the most urgent case you may take (priority, then SLA deadline, then age).
+#[utoipa::path(post, path = "/reviews/next", tag = "reviews",
+    description = "Requires: reviewer or above (`ReviewCases`); people only. 204 when nothing is waiting for you.",
+    request_body(content = Option<NextFilter>),
+    responses((status = 200, body = Case), (status = 204, description = "nothing to review")))]
+pub async fn next(
+    State(state): State<AppState>,
+    Authorized(principal, ..): Authorized<ReviewCases>,
+    body: Option<Json<NextFilter>>,
+) -> Result<Response, ApiError> {
+    let filter = body.map(|Json(f)| f).unwrap_or_default();
+    let reviewer = Reviewer::of(&principal)?;
+    let claimed = super::next(
+        &state,
+        &reviewer,
+        filter.queue.as_deref(),
+        filter.case_type.as_deref(),
+    )
+    .await?;
+    Ok(match claimed {
+        Some(row) => ResponseJson(Case::from_row(row, crate::clock::now())).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+/// Claim a case (or extend your lease on it).
+#[utoipa::path(post, path = "/cases/{id}/claim", tag = "reviews",
+    description = "Requires: reviewer or above (`ReviewCases`) and the case's required role.",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Case), (status = 403, body = crate::http::error::ErrorBody),
+               (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
+pub async fn claim(
+    State(state): State<AppState>,
+    Authorized(principal, ..): Authorized<ReviewCases>,
+    Path(id): Path<String>,
+) -> Result<ResponseJson<Case>, ApiError> {
+    let reviewer = Reviewer::of(&principal)?;
+    let row = super::claim(&state, &reviewer, &id).await?;
+    Ok(ResponseJson(Case::from_row(row, crate::clock::now())))
+}
+
+/// Hand a case you hold back to the queue.
+#[utoipa::path(post, path = "/cases/{id}/release", tag = "reviews",
+    description = "Requires: reviewer or above (`ReviewCases`), holding the case.",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Case), (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
+pub async fn release(
+    State(state): State<AppState>,
+    Authorized(principal, ..): Authorized<ReviewCases>,
+    Path(id): Path<String>,
+) -> Result<ResponseJson<Case>, ApiError> {
+    let reviewer = Reviewer::of(&principal)?;
+    let row = super::release(&state, &reviewer, &id).await?;
+    Ok(ResponseJson(Case::from_row(row, crate::clock::now())))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionRequest {
+    pub decision: Verdict,
+    /// Required to reject or escalate.
+    pub reason: Option<String>,
+    pub notes: Option<String>,
+}
+
+fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<Option<String>, ApiError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(text) if text.len() > max => Err(ApiError::invalid_field(
+            field,
+            format!("must be at most {max} characters"),
+        )),
+        Some(text) => Ok(Some(text.to_owned())),
+    }
+}
+
+/// Decide a case you hold: approve, reject or escalate. Under dual control the first decision
+/// waits for a second, different reviewer; if they disagree the case goes to a supervisor.
+#[utoipa::path(post, path = "/cases/{id}/decision", tag = "reviews",
+    description = "Requires: reviewer or above (`ReviewCases`), holding the case, with its required role; \
+                   not the submitter, and not the first reviewer under dual control (403 with the reason).",
+    params(("id" = String, Path)), request_body = DecisionRequest,
+    responses((status = 200, body = Case), (status = 403, body = crate::http::error::ErrorBody),
+               (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody),
+               (status = 422, body = crate::http::error::ErrorBody)))]
+pub async fn decide(
+    State(state): State<AppState>,
+    Authorized(principal, ..): Authorized<ReviewCases>,
+    Path(id): Path<String>,
+    Json(body): Json<DecisionRequest>,
+) -> Result<ResponseJson<Case>, ApiError> {
+    let reason = optional_text("reason", body.reason.as_deref(), 2000)?;
+    let notes = optional_text("notes", body.notes.as_deref(), 10_000)?;
+    let reviewer = Reviewer::of(&principal)?;
+    let row = super::decide(
+        &state,
+        &reviewer,
+        &id,
+        body.decision,
+        reason.as_deref(),
+        notes.as_deref(),
+    )
+    .await?;
+    Ok(ResponseJson(Case::from_row(row, crate::clock::now())))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StatsWindow {
+    /// Hours to look back for breaches and decisions (1-720, default 24).
+    pub window_hours: Option<i64>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReviewerStats {
+    /// `user:<id>`.
+    pub reviewer: String,
+    pub decisions: i64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReviewStats {
+    pub window_hours: i64,
+    /// Open cases by priority.
+    pub depth_by_priority: BTreeMap<String, i64>,
+    pub open_cases: i64,
+    /// Age of the oldest open case; `null` when none is open.
+    pub oldest_open_age_seconds: Option<i64>,
+    /// Cases whose SLA was breached within the window.
+    pub breaches: i64,
+    /// Decisions (approve, reject, escalate) made within the window, by reviewer.
+    pub decisions_per_reviewer: Vec<ReviewerStats>,
+    /// Median time from submission to a person's final decision, for cases decided within the window.
+    pub median_time_to_decision_seconds: Option<i64>,
+}
+
+/// Review queue statistics.
+#[utoipa::path(get, path = "/reviews/stats", tag = "reviews",
+    description = "Requires: supervisor or admin (`ReadReviewStats`), or an API key with `cases:read`.",
+    params(StatsWindow),
+    responses((status = 200, body = ReviewStats), (status = 422, body = crate::http::error::ErrorBody)))]
+pub async fn stats(
+    State(state): State<AppState>,
+    Authorized(principal, ..): Authorized<ReadReviewStats>,
+    Query(window): Query<StatsWindow>,
+) -> Result<ResponseJson<ReviewStats>, ApiError> {
+    let window_hours = window.window_hours.unwrap_or(24);
+    if !(1..=720).contains(&window_hours) {
+        return Err(ApiError::invalid_field(
+            "window_hours",
+            "must be between 1 and 720",
+        ));
+    }
+    let now = crate::clock::now();
+    let since = now - Duration::hours(window_hours);
+    let tenant = &principal.tenant_id;
+    let depth: Vec<(String, i64)> = with_pool!(&state.store, pool => {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT priority, COUNT(*) FROM cases WHERE tenant_id = $1 AND state IN {OPEN_STATES} GROUP BY priority"
+        )))
+        .bind(tenant)
+        .fetch_all(pool)
+        .await
+    })?;
+    let oldest: Option<DateTime<Utc>> = with_pool!(&state.store, pool => {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT MIN(created_at) FROM cases WHERE tenant_id = $1 AND state IN {OPEN_STATES}"
+        )))
+        .bind(tenant)
+        .fetch_one(pool)
+        .await
+    })?;
+    let breaches: i64 = with_pool!(&state.store, pool => {
+        sqlx::query_scalar("SELECT COUNT(*) FROM cases WHERE tenant_id = $1 AND sla_breached_at >= $2")
+            .bind(tenant)
+            .bind(since)
+            .fetch_one(pool)
+            .await
+    })?;
+    let per_reviewer: Vec<(String, i64)> = with_pool!(&state.store, pool => {
+        sqlx::query_as(
+            "SELECT actor, COUNT(*) FROM case_history WHERE tenant_id = $1 AND decision IS NOT NULL AND created_at >= $2 \
+             GROUP BY actor ORDER BY COUNT(*) DESC, actor",
+        )
+        .bind(tenant)
+        .bind(since)
+        .fetch_all(pool)
+        .await
+    })?;
+    let decided: Vec<(DateTime<Utc>, DateTime<Utc>)> = with_pool!(&state.store, pool => {
+        sqlx::query_as(
+            "SELECT created_at, decided_at FROM cases WHERE tenant_id = $1 AND state IN ('approved', 'rejected') \
+             AND decided_at >= $2",
+        )
+        .bind(tenant)
+        .bind(since)
+        .fetch_all(pool)
+        .await
+    })?;
+    let mut durations: Vec<i64> = decided
+        .into_iter()
+        .map(|(created, decided)| (decided - created).num_seconds())
+        .collect();
+    durations.sort_unstable();
+    let median = match durations.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(durations[n / 2]),
+        n => Some((durations[n / 2 - 1] + durations[n / 2]) / 2),
+    };
+    Ok(ResponseJson(ReviewStats {
+        window_hours,
+        open_cases: depth.iter().map(|(_, n)| n).sum(),
+        depth_by_priority: depth.into_iter().collect(),
+        oldest_open_age_seconds: oldest.map(|t| (now - t).num_seconds()),
+        breaches,
+        decisions_per_reviewer: per_reviewer
+            .into_iter()
+            .map(|(reviewer, decisions)| ReviewerStats {
+                reviewer,
+                decisions,
+            })
+            .collect(),
+        median_time_to_decision_seconds: median,
+    }))
+}

@@ -1,0 +1,429 @@
+//! The review queue: reviewers claim the most urgent case they may take (under a lease), decide,
+//! escalate or release it. Dual control needs two different people who agree; disagreement goes
+//! to a supervisor. A periodic sweep marks SLA breaches (raising priority) and returns cases whose
+//! reviewer's lease ran out.
+
+pub mod http;
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+use crate::auth::principal::Principal;
+use crate::cases::{self, CaseError, CaseRow, Change, OPEN_STATES};
+use crate::policy::engine::Priority;
+use crate::store::Tx;
+use crate::with_tx;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(http::next))
+        .routes(routes!(http::stats))
+        .routes(routes!(http::claim))
+        .routes(routes!(http::release))
+        .routes(routes!(http::decide))
+}
+
+/// Rank of the supervisor role, which escalated cases require.
+const SUPERVISOR_RANK: i32 = 2;
+
+/// What a reviewer decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Approve,
+    Reject,
+    Escalate,
+}
+
+/// The caller as the queue sees them: a user with a role.
+pub struct Reviewer<'a> {
+    pub principal: &'a Principal,
+    pub user_id: &'a str,
+    pub rank: i32,
+}
+
+impl<'a> Reviewer<'a> {
+    pub fn of(principal: &'a Principal) -> Result<Self, CaseError> {
+        let user_id = principal
+            .user_id()
+            .ok_or_else(|| CaseError::forbidden("people_only", "Only people review cases."))?;
+        let rank = match principal.role {
+            Some(crate::auth::Role::Admin) => 3,
+            Some(crate::auth::Role::Supervisor) => 2,
+            Some(crate::auth::Role::Reviewer) => 1,
+            _ => 0,
+        };
+        Ok(Self {
+            principal,
+            user_id,
+            rank,
+        })
+    }
+
+    fn actor(&self) -> String {
+        self.principal.actor.to_string()
+    }
+
+    /// Why this reviewer may not take `row`, if they may not.
+    fn refusal(&self, row: &CaseRow) -> Option<CaseError> {
+        if self.rank < row.required_rank {
+            return Some(CaseError::forbidden(
+                "role_required",
+                format!("This case needs a {} or above.", row.required_role),
+            ));
+        }
+        if row.submitted_by == self.actor() {
+            return Some(CaseError::forbidden(
+                "own_case",
+                "You submitted this case; someone else must decide it.",
+            ));
+        }
+        if row.first_decider.as_deref() == Some(self.user_id) {
+            return Some(CaseError::forbidden(
+                "same_reviewer",
+                "Dual control: you made the first decision; a different person must make the second.",
+            ));
+        }
+        None
+    }
+}
+
+/// What [`cases::record`] prepared, to announce after the commit.
+type Recorded = Vec<(crate::events::Envelope, Vec<crate::queue::Job>)>;
+
+/// Gives `row` to `reviewer` under a fresh lease and records the claim (a reviewer re-claiming
+/// their own case just extends the lease).
+async fn take(
+    tx: &mut Tx,
+    state: &AppState,
+    reviewer: &Reviewer<'_>,
+    mut row: CaseRow,
+    now: DateTime<Utc>,
+) -> Result<(CaseRow, Recorded), CaseError> {
+    let lease = Duration::from_std(state.config.review_lease).unwrap_or(Duration::minutes(30));
+    let already_mine = row.holder(now) == Some(reviewer.user_id);
+    let from = row.state.clone();
+    if row.state == "queued" {
+        row.state = "in_review".to_owned();
+    }
+    row.assignee_id = Some(reviewer.user_id.to_owned());
+    row.lease_expires_at = Some(now + lease);
+    row.updated_at = now;
+    cases::save(tx, &row).await?;
+    let mut recorded = Vec::new();
+    if !already_mine {
+        let mut change = Change::new("claimed", Some(&from), &reviewer.principal.actor);
+        change.details = json!({ "lease_expires_at": row.lease_expires_at });
+        recorded.push(cases::record(tx, state, Some(reviewer.principal), &row, change, now).await?);
+    }
+    Ok((row, recorded))
+}
+
+/// Claims the most urgent case the reviewer may take: priority, then SLA deadline, then age.
+pub async fn next(
+    state: &AppState,
+    reviewer: &Reviewer<'_>,
+    queue: Option<&str>,
+    case_type: Option<&str>,
+) -> Result<Option<CaseRow>, CaseError> {
+    let now = crate::clock::now();
+    let mut tx = state.store.begin().await?;
+    // Ids are UUIDv7, so ordering by id is ordering by age (and matches the `cases_reviewable` index).
+    let sql = format!(
+        "SELECT {} FROM cases WHERE tenant_id = $1 AND state IN {OPEN_STATES} \
+         AND (assignee_id IS NULL OR lease_expires_at <= $2) AND required_rank <= $3 \
+         AND submitted_by <> $4 AND (first_decider IS NULL OR first_decider <> $5) \
+         AND ($6 IS NULL OR queue = $6) AND ($7 IS NULL OR type = $7) \
+         ORDER BY priority_rank DESC, sla_due_at, id LIMIT 1 {}",
+        cases::COLUMNS,
+        state.store.skip_locked()
+    );
+    let row: Option<CaseRow> = with_tx!(&mut tx, conn => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(&reviewer.principal.tenant_id)
+            .bind(now)
+            .bind(reviewer.rank)
+            .bind(reviewer.actor())
+            .bind(reviewer.user_id)
+            .bind(queue)
+            .bind(case_type)
+            .fetch_optional(conn)
+            .await
+    })?;
+    let Some(row) = row else {
+        tx.commit().await?;
+        return Ok(None);
+    };
+    let (row, recorded) = take(&mut tx, state, reviewer, row, now).await?;
+    tx.commit().await?;
+    cases::announce(state, recorded);
+    Ok(Some(row))
+}
+
+/// Claims a given case.
+pub async fn claim(
+    state: &AppState,
+    reviewer: &Reviewer<'_>,
+    id: &str,
+) -> Result<CaseRow, CaseError> {
+    let now = crate::clock::now();
+    let mut tx = state.store.begin().await?;
+    let row = cases::lock(&mut tx, &state.store, &reviewer.principal.tenant_id, id).await?;
+    if !row.is_open() {
+        return Err(CaseError::IllegalTransition {
+            current: row.state,
+            attempted: "claimed",
+        });
+    }
+    if let Some(holder) = row.holder(now)
+        && holder != reviewer.user_id
+    {
+        return Err(CaseError::Conflict {
+            code: "held_by_another",
+            message: "Another reviewer holds this case.".to_owned(),
+            details: json!({ "assignee_id": holder, "lease_expires_at": row.lease_expires_at }),
+        });
+    }
+    if let Some(refusal) = reviewer.refusal(&row) {
+        return Err(refusal);
+    }
+    let (row, recorded) = take(&mut tx, state, reviewer, row, now).await?;
+    tx.commit().await?;
+    cases::announce(state, recorded);
+    Ok(row)
+}
+
+/// Hands a case back: a case in review returns to the queue; one awaiting its second review or
+/// escalated stays so, just unassigned.
+pub async fn release(
+    state: &AppState,
+    reviewer: &Reviewer<'_>,
+    id: &str,
+) -> Result<CaseRow, CaseError> {
+    let now = crate::clock::now();
+    let mut tx = state.store.begin().await?;
+    let mut row = cases::lock(&mut tx, &state.store, &reviewer.principal.tenant_id, id).await?;
+    ensure_holder(&row, reviewer, now, "released")?;
+    let from = row.state.clone();
+    if row.state == "in_review" {
+        row.state = "queued".to_owned();
+    }
+    row.assignee_id = None;
+    row.lease_expires_at = None;
+    row.updated_at = now;
+    cases::save(&mut tx, &row).await?;
+    let change = Change::new("released", Some(&from), &reviewer.principal.actor);
+    let recorded =
+        cases::record(&mut tx, state, Some(reviewer.principal), &row, change, now).await?;
+    tx.commit().await?;
+    cases::announce(state, vec![recorded]);
+    Ok(row)
+}
+
+fn ensure_holder(
+    row: &CaseRow,
+    reviewer: &Reviewer<'_>,
+    now: DateTime<Utc>,
+    attempted: &'static str,
+) -> Result<(), CaseError> {
+    if !row.is_open() {
+        return Err(CaseError::IllegalTransition {
+            current: row.state.clone(),
+            attempted,
+        });
+    }
+    if row.holder(now) != Some(reviewer.user_id) {
+        return Err(CaseError::Conflict {
+            code: "not_claimed",
+            message: "Claim the case first; only the reviewer holding it may act on it.".to_owned(),
+            details: json!({ "state": row.state }),
+        });
+    }
+    Ok(())
+}
+
+/// A decision on a case the reviewer holds.
+pub async fn decide(
+    state: &AppState,
+    reviewer: &Reviewer<'_>,
+    id: &str,
+    verdict: Verdict,
+    reason: Option<&str>,
+    notes: Option<&str>,
+) -> Result<CaseRow, CaseError> {
+    if matches!(verdict, Verdict::Reject | Verdict::Escalate) && reason.is_none() {
+        return Err(CaseError::invalid(
+            "reason",
+            "is required to reject or escalate",
+        ));
+    }
+    let now = crate::clock::now();
+    let mut tx = state.store.begin().await?;
+    let mut row = cases::lock(&mut tx, &state.store, &reviewer.principal.tenant_id, id).await?;
+    ensure_holder(&row, reviewer, now, "decided")?;
+    if let Some(refusal) = reviewer.refusal(&row) {
+        return Err(refusal);
+    }
+    let from = row.state.clone();
+    let decision = match verdict {
+        Verdict::Approve => "approve",
+        Verdict::Reject => "reject",
+        Verdict::Escalate => "escalate",
+    };
+    row.assignee_id = None;
+    row.lease_expires_at = None;
+    row.updated_at = now;
+    let mut change = Change::new("decided", Some(&from), &reviewer.principal.actor);
+    change.decision = Some(decision);
+    change.reason = reason;
+    change.notes = notes;
+    match (verdict, from.as_str()) {
+        (Verdict::Escalate, _) => {
+            escalate(&mut row);
+            change.action = "escalated";
+        }
+        // The first of two reviews.
+        (_, "in_review") if row.dual_control => {
+            row.state = "awaiting_second_review".to_owned();
+            row.first_decision = Some(decision.to_owned());
+            row.first_decider = Some(reviewer.user_id.to_owned());
+        }
+        // The second review disagrees with the first: a supervisor settles it.
+        (_, "awaiting_second_review") if row.first_decision.as_deref() != Some(decision) => {
+            escalate(&mut row);
+            change.action = "escalated";
+            change.details = json!({
+                "disagreement": { "first": row.first_decision, "first_by": row.first_decider, "second": decision }
+            });
+        }
+        _ => {
+            row.state = if verdict == Verdict::Approve {
+                "approved"
+            } else {
+                "rejected"
+            }
+            .to_owned();
+            row.decision = Some(decision.to_owned());
+            row.decided_at = Some(now);
+        }
+    }
+    cases::save(&mut tx, &row).await?;
+    let recorded =
+        cases::record(&mut tx, state, Some(reviewer.principal), &row, change, now).await?;
+    tx.commit().await?;
+    cases::announce(state, vec![recorded]);
+    Ok(row)
+}
+
+/// Sends a case to supervisors.
+fn escalate(row: &mut CaseRow) {
+    row.state = "escalated".to_owned();
+    if row.required_rank < SUPERVISOR_RANK {
+        row.required_rank = SUPERVISOR_RANK;
+        row.required_role = "supervisor".to_owned();
+    }
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub breached: usize,
+    pub leases_returned: usize,
+}
+
+/// Marks open cases past their SLA as breached (raising their priority one step) and returns
+/// cases whose reviewer's lease ran out. Safe to run in several processes at once: each case is
+/// updated by whichever gets its row first, and only while the condition still holds.
+pub async fn sweep(state: &AppState, now: DateTime<Utc>) -> Result<Swept, sqlx::Error> {
+    let mut swept = Swept::default();
+    loop {
+        let mut tx = state.store.begin().await?;
+        let sql = format!(
+            "SELECT {} FROM cases WHERE sla_breached_at IS NULL AND state IN {OPEN_STATES} AND sla_due_at <= $1 \
+             ORDER BY sla_due_at LIMIT 200 {}",
+            cases::COLUMNS,
+            state.store.skip_locked()
+        );
+        let due: Vec<CaseRow> = with_tx!(&mut tx, conn => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(now).fetch_all(conn).await
+        })?;
+        if due.is_empty() {
+            break;
+        }
+        let mut recorded = Vec::with_capacity(due.len());
+        for mut row in due {
+            let raised = Priority::from_rank(row.priority_rank)
+                .unwrap_or(Priority::Normal)
+                .raised();
+            let mut change = Change::new("sla_breached", Some(&row.state), "system");
+            change.details = json!({
+                "sla_due_at": row.sla_due_at,
+                "priority": { "from": row.priority, "to": raised.as_str() },
+            });
+            row.sla_breached_at = Some(now);
+            row.priority = raised.as_str().to_owned();
+            row.priority_rank = raised.rank();
+            row.updated_at = now;
+            cases::save(&mut tx, &row).await?;
+            recorded.push(cases::record(&mut tx, state, None, &row, change, now).await?);
+        }
+        tx.commit().await?;
+        swept.breached += recorded.len();
+        metrics::counter!("docket_sla_breaches_total").increment(recorded.len() as u64);
+        cases::announce(state, recorded);
+    }
+    let mut tx = state.store.begin().await?;
+    let sql = format!(
+        "SELECT {} FROM cases WHERE state IN {OPEN_STATES} AND assignee_id IS NOT NULL AND lease_expires_at <= $1 \
+         LIMIT 500 {}",
+        cases::COLUMNS,
+        state.store.skip_locked()
+    );
+    let lapsed: Vec<CaseRow> = with_tx!(&mut tx, conn => {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(now).fetch_all(conn).await
+    })?;
+    let mut recorded = Vec::with_capacity(lapsed.len());
+    for mut row in lapsed {
+        let from = row.state.clone();
+        let mut change = Change::new("lease_expired", Some(&from), "system");
+        change.details = json!({ "assignee_id": row.assignee_id });
+        if row.state == "in_review" {
+            row.state = "queued".to_owned();
+        }
+        row.assignee_id = None;
+        row.lease_expires_at = None;
+        row.updated_at = now;
+        cases::save(&mut tx, &row).await?;
+        recorded.push(cases::record(&mut tx, state, None, &row, change, now).await?);
+    }
+    tx.commit().await?;
+    swept.leases_returned = recorded.len();
+    cases::announce(state, recorded);
+    Ok(swept)
+}
+
+/// Runs [`sweep`] every `SLA_SWEEP_INTERVAL` until shutdown (scheduler role).
+pub async fn sweep_loop(state: AppState) {
+    let mut ticker = tokio::time::interval(state.config.sla_sweep_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match sweep(&state, crate::clock::now()).await {
+            Ok(swept) if swept != Swept::default() => {
+                tracing::info!(
+                    breached = swept.breached,
+                    leases_returned = swept.leases_returned,
+                    "review sweep"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "review sweep failed"),
+        }
+    }
+}
