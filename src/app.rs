@@ -110,9 +110,7 @@ impl AppState {
     /// Opens the database (and Redis client), applies migrations when `AUTO_MIGRATE` is on and
     /// refuses a schema newer than this binary.
     pub async fn initialise(config: Config) -> Result<Self, StartError> {
-        // TLS for outgoing HTTPS (object store, HTTP and LLM tools) uses ring; installing it twice
-        // (tests start several states in one process) is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::tls::install_crypto_provider();
         let store = Store::connect(&config).await?;
         if config.auto_migrate {
             let status = store.migrate().await?;
@@ -246,7 +244,8 @@ impl Server {
                 state.queue.clone(),
                 state.job_handlers.clone(),
                 node.id.clone(),
-            );
+            )
+            .with_app(state.clone());
             tokio::spawn(worker.run(shutdown.clone(), grace))
         });
         let retention = role

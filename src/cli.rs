@@ -104,6 +104,7 @@ enum AuditCommand {
 
 /// Parses the command line and runs it; the process exit code comes from here.
 pub async fn run() -> ExitCode {
+    crate::tls::install_crypto_provider();
     let cli = Cli::parse();
     let config = match Config::from_env() {
         Ok(config) => config,

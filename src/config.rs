@@ -107,6 +107,20 @@ pub struct Config {
     /// Where attachments live: `file://<dir>` (relative to the working directory) or `s3://bucket`.
     pub object_store_url: String,
     pub max_attachment_bytes: usize,
+    /// Hosts (`name`, `*.suffix`, IP or CIDR) the `http.request` tool may reach even when they
+    /// resolve to private or loopback addresses; public addresses are always allowed.
+    pub http_tool_allowed_hosts: Vec<String>,
+    pub http_tool_max_response_bytes: usize,
+    /// An OpenAI-compatible API (`…/v1`) for `llm.chat` and `llm.embed`.
+    pub llm_base_url: Option<String>,
+    pub llm_api_key: Option<Secret>,
+    pub llm_model: String,
+    pub llm_embedding_model: String,
+    pub llm_timeout: Duration,
+    /// Tokens a tenant may use per calendar month (UTC); 0 means no limit.
+    pub llm_monthly_token_budget: u64,
+    /// Environment variables pipelines may read as `${env.NAME}`.
+    pub pipeline_env_allowlist: Vec<String>,
 }
 
 /// A configuration problem, always tied to the variable that caused it.
@@ -329,6 +343,45 @@ impl Config {
         let max_attachment_bytes =
             positive::<usize>("MAX_ATTACHMENT_MB", get("MAX_ATTACHMENT_MB"), 10)? * 1024 * 1024;
 
+        let list = |raw: Option<String>| -> Vec<String> {
+            raw.map(|r| {
+                r.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+        };
+        let http_tool_allowed_hosts = list(get("HTTP_TOOL_ALLOWED_HOSTS"));
+        let http_tool_max_response_bytes = positive::<usize>(
+            "HTTP_TOOL_MAX_RESPONSE_BYTES",
+            get("HTTP_TOOL_MAX_RESPONSE_BYTES"),
+            1024 * 1024,
+        )?;
+        let llm_base_url = get("LLM_BASE_URL")
+            .map(|raw| {
+                let trimmed = raw.trim().trim_end_matches('/').to_owned();
+                match url::Url::parse(&trimmed) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(trimmed),
+                    _ => Err(ConfigError::new(
+                        "LLM_BASE_URL",
+                        "must be an http(s) URL such as https://api.openai.com/v1",
+                    )),
+                }
+            })
+            .transpose()?;
+        let llm_api_key = get("LLM_API_KEY").map(Secret);
+        let llm_model = get("LLM_MODEL").unwrap_or_else(|| "gpt-4o-mini".to_owned());
+        let llm_embedding_model =
+            get("LLM_EMBEDDING_MODEL").unwrap_or_else(|| "text-embedding-3-small".to_owned());
+        let llm_timeout = seconds("LLM_TIMEOUT_SECONDS", get("LLM_TIMEOUT_SECONDS"), 60.0)?;
+        let llm_monthly_token_budget = parse_number::<u64>(
+            "LLM_MONTHLY_TOKEN_BUDGET",
+            get("LLM_MONTHLY_TOKEN_BUDGET"),
+            0,
+        )?;
+        let pipeline_env_allowlist = list(get("PIPELINE_ENV_ALLOWLIST"));
+
         Ok(Self {
             environment,
             host,
@@ -370,6 +423,15 @@ impl Config {
             sla_sweep_interval,
             object_store_url,
             max_attachment_bytes,
+            http_tool_allowed_hosts,
+            http_tool_max_response_bytes,
+            llm_base_url,
+            llm_api_key,
+            llm_model,
+            llm_embedding_model,
+            llm_timeout,
+            llm_monthly_token_budget,
+            pipeline_env_allowlist,
         })
     }
 
@@ -472,6 +534,29 @@ impl Config {
             format!(
                 "MAX_ATTACHMENT_MB={}",
                 self.max_attachment_bytes / (1024 * 1024)
+            ),
+            format!(
+                "HTTP_TOOL_ALLOWED_HOSTS={}",
+                self.http_tool_allowed_hosts.join(",")
+            ),
+            format!(
+                "HTTP_TOOL_MAX_RESPONSE_BYTES={}",
+                self.http_tool_max_response_bytes
+            ),
+            format!(
+                "LLM_BASE_URL={}",
+                self.llm_base_url
+                    .as_deref()
+                    .map_or_else(|| "<unset>".to_owned(), redact_url)
+            ),
+            format!("LLM_API_KEY={}", secret(&self.llm_api_key)),
+            format!("LLM_MODEL={}", self.llm_model),
+            format!("LLM_EMBEDDING_MODEL={}", self.llm_embedding_model),
+            format!("LLM_TIMEOUT_SECONDS={}", self.llm_timeout.as_secs_f64()),
+            format!("LLM_MONTHLY_TOKEN_BUDGET={}", self.llm_monthly_token_budget),
+            format!(
+                "PIPELINE_ENV_ALLOWLIST={}",
+                self.pipeline_env_allowlist.join(",")
             ),
         ]
     }

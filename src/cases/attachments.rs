@@ -50,6 +50,9 @@ const MULTIPART_OVERHEAD: usize = 64 * 1024;
 const DRAIN_BYTES: usize = 8 * 1024 * 1024;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How the upload route's template ends, for the body limit middleware.
+pub const UPLOAD_ROUTE_SUFFIX: &str = "/cases/{id}/attachments";
+
 /// The largest request body an upload may need (file, multipart framing and what is drained after
 /// a refusal); the server-wide body cap must allow it.
 pub fn max_request_body(max_attachment_bytes: usize) -> usize {

@@ -180,6 +180,14 @@ impl CaseRow {
         )
     }
 
+    /// Decided (by people or policy) or cancelled: nothing more will happen to it.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "approved" | "rejected" | "auto_approved" | "auto_rejected" | "cancelled"
+        )
+    }
+
     /// Who holds the case right now (a lease that ran out holds nothing).
     pub fn holder(&self, now: DateTime<Utc>) -> Option<&str> {
         match (&self.assignee_id, self.lease_expires_at) {
@@ -575,10 +583,19 @@ pub async fn record(
         }),
     );
     event.occurred_at = now;
-    let jobs = crate::events::record(tx, &state.queue.settings, &event, None)
+    let mut jobs = crate::events::record(tx, &state.queue.settings, &event, None)
         .await?
         .unwrap_or_default();
+    if row.is_final() {
+        // Pipelines suspended on this case (`review.request`) continue.
+        jobs.extend(crate::queue::wake_waiting(tx, &row.tenant_id, &wait_key(&row.id), now).await?);
+    }
     Ok((event, jobs))
+}
+
+/// The key a job suspended until this case is decided waits on.
+pub fn wait_key(case_id: &str) -> String {
+    format!("case:{case_id}")
 }
 
 /// Decisions and routing are named after the state they lead to (`case.approved`,

@@ -14,7 +14,6 @@ use axum::response::IntoResponse;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, Any as AnyOrigin, CorsLayer};
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -36,11 +35,13 @@ const MAX_CLIENT_REQUEST_ID_LEN: usize = 128;
 /// sees the request first and the response last.
 pub fn apply(router: Router, config: &Config) -> Router {
     router
-        // The hard cap for any body; JSON extractors apply the smaller `MAX_BODY_BYTES` themselves
-        // (`DefaultBodyLimit`), uploads their own attachment limit.
-        .layer(RequestBodyLimitLayer::new(config.max_body_bytes.max(
-            crate::cases::attachments::max_request_body(config.max_attachment_bytes),
-        )))
+        .layer(axum::middleware::from_fn_with_state(
+            BodyLimits {
+                default: config.max_body_bytes,
+                upload: crate::cases::attachments::max_request_body(config.max_attachment_bytes),
+            },
+            limit_body,
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             config.request_timeout,
@@ -206,6 +207,43 @@ async fn json_error_bodies(request: Request, next: Next) -> Response<Body> {
         parts.headers.insert(header::CONTENT_TYPE, ct.clone());
     }
     Response::from_parts(parts, body)
+}
+
+/// Body size caps: `MAX_BODY_BYTES` everywhere except file uploads.
+#[derive(Clone, Copy)]
+struct BodyLimits {
+    default: usize,
+    upload: usize,
+}
+
+/// Refuses bodies over the route's cap: at once when `Content-Length` says so, otherwise when the
+/// streamed body passes it (extractors then answer 413).
+async fn limit_body(
+    axum::extract::State(limits): axum::extract::State<BodyLimits>,
+    request: Request,
+    next: Next,
+) -> Response<Body> {
+    let upload = request.method() == axum::http::Method::POST
+        && request.extensions().get::<MatchedPath>().is_some_and(|p| {
+            p.as_str()
+                .ends_with(crate::cases::attachments::UPLOAD_ROUTE_SUFFIX)
+        });
+    let limit = if upload {
+        limits.upload
+    } else {
+        limits.default
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE).into_response();
+    }
+    let (parts, body) = request.into_parts();
+    let body = Body::new(http_body_util::Limited::new(body, limit));
+    next.run(Request::from_parts(parts, body)).await
 }
 
 /// Request count and latency per route template (not per raw path, which would explode the series).

@@ -1,7 +1,7 @@
 //! The durable job queue: jobs live in the database and are claimed by workers under a lease.
 //!
 //! States: `queued` → `running` → `succeeded` | `failed` (will retry at `run_at`) | `dead` (attempts
-//! exhausted) | `cancelled`. Claiming is one `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED
+//! exhausted) | `cancelled`, and `waiting` (suspended without a worker until `run_at` or a wake-up). Claiming is one `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED
 //! LIMIT n) RETURNING …` on PostgreSQL, the same statement in SQLite's single-writer transaction.
 //! Every completion is fenced by lease owner and attempt number, so a worker whose lease expired
 //! cannot overwrite the outcome of the attempt that replaced it. Every attempt is recorded as a run.
@@ -404,7 +404,7 @@ pub async fn cancel_pending_for_task(
     with_tx!(tx, conn => {
         sqlx::query(
             "UPDATE jobs SET status = 'cancelled', finished_at = $1, updated_at = $1 \
-             WHERE tenant_id = $2 AND task_id = $3 AND status IN ('queued', 'failed')",
+             WHERE tenant_id = $2 AND task_id = $3 AND status IN ('queued', 'failed', 'waiting')",
         )
         .bind(now)
         .bind(tenant_id)
@@ -437,7 +437,7 @@ pub async fn claim(
     recover_expired_leases(&mut tx, store, now).await?;
     // Due jobs, skipping tasks that already run as many jobs as their `concurrency` allows.
     let sql = format!(
-        "SELECT id, task_id FROM jobs j WHERE status IN ('queued', 'failed') AND run_at <= $1 \
+        "SELECT id, task_id FROM jobs j WHERE status IN ('queued', 'failed', 'waiting') AND run_at <= $1 \
          AND (task_id IS NULL OR (SELECT COUNT(*) FROM jobs r WHERE r.task_id = j.task_id AND r.status = 'running') \
               < COALESCE((SELECT t.concurrency FROM tasks t WHERE t.id = j.task_id), 1)) \
          ORDER BY priority DESC, run_at, id LIMIT $2 {}",
@@ -610,6 +610,13 @@ pub enum Outcome {
     FailedPermanently(String),
     /// Handed back unfinished (shutdown): the attempt does not count.
     Released,
+    /// Parked without holding a worker: due again at `until`, or when [`wake_waiting`] is called
+    /// with `wait_key` (then `until` is only a safety net that re-checks). The attempt does not count.
+    Suspended {
+        until: DateTime<Utc>,
+        wait_key: Option<String>,
+        output: Value,
+    },
 }
 
 /// The job's state after [`finish`].
@@ -619,6 +626,7 @@ pub enum Settled {
     WillRetry,
     Dead,
     Requeued,
+    Suspended,
     /// The lease had been lost: another attempt owns the job, this result was discarded.
     Stale,
 }
@@ -656,6 +664,7 @@ struct Completion {
     attempts: i32,
     error: Option<String>,
     output: Option<String>,
+    wait_key: Option<String>,
 }
 
 impl Completion {
@@ -667,6 +676,12 @@ impl Completion {
     ) -> Self {
         let job = claimed.job;
         let retry = matches!(outcome, Outcome::Failed(_)) && job.attempts < job.max_attempts;
+        let (wait_key, until) = match &outcome {
+            Outcome::Suspended {
+                until, wait_key, ..
+            } => (wait_key.clone(), Some(*until)),
+            _ => (None, None),
+        };
         let (job_status, run_status, settled, error, output) = match outcome {
             Outcome::Succeeded(value) => (
                 "succeeded",
@@ -680,6 +695,13 @@ impl Completion {
                 ("dead", "failed", Settled::Dead, Some(e), None)
             }
             Outcome::Released => ("queued", "released", Settled::Requeued, None, None),
+            Outcome::Suspended { output, .. } => (
+                "waiting",
+                "suspended",
+                Settled::Suspended,
+                None,
+                Some(output.to_string()),
+            ),
         };
         Self {
             // A retry waits out its backoff and a released job is due at once; a finished job keeps
@@ -687,10 +709,11 @@ impl Completion {
             run_at: match settled {
                 Settled::WillRetry => now + backoff_delay(job.attempts, backoff_max_delay),
                 Settled::Requeued => now,
+                Settled::Suspended => until.unwrap_or(now),
                 _ => job.run_at,
             },
             finished_at: matches!(settled, Settled::Succeeded | Settled::Dead).then_some(now),
-            attempts: if settled == Settled::Requeued {
+            attempts: if matches!(settled, Settled::Requeued | Settled::Suspended) {
                 job.attempts - 1
             } else {
                 job.attempts
@@ -703,6 +726,7 @@ impl Completion {
             settled,
             error,
             output,
+            wait_key,
         }
     }
 }
@@ -726,9 +750,10 @@ pub async fn finish_many(
         Tx::Postgres(tx) => {
             let ids: Vec<String> = sqlx::query_scalar(
                 "UPDATE jobs SET status = v.status, run_at = v.run_at, finished_at = v.finished_at, updated_at = $8, \
-                 last_error = COALESCE(v.error, jobs.last_error), attempts = v.attempts, lease_owner = NULL, lease_expires_at = NULL \
-                 FROM UNNEST($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[], $7::int[]) \
-                 AS v(id, expected, status, run_at, finished_at, error, attempts) \
+                 last_error = COALESCE(v.error, jobs.last_error), attempts = v.attempts, lease_owner = NULL, lease_expires_at = NULL, \
+                 wait_key = v.wait_key \
+                 FROM UNNEST($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[], $7::int[], $10::text[]) \
+                 AS v(id, expected, status, run_at, finished_at, error, attempts, wait_key) \
                  WHERE jobs.id = v.id AND jobs.attempts = v.expected AND jobs.lease_owner = $9 AND jobs.status = 'running' \
                  RETURNING jobs.id",
             )
@@ -741,6 +766,7 @@ pub async fn finish_many(
             .bind(completions.iter().map(|c| c.attempts).collect::<Vec<_>>())
             .bind(now)
             .bind(worker_id)
+            .bind(completions.iter().map(|c| c.wait_key.clone()).collect::<Vec<_>>())
             .fetch_all(&mut **tx)
             .await?;
             let applied: Vec<bool> = completions
@@ -773,7 +799,7 @@ pub async fn finish_many(
             for c in &completions {
                 let updated = sqlx::query(
                     "UPDATE jobs SET status = $1, run_at = $2, finished_at = $3, updated_at = $4, last_error = COALESCE($5, last_error), \
-                     attempts = $6, lease_owner = NULL, lease_expires_at = NULL \
+                     attempts = $6, lease_owner = NULL, lease_expires_at = NULL, wait_key = $10 \
                      WHERE id = $7 AND lease_owner = $8 AND attempts = $9 AND status = 'running'",
                 )
                 .bind(c.job_status)
@@ -785,6 +811,7 @@ pub async fn finish_many(
                 .bind(&c.job_id)
                 .bind(worker_id)
                 .bind(c.expected_attempts)
+                .bind(&c.wait_key)
                 .execute(&mut **tx)
                 .await?
                 .rows_affected();
@@ -809,6 +836,28 @@ pub async fn finish_many(
         .zip(applied)
         .map(|(c, ok)| if ok { c.settled } else { Settled::Stale })
         .collect())
+}
+
+/// Makes jobs suspended on `wait_key` due now (e.g. a pipeline waiting for a case's decision),
+/// inside the caller's transaction. Announce the returned jobs after the commit.
+pub async fn wake_waiting(
+    tx: &mut Tx,
+    tenant_id: &str,
+    wait_key: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<Job>, sqlx::Error> {
+    let rows: Vec<JobRow> = with_tx!(tx, conn => {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE jobs SET status = 'queued', run_at = $1, wait_key = NULL, updated_at = $1 \
+             WHERE tenant_id = $2 AND wait_key = $3 AND status = 'waiting' RETURNING {JOB_COLUMNS}"
+        )))
+        .bind(now)
+        .bind(tenant_id)
+        .bind(wait_key)
+        .fetch_all(conn)
+        .await
+    })?;
+    Ok(rows.into_iter().map(Job::from).collect())
 }
 
 /// Exponential backoff with full jitter: uniformly random in `[0, min(cap, base · 2^(attempt-1))]`.

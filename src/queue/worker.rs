@@ -16,16 +16,20 @@ use super::{Claimed, Outcome, Queue, Settled};
 use crate::store::Store;
 
 /// What a handler gets: the job's tenant, payload and attempt number.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct JobContext {
     pub job_id: String,
     pub tenant_id: String,
+    pub task_id: Option<String>,
     pub kind: String,
     pub payload: Value,
     pub attempt: i32,
+    /// The application, for handlers that reach into other modules (pipelines). `None` in
+    /// workers started without it (benchmarks, queue tests).
+    pub app: Option<crate::app::AppState>,
 }
 
-pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Value, String>> + Send>>;
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 type Handler = Arc<dyn Fn(JobContext) -> HandlerFuture + Send + Sync>;
 
 /// Job handlers by kind. Domain modules register theirs; an unknown kind fails the job for good.
@@ -53,10 +57,29 @@ impl Registry {
         registry
     }
 
+    /// A handler whose error is retried while attempts remain.
     pub fn register<F, Fut>(&mut self, kind: &str, handler: F)
     where
         F: Fn(JobContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Value, String>> + Send + 'static,
+    {
+        self.register_outcome(kind, move |ctx| {
+            let done = handler(ctx);
+            async move {
+                match done.await {
+                    Ok(output) => Outcome::Succeeded(output),
+                    Err(error) => Outcome::Failed(error),
+                }
+            }
+        });
+    }
+
+    /// A handler that decides the outcome itself: permanent failures, or suspending the job until
+    /// a time or a wake-up (pipelines waiting for a person or a timer).
+    pub fn register_outcome<F, Fut>(&mut self, kind: &str, handler: F)
+    where
+        F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Outcome> + Send + 'static,
     {
         self.handlers
             .insert(kind.to_owned(), Arc::new(move |ctx| Box::pin(handler(ctx))));
@@ -71,6 +94,7 @@ pub struct Worker {
     queue: Queue,
     registry: Arc<Registry>,
     id: String,
+    app: Option<crate::app::AppState>,
 }
 
 impl Worker {
@@ -79,7 +103,14 @@ impl Worker {
             queue,
             registry,
             id: id.into(),
+            app: None,
         }
+    }
+
+    /// Gives handlers the application (see [`JobContext::app`]).
+    pub fn with_app(mut self, app: crate::app::AppState) -> Self {
+        self.app = Some(app);
+        self
     }
 
     /// Runs until `shutdown` is cancelled, then drains: running jobs get `grace` to finish, the rest
@@ -128,6 +159,7 @@ impl Worker {
                             running.spawn(execute(
                                 self.queue.clone(),
                                 self.registry.clone(),
+                                self.app.clone(),
                                 self.id.clone(),
                                 claimed,
                                 abandon.clone(),
@@ -235,6 +267,7 @@ fn spawn_pg_listener(
 async fn execute(
     queue: Queue,
     registry: Arc<Registry>,
+    app: Option<crate::app::AppState>,
     worker_id: String,
     claimed: Claimed,
     abandon: CancellationToken,
@@ -265,9 +298,11 @@ async fn execute(
             let context = JobContext {
                 job_id: job.id.clone(),
                 tenant_id: job.tenant_id.clone(),
+                task_id: job.task_id.clone(),
                 kind: job.kind.clone(),
                 payload: job.payload.clone(),
                 attempt: job.attempts,
+                app,
             };
             // Spawned so a panic is contained and a timeout or shutdown can abort it.
             let mut task = tokio::spawn(handler(context));
@@ -275,8 +310,7 @@ async fn execute(
             let lease_keeper = keep_lease(&queue.store, &claimed, &worker_id, settings.lease);
             tokio::select! {
                 result = &mut task => match result {
-                    Ok(Ok(output)) => Outcome::Succeeded(output),
-                    Ok(Err(error)) => Outcome::Failed(error),
+                    Ok(outcome) => outcome,
                     Err(e) if e.is_panic() => Outcome::Failed("the handler panicked".to_owned()),
                     Err(e) => Outcome::Failed(format!("the handler was cancelled: {e}")),
                 },
@@ -300,6 +334,7 @@ async fn execute(
         Outcome::Succeeded(_) => "succeeded",
         Outcome::Failed(_) | Outcome::FailedPermanently(_) => "failed",
         Outcome::Released => "released",
+        Outcome::Suspended { .. } => "suspended",
     };
     metrics::histogram!("docket_job_duration_seconds", "kind" => job.kind.clone())
         .record(started.elapsed().as_secs_f64());
@@ -307,7 +342,7 @@ async fn execute(
         .increment(1);
     let error = match &outcome {
         Outcome::Failed(e) | Outcome::FailedPermanently(e) => Some(e.clone()),
-        Outcome::Succeeded(_) | Outcome::Released => None,
+        Outcome::Succeeded(_) | Outcome::Released | Outcome::Suspended { .. } => None,
     };
     let (reply, settled) = oneshot::channel();
     if completions
@@ -333,6 +368,7 @@ async fn execute(
         }
         Ok(Settled::Succeeded) => "job.succeeded",
         Ok(Settled::Requeued) => "job.released",
+        Ok(Settled::Suspended) => "job.suspended",
         Err(e) => {
             tracing::error!(job_id = %job.id, error = %e, "cannot record the job's outcome; it will be retried after its lease expires");
             return;

@@ -11,7 +11,7 @@ async fn tamper(app: &TestApp, statements: &[&'static str], tenant_id: &str) {
     match &app.state.store {
         docket::store::Store::Sqlite(pool) => {
             // SQLite DDL is transactional: drop the triggers, tamper, put them back, commit.
-            let mut tx = pool.begin().await.unwrap();
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
             let triggers: Vec<(String, String)> =
                 sqlx::query_as("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_log'")
                     .fetch_all(&mut *tx)

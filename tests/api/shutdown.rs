@@ -42,7 +42,7 @@ on_both_backends! {
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.text().await.unwrap(), "done");
         // The listener is closed once the server has stopped.
-        assert!(reqwest::get(format!("{base}/health")).await.is_err());
+        assert!(crate::support::get(format!("{base}/health")).await.is_err());
     }
 
     async fn the_server_stops_after_the_grace_period_even_if_requests_hang(backend) {

@@ -79,7 +79,7 @@ impl Process {
                     self.lines.lock().unwrap()
                 );
             }
-            if reqwest::get(self.url("/health/live"))
+            if support::get(self.url("/health/live"))
                 .await
                 .is_ok_and(|r| r.status().is_success())
             {
@@ -91,7 +91,7 @@ impl Process {
     }
 
     async fn readiness(&self) -> (StatusCode, Value) {
-        let response = reqwest::get(self.url("/health/ready"))
+        let response = support::get(self.url("/health/ready"))
             .await
             .expect("ready answers");
         (response.status(), response.json().await.unwrap())
@@ -230,7 +230,7 @@ async fn the_default_run_needs_no_configuration() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(dir.path().join("data/docket.db").exists());
     assert!(dir.path().join("data/secret_key").exists());
-    let health: Value = reqwest::get(docket.url("/health"))
+    let health: Value = support::get(docket.url("/health"))
         .await
         .unwrap()
         .json()
@@ -342,7 +342,7 @@ on_both_backends! {
             let mut process = Process::start(db.dir.path(), &env, &[role]);
             process.wait_live().await;
             assert_eq!(process.readiness().await.0, StatusCode::OK);
-            let docs = reqwest::get(process.url("/docs")).await.unwrap();
+            let docs = support::get(process.url("/docs")).await.unwrap();
             assert_eq!(docs.status(), StatusCode::NOT_FOUND, "{role} serves no API");
             let (exit, _) = process.terminate();
             assert!(exit.success(), "{role}: {exit}");
@@ -379,7 +379,7 @@ async fn readiness_follows_postgres_going_away_and_coming_back() {
     );
     // Liveness does not depend on the database: no restart is wanted.
     assert!(
-        reqwest::get(api.url("/health/live"))
+        support::get(api.url("/health/live"))
             .await
             .unwrap()
             .status()

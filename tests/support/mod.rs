@@ -421,7 +421,7 @@ impl TestApp {
         Self {
             base,
             state,
-            client: reqwest::Client::new(),
+            client: http_client(),
             db,
             server: Some(handle),
         }
@@ -635,4 +635,15 @@ impl TestApp {
             serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
         )
     }
+}
+
+/// An HTTP client for tests (the TLS provider Docket uses must be installed before any is built).
+pub fn http_client() -> reqwest::Client {
+    docket::tls::install_crypto_provider();
+    reqwest::Client::new()
+}
+
+/// `reqwest::get` with the TLS provider installed.
+pub async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    http_client().get(url).send().await
 }
