@@ -94,6 +94,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub queue: Queue,
     pub events: EventBus,
+    /// The tools pipeline steps can use.
+    pub tools: Arc<crate::pipeline::tools::Tools>,
     /// Where attachments are stored (`OBJECT_STORE_URL`).
     pub objects: Arc<dyn object_store::ObjectStore>,
     /// Wakes this process's scheduler when tasks change.
@@ -163,6 +165,7 @@ impl AppState {
             events.clone(),
         );
         Ok(Self {
+            tools: Arc::new(crate::pipeline::tools::Tools::builtin(&config)),
             queue,
             events,
             objects,

@@ -121,6 +121,8 @@ pub struct Config {
     pub llm_monthly_token_budget: u64,
     /// Environment variables pipelines may read as `${env.NAME}`.
     pub pipeline_env_allowlist: Vec<String>,
+    /// How often a pipeline waiting for a wake-up (a review) checks anyway, in case one was missed.
+    pub pipeline_wait_recheck_seconds: u64,
 }
 
 /// A configuration problem, always tied to the variable that caused it.
@@ -381,6 +383,11 @@ impl Config {
             0,
         )?;
         let pipeline_env_allowlist = list(get("PIPELINE_ENV_ALLOWLIST"));
+        let pipeline_wait_recheck_seconds = positive::<u64>(
+            "PIPELINE_WAIT_RECHECK_SECONDS",
+            get("PIPELINE_WAIT_RECHECK_SECONDS"),
+            300,
+        )?;
 
         Ok(Self {
             environment,
@@ -432,6 +439,7 @@ impl Config {
             llm_timeout,
             llm_monthly_token_budget,
             pipeline_env_allowlist,
+            pipeline_wait_recheck_seconds,
         })
     }
 
@@ -557,6 +565,10 @@ impl Config {
             format!(
                 "PIPELINE_ENV_ALLOWLIST={}",
                 self.pipeline_env_allowlist.join(",")
+            ),
+            format!(
+                "PIPELINE_WAIT_RECHECK_SECONDS={}",
+                self.pipeline_wait_recheck_seconds
             ),
         ]
     }

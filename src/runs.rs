@@ -35,6 +35,10 @@ pub struct RunDetail {
     #[schema(value_type = Object)]
     pub output: Option<Value>,
     pub error: Option<String>,
+    /// For pipeline jobs (single run view only): every step of the job so far, with input
+    /// (secrets redacted), output, duration and error.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<crate::pipeline::steps::StepRecord>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -73,6 +77,7 @@ impl From<RunRow> for RunDetail {
             input: serde_json::from_str(&row.payload).unwrap_or(Value::Null),
             output: row.output.and_then(|o| serde_json::from_str(&o).ok()),
             error: row.error,
+            steps: Vec::new(),
         }
     }
 }
@@ -146,8 +151,12 @@ pub async fn get_run(
             .fetch_optional(pool)
             .await
     })?;
-    row.map(|r| ResponseJson(r.into()))
-        .ok_or_else(|| ApiError::not_found("No such run."))
+    let mut run: RunDetail = row
+        .ok_or_else(|| ApiError::not_found("No such run."))?
+        .into();
+    run.steps =
+        crate::pipeline::steps::of_job(&state.store, &principal.tenant_id, &run.job_id).await?;
+    Ok(ResponseJson(run))
 }
 
 pub fn routes() -> utoipa_axum::router::OpenApiRouter<AppState> {

@@ -96,7 +96,8 @@ pub fn router(state: AppState, role: Role) -> Router {
             .merge(crate::events::routes())
             .merge(crate::cases::routes())
             .merge(crate::review::routes())
-            .merge(crate::policy::routes());
+            .merge(crate::policy::routes())
+            .merge(crate::pipeline::routes());
         app = app.nest(&prefix, v1);
     }
     let (router, openapi) = app.split_for_parts();

@@ -51,7 +51,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// Job handlers of this module: a task occurrence delivers the task's payload as its output.
 pub fn register_handlers(registry: &mut Registry) {
-    registry.register(TASK_JOB_KIND, |ctx| async move { Ok(ctx.payload) });
+    registry.register_outcome(TASK_JOB_KIND, crate::pipeline::run_task_job);
 }
 
 /// Wakes the schedulers of this process and, on PostgreSQL, of every other process.

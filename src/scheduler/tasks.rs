@@ -188,13 +188,13 @@ fn validate_text(field: &str, value: &str, max: usize, required: bool) -> Result
     Ok(value.to_owned())
 }
 
-fn validate_payload(payload: &Value) -> Result<(), ApiError> {
-    if payload.get("pipeline").is_some() {
-        return Err(ApiError::invalid_field(
-            "payload",
-            "pipelines are not available in this version of Docket",
-        ));
-    }
+fn validate_payload(state: &AppState, payload: &Value) -> Result<(), ApiError> {
+    crate::pipeline::Definition::from_payload(
+        payload,
+        &state.tools,
+        &state.config.pipeline_env_allowlist,
+    )
+    .map_err(|e| ApiError::invalid_field(&e.field, e.message))?;
     if payload.to_string().len() > 256 * 1024 {
         return Err(ApiError::invalid_field(
             "payload",
@@ -343,7 +343,7 @@ pub async fn create_task(
     let schedule =
         Schedule::parse(&body.schedule_kind, &expr, &timezone).map_err(schedule_error)?;
     let payload = body.payload.unwrap_or_else(|| json!({}));
-    validate_payload(&payload)?;
+    validate_payload(&state, &payload)?;
     let task = TaskRow {
         id: Uuid::now_v7().to_string(),
         tenant_id: principal.tenant_id.clone(),
@@ -496,7 +496,7 @@ pub async fn update_task(
         }
     }
     if let Some(payload) = &body.payload {
-        validate_payload(payload)?;
+        validate_payload(&state, payload)?;
         task.payload = payload.to_string();
     }
     if let Some(v) = body.priority {

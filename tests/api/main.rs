@@ -11,5 +11,6 @@ mod errors;
 mod events;
 mod health;
 mod observability;
+mod pipelines;
 mod shutdown;
 mod tasks;

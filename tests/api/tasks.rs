@@ -52,7 +52,7 @@ on_both_backends! {
             (json!({ "title": "", "schedule_kind": "manual" }), "title"),
             (json!({ "title": "x", "schedule_kind": "manual", "max_retries": -1 }), "max_retries"),
             (json!({ "title": "x", "schedule_kind": "manual", "concurrency": 0 }), "concurrency"),
-            (json!({ "title": "x", "schedule_kind": "manual", "payload": { "pipeline": [] } }), "payload"),
+            (json!({ "title": "x", "schedule_kind": "manual", "payload": { "pipeline": [] } }), "payload.pipeline"),
         ];
         for (body, field) in cases {
             let (status, response) = app.call(Method::POST, "/api/v1/tasks", &ops.access_token, Some(body.clone())).await;

@@ -1,6 +1,13 @@
 //! The tools pipeline steps use (`uses`). Adding one is one file implementing [`Tool`] and one line
 //! in [`Tools::builtin`]; `GET /tools` publishes each tool's input schema.
 
+pub mod http_request;
+pub mod llm;
+pub mod publish;
+pub mod review;
+pub mod run_task;
+pub mod wait;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -114,8 +121,18 @@ pub struct Tools {
 }
 
 impl Tools {
-    pub fn builtin() -> Self {
-        Self::default()
+    pub fn builtin(config: &crate::config::Config) -> Self {
+        let mut tools = Self::default();
+        tools.add(wait::Wait);
+        tools.add(review::ReviewRequest {
+            recheck: Duration::from_secs(config.pipeline_wait_recheck_seconds),
+        });
+        tools.add(publish::PublishEvent);
+        tools.add(run_task::RunTask);
+        tools.add(llm::LlmChat);
+        tools.add(llm::LlmEmbed);
+        tools.add(http_request::HttpRequest::new(config));
+        tools
     }
 
     pub fn add(&mut self, tool: impl Tool) {
