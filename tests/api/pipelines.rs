@@ -267,8 +267,23 @@ on_both_backends! {
 async fn outside_world() -> String {
     use axum::Json;
     use axum::routing::{get, post};
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let app = axum::Router::new()
         .route("/weather", get(|| async { Json(json!({ "city": "Chisinau", "temp_c": 4 })) }))
+        // Fails twice, then answers.
+        .route(
+            "/flaky",
+            get(move || {
+                let calls = calls.clone();
+                async move {
+                    if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "busy" })))
+                    } else {
+                        (axum::http::StatusCode::OK, Json(json!({ "ok": true })))
+                    }
+                }
+            }),
+        )
         .route(
             "/v1/chat/completions",
             post(|Json(request): Json<Value>| async move {
@@ -313,6 +328,20 @@ on_both_backends! {
         assert_eq!(steps[1]["output"]["usage"]["total_tokens"], 17);
         let usage = docket::pipeline::tools::llm::usage(&app.state.store, &sue.tenant_id, &docket::pipeline::tools::llm::current_month()).await.unwrap();
         assert_eq!((usage.total_tokens, usage.requests), (17, 1));
+    }
+
+    async fn transient_step_failures_are_retried(backend) {
+        let base = outside_world().await;
+        let Some(app) = TestApp::spawn_with(backend, ProcessRole::All, &[("HTTP_TOOL_ALLOWED_HOSTS", "127.0.0.0/8")]).await else { return };
+        let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let (_, task) = create_task(&app, &sue, json!({ "pipeline": [
+            { "id": "call", "uses": "http.request", "with": { "url": format!("{base}/flaky") }, "retry": 3 }
+        ] })).await;
+        let job_id = run_now(&app, &sue, &task).await;
+        wait_for_job(&app, &sue.tenant_id, &job_id, "succeeded").await;
+        let steps = steps_of(&app, &sue, &job_id).await;
+        assert_eq!(steps[0]["attempts"], 3, "two 503s, then success");
+        assert_eq!(steps[0]["output"]["body"], json!({ "ok": true }));
     }
 
     async fn http_requests_to_internal_addresses_are_refused(backend) {
