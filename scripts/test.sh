@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: formatting, lints, and all tests on SQLite and PostgreSQL (+ Redis).
-# Installs what is missing (redis-server, PostgreSQL 15) when it can; the tests start their own
-# throwaway servers on free loopback ports, so nothing needs to be running beforehand.
+# Installs what is missing (redis-server, PostgreSQL 15, ChromaDB) when it can; the tests start
+# their own throwaway servers on free loopback ports, so nothing needs to be running beforehand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +36,30 @@ fi
 if ! have_postgres; then
   echo "==> installing PostgreSQL"
   apt_install postgresql
+fi
+
+# ChromaDB for the knowledge::chroma tests, from PyPI into its own virtualenv (kept between runs;
+# a global pip install would upgrade dozens of the machine's Python packages). The tests look for
+# CHROMA_BIN, then `chroma` on PATH, then this virtualenv.
+CHROMADB_VERSION=1.5.9
+chroma_works() { "$1" run --help >/dev/null 2>&1; }
+if [ -z "${CHROMA_BIN:-}" ] && ! { command -v chroma >/dev/null && chroma_works chroma; }; then
+  chroma_venv="$HOME/.cache/docket/chromadb-$CHROMADB_VERSION"
+  if ! chroma_works "$chroma_venv/bin/chroma"; then
+    echo "==> installing ChromaDB $CHROMADB_VERSION"
+    rm -rf "$chroma_venv"
+    if ! { python3 -m venv "$chroma_venv" &&
+      "$chroma_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        --root-user-action=ignore "chromadb==$CHROMADB_VERSION" &&
+      chroma_works "$chroma_venv/bin/chroma"; }; then
+      rm -rf "$chroma_venv"
+      case "${CI:-}" in
+        "" | 0 | false) echo "scripts/test.sh: could not install ChromaDB; its tests will skip" >&2 ;;
+        *) echo "scripts/test.sh: could not install ChromaDB" >&2; exit 1 ;;
+      esac
+    fi
+  fi
+  if [ -x "$chroma_venv/bin/chroma" ]; then export CHROMA_BIN="$chroma_venv/bin/chroma"; fi
 fi
 
 echo "==> cargo fmt --check"

@@ -80,6 +80,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Objects(#[from] crate::objects::ObjectsError),
+    #[error("CHROMA_URL: {0}")]
+    Vectors(#[from] crate::knowledge::vectors::VectorError),
     #[error("the HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -94,6 +96,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub queue: Queue,
     pub events: EventBus,
+    /// Vector store and embedding settings of the knowledge base.
+    pub knowledge: Arc<crate::knowledge::Knowledge>,
     /// The tools pipeline steps can use.
     pub tools: Arc<crate::pipeline::tools::Tools>,
     /// Where attachments are stored (`OBJECT_STORE_URL`).
@@ -166,6 +170,7 @@ impl AppState {
         );
         Ok(Self {
             tools: Arc::new(crate::pipeline::tools::Tools::builtin(&config)),
+            knowledge: Arc::new(crate::knowledge::Knowledge::new(&config, &store)?),
             queue,
             events,
             objects,
@@ -186,6 +191,7 @@ impl AppState {
 fn job_handlers() -> Registry {
     let mut registry = Registry::builtin();
     scheduler::register_handlers(&mut registry);
+    crate::knowledge::register_handlers(&mut registry);
     registry
 }
 

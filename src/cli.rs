@@ -60,6 +60,19 @@ enum BenchCommand {
         #[arg(long, default_value_t = 2)]
         workers: usize,
     },
+    /// Ingest generated Markdown documents with this process's workers, then search them; report
+    /// documents/s and search latency (p50/p99).
+    Knowledge {
+        /// Number of documents.
+        #[arg(long, default_value_t = 1_000)]
+        documents: usize,
+        /// Size of each document in KiB.
+        #[arg(long, default_value_t = 10)]
+        kilobytes: usize,
+        /// Number of searches afterwards.
+        #[arg(long, default_value_t = 500)]
+        searches: usize,
+    },
     /// Run tasks that fire every second with this process's scheduler and worker; report how late
     /// occurrences start (p50/p99/max) and whether any was enqueued twice.
     Scheduler {
@@ -132,6 +145,11 @@ pub async fn run() -> ExitCode {
         Command::Bench(BenchCommand::Scheduler { tasks, seconds }) => {
             bench_scheduler(config, tasks, seconds).await
         }
+        Command::Bench(BenchCommand::Knowledge {
+            documents,
+            kilobytes,
+            searches,
+        }) => bench_knowledge(config, documents, kilobytes, searches).await,
         Command::Bench(BenchCommand::Queue { jobs, workers }) => {
             bench_queue(config, jobs, workers).await
         }
@@ -352,6 +370,33 @@ async fn bench_queue(config: Config, jobs: usize, workers: usize) -> ExitCode {
                     "postgres"
                 }
             );
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("docket: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench_knowledge(
+    config: Config,
+    documents: usize,
+    kilobytes: usize,
+    searches: usize,
+) -> ExitCode {
+    let result = async {
+        let state = AppState::initialise(config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let report = crate::knowledge::bench::run(&state, documents, kilobytes, searches).await;
+        state.store.close().await;
+        report
+    }
+    .await;
+    match result {
+        Ok(report) => {
             println!("{report}");
             ExitCode::SUCCESS
         }

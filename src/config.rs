@@ -123,6 +123,16 @@ pub struct Config {
     pub pipeline_env_allowlist: Vec<String>,
     /// How often a pipeline waiting for a wake-up (a review) checks anyway, in case one was missed.
     pub pipeline_wait_recheck_seconds: u64,
+    /// OpenAI-compatible `/embeddings` for the knowledge base; defaults to `LLM_BASE_URL`.
+    pub embedding_base_url: Option<String>,
+    pub embedding_api_key: Option<Secret>,
+    pub embedding_model: String,
+    /// ChromaDB server for knowledge vectors; unset keeps vectors in the database.
+    pub chroma_url: Option<String>,
+    pub chroma_token: Option<Secret>,
+    pub knowledge_chunk_tokens: usize,
+    pub knowledge_chunk_overlap: usize,
+    pub max_document_bytes: usize,
 }
 
 /// A configuration problem, always tied to the variable that caused it.
@@ -383,6 +393,39 @@ impl Config {
             0,
         )?;
         let pipeline_env_allowlist = list(get("PIPELINE_ENV_ALLOWLIST"));
+        let http_url = |var: &'static str| -> Result<Option<String>, ConfigError> {
+            get(var)
+                .map(|raw| {
+                    let trimmed = raw.trim().trim_end_matches('/').to_owned();
+                    match url::Url::parse(&trimmed) {
+                        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(trimmed),
+                        _ => Err(ConfigError::new(var, "must be an http(s) URL")),
+                    }
+                })
+                .transpose()
+        };
+        let embedding_base_url = http_url("EMBEDDING_BASE_URL")?.or_else(|| llm_base_url.clone());
+        let embedding_api_key = get("EMBEDDING_API_KEY")
+            .map(Secret)
+            .or_else(|| llm_api_key.clone());
+        let embedding_model = get("EMBEDDING_MODEL").unwrap_or_else(|| llm_embedding_model.clone());
+        let chroma_url = http_url("CHROMA_URL")?;
+        let chroma_token = get("CHROMA_TOKEN").map(Secret);
+        let knowledge_chunk_tokens =
+            positive::<usize>("KNOWLEDGE_CHUNK_TOKENS", get("KNOWLEDGE_CHUNK_TOKENS"), 400)?;
+        let knowledge_chunk_overlap = parse_number::<usize>(
+            "KNOWLEDGE_CHUNK_OVERLAP",
+            get("KNOWLEDGE_CHUNK_OVERLAP"),
+            50,
+        )?;
+        if knowledge_chunk_overlap >= knowledge_chunk_tokens {
+            return Err(ConfigError::new(
+                "KNOWLEDGE_CHUNK_OVERLAP",
+                "must be smaller than KNOWLEDGE_CHUNK_TOKENS",
+            ));
+        }
+        let max_document_bytes =
+            positive::<usize>("MAX_DOCUMENT_MB", get("MAX_DOCUMENT_MB"), 20)? * 1024 * 1024;
         let pipeline_wait_recheck_seconds = positive::<u64>(
             "PIPELINE_WAIT_RECHECK_SECONDS",
             get("PIPELINE_WAIT_RECHECK_SECONDS"),
@@ -440,6 +483,14 @@ impl Config {
             llm_monthly_token_budget,
             pipeline_env_allowlist,
             pipeline_wait_recheck_seconds,
+            embedding_base_url,
+            embedding_api_key,
+            embedding_model,
+            chroma_url,
+            chroma_token,
+            knowledge_chunk_tokens,
+            knowledge_chunk_overlap,
+            max_document_bytes,
         })
     }
 
@@ -569,6 +620,27 @@ impl Config {
             format!(
                 "PIPELINE_WAIT_RECHECK_SECONDS={}",
                 self.pipeline_wait_recheck_seconds
+            ),
+            format!(
+                "EMBEDDING_BASE_URL={}",
+                self.embedding_base_url
+                    .as_deref()
+                    .map_or_else(|| "<unset>".to_owned(), redact_url)
+            ),
+            format!("EMBEDDING_API_KEY={}", secret(&self.embedding_api_key)),
+            format!("EMBEDDING_MODEL={}", self.embedding_model),
+            format!(
+                "CHROMA_URL={}",
+                self.chroma_url
+                    .as_deref()
+                    .map_or_else(|| "<unset>".to_owned(), redact_url)
+            ),
+            format!("CHROMA_TOKEN={}", secret(&self.chroma_token)),
+            format!("KNOWLEDGE_CHUNK_TOKENS={}", self.knowledge_chunk_tokens),
+            format!("KNOWLEDGE_CHUNK_OVERLAP={}", self.knowledge_chunk_overlap),
+            format!(
+                "MAX_DOCUMENT_MB={}",
+                self.max_document_bytes / (1024 * 1024)
             ),
         ]
     }

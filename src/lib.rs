@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod events;
 pub mod http;
+pub mod knowledge;
 pub mod nodes;
 pub mod objects;
 pub mod ops;

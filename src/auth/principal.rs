@@ -54,6 +54,21 @@ impl Principal {
         crate::audit::append(tx, event).await.map(|_| ())
     }
 
+    /// Docket itself acting in a tenant (pipelines, benchmarks): no role, all checks done by the caller.
+    pub fn system(tenant_id: &str) -> Self {
+        Self {
+            tenant_id: tenant_id.to_owned(),
+            actor: Actor::System,
+            role: None,
+            platform_admin: false,
+            scopes: Vec::new(),
+            session_id: None,
+            mfa_satisfied: true,
+            origin: Origin::default(),
+            client_ip: None,
+        }
+    }
+
     pub fn user_id(&self) -> Option<&str> {
         match &self.actor {
             Actor::User(id) => Some(id),
@@ -165,6 +180,14 @@ permission!(
         const SCOPE: Option<&'static str> = None;
         const ADMIN_OPERATION: bool = true;
     }
+);
+permission!(
+    /// Reading and searching knowledge collections.
+    ReadKnowledge { const MIN_ROLE: Option<Role> = Some(Role::Viewer); const SCOPE: Option<&'static str> = Some("knowledge:read"); }
+);
+permission!(
+    /// Creating collections and adding or removing documents.
+    WriteKnowledge { const MIN_ROLE: Option<Role> = Some(Role::Supervisor); const SCOPE: Option<&'static str> = Some("knowledge:write"); }
 );
 
 /// Extracts the caller and enforces `P`. Rejections are 401 (who are you?) or 403 (not allowed).

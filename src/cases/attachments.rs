@@ -65,8 +65,8 @@ const FALLBACK_FILENAME: &str = "attachment";
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         // The router-wide `DefaultBodyLimit` is for JSON; the upload enforces its own, from
-        // `MAX_ATTACHMENT_MB`, while it reads (see `read_upload`). The server-wide
-        // `RequestBodyLimitLayer` (`http::middleware`, `MAX_BODY_BYTES`) still applies on top.
+        // `MAX_ATTACHMENT_MB`, while it reads (see `read_upload`); the server-wide body cap
+        // (`http::middleware::limit_body`) allows uploads `max_request_body` on this route.
         .routes(routes!(upload_attachment).layer(DefaultBodyLimit::disable()))
         .routes(routes!(list_attachments))
         .routes(routes!(download_attachment))

@@ -39,6 +39,7 @@ pub fn apply(router: Router, config: &Config) -> Router {
             BodyLimits {
                 default: config.max_body_bytes,
                 upload: crate::cases::attachments::max_request_body(config.max_attachment_bytes),
+                document: config.max_document_bytes + crate::knowledge::http::MULTIPART_OVERHEAD,
             },
             limit_body,
         ))
@@ -214,6 +215,7 @@ async fn json_error_bodies(request: Request, next: Next) -> Response<Body> {
 struct BodyLimits {
     default: usize,
     upload: usize,
+    document: usize,
 }
 
 /// Refuses bodies over the route's cap: at once when `Content-Length` says so, otherwise when the
@@ -223,13 +225,16 @@ async fn limit_body(
     request: Request,
     next: Next,
 ) -> Response<Body> {
-    let upload = request.method() == axum::http::Method::POST
-        && request.extensions().get::<MatchedPath>().is_some_and(|p| {
-            p.as_str()
-                .ends_with(crate::cases::attachments::UPLOAD_ROUTE_SUFFIX)
-        });
-    let limit = if upload {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let post = request.method() == axum::http::Method::POST;
+    let limit = if post && route.ends_with(crate::cases::attachments::UPLOAD_ROUTE_SUFFIX) {
         limits.upload
+    } else if post && route.ends_with(crate::knowledge::http::DOCUMENTS_ROUTE_SUFFIX) {
+        limits.document
     } else {
         limits.default
     };

@@ -36,7 +36,8 @@ use error::ApiError;
         (name = "events", description = "Published events and the live event stream"),
         (name = "cases", description = "Items that need a decision, their history and attachments"),
         (name = "reviews", description = "The review queue: claiming, deciding, dual control, statistics"),
-        (name = "policy", description = "The decision policy: versions, validation and simulation")
+        (name = "policy", description = "The decision policy: versions, validation and simulation"),
+        (name = "knowledge", description = "Document collections, ingestion and search")
     ),
     modifiers(&BearerAuth)
 )]
@@ -97,7 +98,8 @@ pub fn router(state: AppState, role: Role) -> Router {
             .merge(crate::cases::routes())
             .merge(crate::review::routes())
             .merge(crate::policy::routes())
-            .merge(crate::pipeline::routes());
+            .merge(crate::pipeline::routes())
+            .merge(crate::knowledge::routes());
         app = app.nest(&prefix, v1);
     }
     let (router, openapi) = app.split_for_parts();

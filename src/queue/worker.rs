@@ -24,6 +24,7 @@ pub struct JobContext {
     pub kind: String,
     pub payload: Value,
     pub attempt: i32,
+    pub max_attempts: i32,
     /// The application, for handlers that reach into other modules (pipelines). `None` in
     /// workers started without it (benchmarks, queue tests).
     pub app: Option<crate::app::AppState>,
@@ -302,6 +303,7 @@ async fn execute(
                 kind: job.kind.clone(),
                 payload: job.payload.clone(),
                 attempt: job.attempts,
+                max_attempts: job.max_attempts,
                 app,
             };
             // Spawned so a panic is contained and a timeout or shutdown can abort it.

@@ -10,6 +10,7 @@ mod cases;
 mod errors;
 mod events;
 mod health;
+mod knowledge;
 mod observability;
 mod pipelines;
 mod shutdown;

@@ -388,7 +388,7 @@ pub async fn embeddings(
 /// [`MAX_EMBED_INPUTS`], with the same budget check and usage accounting as `llm.embed`.
 /// Returns one vector per input, in order; no inputs means no call.
 pub async fn embed(
-    config: &Config,
+    settings: &LlmSettings,
     store: &Store,
     tenant_id: &str,
     inputs: &[String],
@@ -396,8 +396,7 @@ pub async fn embed(
     if inputs.is_empty() {
         return Ok(Vec::new());
     }
-    let settings = LlmSettings::from_config(config);
-    let base_url = configured(&settings)?;
+    let base_url = configured(settings)?;
     // Checked before the first batch, so a bad text late in the list costs no tokens.
     if let Some(i) = inputs.iter().position(|t| t.trim().is_empty()) {
         return Err(invalid(format!("input text {i} is empty")));
@@ -405,7 +404,7 @@ pub async fn embed(
     let mut vectors = Vec::with_capacity(inputs.len());
     for batch in inputs.chunks(MAX_EMBED_INPUTS) {
         let output = embed_batch(
-            &settings,
+            settings,
             store,
             tenant_id,
             base_url,
@@ -1274,7 +1273,14 @@ mod tests {
     async fn embed_function_batches_long_lists_and_records_usage() {
         let h = harness(&[]).await;
         let inputs: Vec<String> = (0..300).map(|i| format!("chunk {i}")).collect();
-        let vectors = embed(&h.config, &h.store, "kb", &inputs).await.unwrap();
+        let vectors = embed(
+            &LlmSettings::from_config(&h.config),
+            &h.store,
+            "kb",
+            &inputs,
+        )
+        .await
+        .unwrap();
         assert_eq!(vectors.len(), 300);
         assert_eq!(vectors[0][0], 0.0);
         assert_eq!(vectors[299][0], 43.0, "second batch restarts its indexes");
@@ -1292,16 +1298,21 @@ mod tests {
         );
 
         assert!(
-            embed(&h.config, &h.store, "kb", &[])
+            embed(&LlmSettings::from_config(&h.config), &h.store, "kb", &[])
                 .await
                 .unwrap()
                 .is_empty()
         );
         let mut late_blank = inputs.clone();
         late_blank[280] = " ".to_owned();
-        let err = embed(&h.config, &h.store, "kb", &late_blank)
-            .await
-            .unwrap_err();
+        let err = embed(
+            &LlmSettings::from_config(&h.config),
+            &h.store,
+            "kb",
+            &late_blank,
+        )
+        .await
+        .unwrap_err();
         assert!(
             err.message.contains("input text 280 is empty"),
             "{}",
@@ -1510,9 +1521,14 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.message.contains("LLM_BASE_URL"), "{}", err.message);
-        let err = embed(&h.config, &h.store, "t1", &["x".to_owned()])
-            .await
-            .unwrap_err();
+        let err = embed(
+            &LlmSettings::from_config(&h.config),
+            &h.store,
+            "t1",
+            &["x".to_owned()],
+        )
+        .await
+        .unwrap_err();
         assert!(!err.retryable && err.message.contains("LLM_BASE_URL"));
     }
 

@@ -2,6 +2,7 @@
 //! in [`Tools::builtin`]; `GET /tools` publishes each tool's input schema.
 
 pub mod http_request;
+pub mod knowledge_search;
 pub mod llm;
 pub mod publish;
 pub mod review;
@@ -129,6 +130,7 @@ impl Tools {
         });
         tools.add(publish::PublishEvent);
         tools.add(run_task::RunTask);
+        tools.add(knowledge_search::KnowledgeSearch);
         tools.add(llm::LlmChat);
         tools.add(llm::LlmEmbed);
         tools.add(http_request::HttpRequest::new(config));

@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 use super::{
     Suspension, Tool, ToolContext, ToolError, ToolFuture, ToolResult, parse_input, schema_of,
 };
-use crate::audit::{Actor, Origin};
 use crate::auth::principal::Principal;
 use crate::cases::{self, CaseError, CaseRow};
 use crate::policy::engine::AiAssessment;
@@ -37,20 +36,6 @@ pub struct ReviewInput {
     #[schema(value_type = Object)]
     pub subject: Value,
     pub ai_assessment: Option<AiAssessment>,
-}
-
-fn system_principal(tenant_id: &str) -> Principal {
-    Principal {
-        tenant_id: tenant_id.to_owned(),
-        actor: Actor::System,
-        role: None,
-        platform_admin: false,
-        scopes: Vec::new(),
-        session_id: None,
-        mfa_satisfied: true,
-        origin: Origin::default(),
-        client_ip: None,
-    }
 }
 
 fn database(e: CaseError) -> ToolError {
@@ -126,7 +111,7 @@ impl Tool for ReviewRequest {
                 subject: input.subject,
                 ai_assessment: input.ai_assessment,
             };
-            let principal = system_principal(&ctx.tenant_id);
+            let principal = Principal::system(&ctx.tenant_id);
             // One key per job and step: a step repeated after a crash finds its case again.
             let key = format!("pipeline:{}:{}", ctx.job_id, ctx.step_id);
             let (case, _) = cases::http::submit(&ctx.app, &principal, new_case, Some(key))

@@ -1,0 +1,240 @@
+//! `docket bench knowledge`: ingest N generated Markdown documents with this process's workers and
+//! report documents/s and MB/s, then run lexical searches and report their latency p50/p99.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::search::{Mode, SearchRequest};
+use super::vectors::Scope;
+use crate::app::AppState;
+use crate::auth::principal::Principal;
+use crate::queue::worker::Worker;
+use crate::with_pool;
+
+#[derive(Debug)]
+pub struct Report {
+    pub documents: usize,
+    pub megabytes: f64,
+    pub chunks: i64,
+    pub ingest_seconds: f64,
+    pub searches: usize,
+    pub search_p50_ms: f64,
+    pub search_p99_ms: f64,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "documents                 {}", self.documents)?;
+        writeln!(f, "text                      {:.1} MB", self.megabytes)?;
+        writeln!(f, "chunks                    {}", self.chunks)?;
+        writeln!(f, "ingest time               {:.1} s", self.ingest_seconds)?;
+        writeln!(
+            f,
+            "ingest rate               {:.0} documents/s ({:.2} MB/s)",
+            self.documents as f64 / self.ingest_seconds,
+            self.megabytes / self.ingest_seconds
+        )?;
+        writeln!(f, "searches (lexical)        {}", self.searches)?;
+        writeln!(f, "search p50                {:.1} ms", self.search_p50_ms)?;
+        write!(f, "search p99                {:.1} ms", self.search_p99_ms)
+    }
+}
+
+const WORDS: [&str; 48] = [
+    "cheque",
+    "payment",
+    "refund",
+    "account",
+    "customer",
+    "signature",
+    "limit",
+    "review",
+    "approval",
+    "supervisor",
+    "branch",
+    "transfer",
+    "deposit",
+    "fraud",
+    "report",
+    "policy",
+    "holiday",
+    "rota",
+    "password",
+    "access",
+    "ledger",
+    "balance",
+    "currency",
+    "exchange",
+    "fee",
+    "interest",
+    "loan",
+    "mortgage",
+    "card",
+    "statement",
+    "audit",
+    "control",
+    "risk",
+    "compliance",
+    "identity",
+    "address",
+    "complaint",
+    "escalation",
+    "deadline",
+    "schedule",
+    "invoice",
+    "supplier",
+    "contract",
+    "budget",
+    "forecast",
+    "treasury",
+    "settlement",
+    "clearing",
+];
+
+/// A Markdown document of about `bytes` bytes, different for every `seed`.
+fn document(seed: usize, bytes: usize) -> String {
+    let mut state = seed as u64 * 6_364_136_223_846_793_005 + 1_442_695_040_888_963_407;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) as usize
+    };
+    let mut text = format!("# Procedure {seed}\n\n");
+    let mut section = 0;
+    while text.len() < bytes {
+        if next() % 12 == 0 {
+            section += 1;
+            text.push_str(&format!("\n## Section {section}\n\n"));
+        }
+        for _ in 0..(8 + next() % 12) {
+            text.push_str(WORDS[next() % WORDS.len()]);
+            text.push(' ');
+        }
+        text.push_str(".\n");
+        if next() % 4 == 0 {
+            text.push('\n');
+        }
+    }
+    text
+}
+
+pub async fn run(
+    state: &AppState,
+    documents: usize,
+    kilobytes: usize,
+    searches: usize,
+) -> Result<Report, String> {
+    let tenant = format!("bench-{}", Uuid::now_v7());
+    let principal = Principal::system(&tenant);
+    let now = crate::clock::now();
+    let collection = super::Collection {
+        id: Uuid::now_v7().to_string(),
+        name: "bench".to_owned(),
+        description: String::new(),
+        created_at: now,
+        updated_at: now,
+    };
+    with_pool!(&state.store, pool => {
+        sqlx::query("INSERT INTO collections (id, tenant_id, name, description, created_at, updated_at) VALUES ($1, $2, $3, '', $4, $4)")
+            .bind(&collection.id)
+            .bind(&tenant)
+            .bind(&collection.name)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|_| ())
+    })
+    .map_err(|e| e.to_string())?;
+
+    let shutdown = CancellationToken::new();
+    let worker = Worker::new(
+        state.queue.clone(),
+        state.job_handlers.clone(),
+        format!("{tenant}-w"),
+    )
+    .with_app(state.clone());
+    let handle = tokio::spawn(worker.run(shutdown.clone(), Duration::from_secs(30)));
+    let started = Instant::now();
+    let mut total_bytes = 0;
+    for i in 0..documents {
+        let text = document(i, kilobytes * 1024);
+        total_bytes += text.len();
+        let upload = super::http::Upload {
+            title: format!("procedure-{i}.md"),
+            bytes: text.into_bytes(),
+            content_type: Some("text/markdown".to_owned()),
+            metadata: json!({ "n": i }),
+        };
+        super::http::add(state, &principal, &collection, upload)
+            .await
+            .map_err(|e| e.message)?;
+    }
+    loop {
+        let pending: i64 = with_pool!(&state.store, pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM documents WHERE tenant_id = $1 AND status = 'pending'")
+                .bind(&tenant)
+                .fetch_one(pool)
+                .await
+        })
+        .map_err(|e| e.to_string())?;
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ingest_seconds = started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    let _ = handle.await;
+    let chunks: i64 = with_pool!(&state.store, pool => {
+        sqlx::query_scalar("SELECT COUNT(*) FROM chunks WHERE tenant_id = $1")
+            .bind(&tenant)
+            .fetch_one(pool)
+            .await
+    })
+    .map_err(|e| e.to_string())?;
+
+    let scope = Scope {
+        tenant_id: tenant.clone(),
+        collection_id: collection.id.clone(),
+    };
+    let mut latencies = Vec::with_capacity(searches);
+    for i in 0..searches {
+        let query = format!(
+            "{} {} {}",
+            WORDS[i % WORDS.len()],
+            WORDS[(i * 7 + 3) % WORDS.len()],
+            WORDS[(i * 13 + 5) % WORDS.len()]
+        );
+        let request = SearchRequest {
+            query,
+            k: Some(10),
+            filter: serde_json::Map::new(),
+            mode: Some(Mode::Lexical),
+        };
+        let t = Instant::now();
+        super::search::search(state, &scope, &request)
+            .await
+            .map_err(|e| e.to_string())?;
+        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let percentile = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok(Report {
+        documents,
+        megabytes: total_bytes as f64 / 1e6,
+        chunks,
+        ingest_seconds,
+        searches,
+        search_p50_ms: percentile(0.5),
+        search_p99_ms: percentile(0.99),
+    })
+}

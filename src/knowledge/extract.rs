@@ -1,0 +1,633 @@
+//! Text extraction from uploaded document bytes: plain text, Markdown, HTML and PDF.
+//!
+//! Markdown is passed through untouched (its structure drives chunking), HTML is rendered to
+//! Markdown-ish text (`#` headings, `*` list items) and PDF text is pulled out with `pdf-extract`
+//! and then cleaned up: page breaks become paragraph breaks, hard-wrapped lines are joined and
+//! words hyphenated across a line break are glued back together.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+/// The document formats the knowledge base understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Markdown,
+    Html,
+    Pdf,
+}
+
+impl Format {
+    /// Works out the format of an upload.
+    ///
+    /// Bytes starting with the `%PDF-` magic are a PDF whatever the client claims. Otherwise a
+    /// specific content type (`text/markdown`, `text/x-markdown`, `text/html`,
+    /// `application/xhtml+xml`, `application/pdf`; parameters such as `; charset=utf-8` are
+    /// ignored) wins; a missing, generic (`application/octet-stream`) or plain-text content type
+    /// defers to the file name extension (`.md`, `.markdown`, `.txt`, `.text`, `.html`, `.htm`,
+    /// `.pdf`, case-insensitive), because browsers routinely label `.md` files `text/plain` or
+    /// `application/octet-stream`. `text/plain` with no recognised extension is `Text`.
+    /// Anything else is `None`.
+    pub fn detect(
+        content_type: Option<&str>,
+        filename: Option<&str>,
+        bytes: &[u8],
+    ) -> Option<Format> {
+        if bytes.starts_with(b"%PDF-") {
+            return Some(Format::Pdf);
+        }
+        let essence = content_type
+            .and_then(|ct| ct.split(';').next())
+            .map(|ct| ct.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        match essence.as_str() {
+            "text/markdown" | "text/x-markdown" => return Some(Format::Markdown),
+            "text/html" | "application/xhtml+xml" => return Some(Format::Html),
+            "application/pdf" | "application/x-pdf" => return Some(Format::Pdf),
+            _ => {}
+        }
+        if let Some(format) = filename.and_then(Format::from_extension) {
+            return Some(format);
+        }
+        (essence == "text/plain").then_some(Format::Text)
+    }
+
+    fn from_extension(filename: &str) -> Option<Format> {
+        let name = filename.rsplit(['/', '\\']).next().unwrap_or(filename);
+        let (stem, extension) = name.rsplit_once('.')?;
+        if stem.is_empty() {
+            // A dot file such as `.md` has no extension, only a name.
+            return None;
+        }
+        match extension.to_ascii_lowercase().as_str() {
+            "md" | "markdown" => Some(Format::Markdown),
+            "txt" | "text" => Some(Format::Text),
+            "html" | "htm" => Some(Format::Html),
+            "pdf" => Some(Format::Pdf),
+            _ => None,
+        }
+    }
+
+    /// The canonical content type of the format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain",
+            Format::Markdown => "text/markdown",
+            Format::Html => "text/html",
+            Format::Pdf => "application/pdf",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error("not valid UTF-8 text")]
+    NotUtf8,
+    #[error("the PDF has no extractable text (scanned images?)")]
+    PdfNoText,
+    #[error("could not read the PDF: {0}")]
+    Pdf(String),
+    #[error("could not convert the HTML: {0}")]
+    Html(String),
+}
+
+/// Lines are never wrapped by the HTML renderer: chunking does its own splitting.
+const HTML_WIDTH: usize = 100_000;
+
+/// Extracts the text of a document.
+///
+/// Returns the text and the format that governs its chunking: `Markdown` for Markdown and HTML
+/// (rendered to Markdown-ish text), `Text` for plain text and PDF. A leading UTF-8 byte order
+/// mark is dropped. Plain text and Markdown must be valid UTF-8; HTML is decoded leniently
+/// (invalid sequences become U+FFFD) since the HTML parser does that anyway. Empty text and
+/// Markdown are returned as empty strings (they simply produce no chunks); a PDF without text is
+/// an error because it is almost always a scan.
+pub fn extract(format: Format, bytes: &[u8]) -> Result<(String, Format), ExtractError> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    match format {
+        Format::Text => Ok((utf8(bytes)?, Format::Text)),
+        Format::Markdown => Ok((utf8(bytes)?, Format::Markdown)),
+        Format::Html => Ok((html_to_text(bytes)?, Format::Markdown)),
+        Format::Pdf => Ok((pdf_to_text(bytes)?, Format::Text)),
+    }
+}
+
+fn utf8(bytes: &[u8]) -> Result<String, ExtractError> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| ExtractError::NotUtf8)
+}
+
+fn html_to_text(bytes: &[u8]) -> Result<String, ExtractError> {
+    // Plain decorator: `#` headings, `*` list items, `**strong**`; script and style elements are
+    // skipped by the renderer. Link footnotes (`[1]: https://…`) would only add noise to chunks.
+    let rendered = catch_panic(|| {
+        html2text::config::plain()
+            .link_footnotes(false)
+            .no_table_borders()
+            .allow_width_overflow()
+            .string_from_read(bytes, HTML_WIDTH)
+    })
+    .map_err(|reason| ExtractError::Html(format!("the converter crashed ({reason})")))?
+    .map_err(|error| ExtractError::Html(error.to_string()))?;
+    let mut text = String::with_capacity(rendered.len());
+    for line in rendered.lines() {
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    Ok(collapse_blank_lines(&text).trim().to_string())
+}
+
+/// At most one blank line in a row.
+fn collapse_blank_lines(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut blank_run = 0;
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            blank_run += 1;
+            if blank_run > 1 {
+                continue;
+            }
+        } else {
+            blank_run = 0;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+fn pdf_to_text(bytes: &[u8]) -> Result<String, ExtractError> {
+    // pdf-extract (and lopdf below it) can panic on malformed files; a bad upload must become an
+    // error, not a crashed worker. The default panic hook still logs the panic to stderr.
+    let pages = catch_panic(|| pdf_pages(bytes))
+        .map_err(|reason| ExtractError::Pdf(format!("the parser crashed ({reason})")))??;
+    let text = clean_pdf_text(&pages.join("\u{c}"));
+    if text.chars().any(char::is_alphanumeric) {
+        Ok(text)
+    } else {
+        Err(ExtractError::PdfNoText)
+    }
+}
+
+/// Runs third-party parsing code, turning a panic into its message.
+fn catch_panic<T>(parse: impl FnOnce() -> T) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(parse)).map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|message| (*message).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown error".to_string())
+    })
+}
+
+/// The text of each page. This is what `pdf_extract::extract_text_from_mem` does, except that it
+/// keeps pages apart: the whole-document call runs the pages together without any separator
+/// when the last line of one page sits at the same height as the first line of the next.
+fn pdf_pages(bytes: &[u8]) -> Result<Vec<String>, ExtractError> {
+    let mut doc = pdf_extract::Document::load_mem(bytes)
+        .map_err(|error| ExtractError::Pdf(error.to_string()))?;
+    if doc.is_encrypted() && doc.decrypt("").is_err() {
+        return Err(ExtractError::Pdf(
+            "it is protected by a password".to_string(),
+        ));
+    }
+    let mut pages = Vec::new();
+    for page_num in doc.get_pages().into_keys() {
+        let mut text = String::new();
+        {
+            let mut output = pdf_extract::PlainTextOutput::new(&mut text);
+            pdf_extract::output_doc_page(&doc, &mut output, page_num)
+                .map_err(|error| ExtractError::Pdf(format!("page {page_num}: {error}")))?;
+        }
+        pages.push(text);
+    }
+    Ok(pages)
+}
+
+/// Tidies text pulled out of a PDF.
+///
+/// - CRLF/CR become LF, form feeds (page breaks) become paragraph breaks, other control
+///   characters are dropped and runs of spaces/tabs collapse to one space.
+/// - Blank lines separate paragraphs; within a paragraph the hard-wrapped lines are joined with a
+///   space, except that a line starting with a list marker (`•`, `-`, `*`, `1.`, `a)` …) stays on
+///   its own line.
+/// - A line ending in `letter-` followed by a line starting with a lowercase letter is taken as a
+///   word hyphenated across the break and glued back (`exam-` + `ple` → `example`). Genuine
+///   compounds broken at their hyphen (`well-` + `known`) lose the hyphen; that is the usual
+///   trade-off and harmless for search.
+fn clean_pdf_text(raw: &str) -> String {
+    let normalized = raw
+        .replace("\r\n", "\n")
+        .replace('\r', "\n")
+        .replace('\u{c}', "\n\n");
+    let mut paragraphs: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for raw_line in normalized.split('\n') {
+        let line = tidy_line(raw_line);
+        if line.is_empty() {
+            if !current.is_empty() {
+                paragraphs.push(std::mem::take(&mut current));
+            }
+            continue;
+        }
+        if current.is_empty() {
+            current = line;
+        } else if starts_list_item(&line) {
+            current.push('\n');
+            current.push_str(&line);
+        } else if ends_with_hyphenated_word(&current) && starts_lowercase(&line) {
+            current.pop();
+            current.push_str(&line);
+        } else {
+            current.push(' ');
+            current.push_str(&line);
+        }
+    }
+    if !current.is_empty() {
+        paragraphs.push(current);
+    }
+    paragraphs.join("\n\n")
+}
+
+/// Drops control characters, collapses horizontal whitespace and trims.
+fn tidy_line(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut pending_space = false;
+    for c in line.chars() {
+        if c.is_whitespace() {
+            pending_space = true;
+        } else if c.is_control() {
+            continue;
+        } else {
+            if pending_space && !out.is_empty() {
+                out.push(' ');
+            }
+            pending_space = false;
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn starts_list_item(line: &str) -> bool {
+    let mut chars = line.chars();
+    match chars.next() {
+        Some('•' | '◦' | '▪' | '‣' | '·' | '–' | '-' | '*') => chars.next() == Some(' '),
+        Some(c) if c.is_ascii_alphanumeric() => {
+            let marker: String = line
+                .chars()
+                .take_while(char::is_ascii_alphanumeric)
+                .collect();
+            let rest = &line[marker.len()..];
+            let short = marker.len() <= 3
+                && (marker.len() == 1 || marker.chars().all(|c| c.is_ascii_digit()));
+            short && (rest.starts_with(". ") || rest.starts_with(") "))
+        }
+        _ => false,
+    }
+}
+
+fn ends_with_hyphenated_word(text: &str) -> bool {
+    let mut rev = text.chars().rev();
+    rev.next() == Some('-') && rev.next().is_some_and(char::is_alphabetic)
+}
+
+fn starts_lowercase(line: &str) -> bool {
+    line.chars().next().is_some_and(char::is_lowercase)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal valid PDF: one page per entry, each showing its text in Helvetica at 24 pt.
+    fn minimal_pdf(pages: &[&str]) -> Vec<u8> {
+        let streams: Vec<String> = pages
+            .iter()
+            .map(|text| format!("BT\n/F1 24 Tf\n72 700 Td\n({text}) Tj\nET\n"))
+            .collect();
+        pdf_document(
+            "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+            &streams,
+        )
+    }
+
+    /// A PDF with one page per content stream, all sharing font `/F1` (object 3). The
+    /// cross-reference table offsets are computed as the file is written.
+    fn pdf_document(font: &str, streams: &[String]) -> Vec<u8> {
+        let page_count = streams.len();
+        // Objects: 1 catalog, 2 page tree, 3 font, then a page and its content stream per page.
+        let kids: Vec<String> = (0..page_count)
+            .map(|i| format!("{} 0 R", 4 + 2 * i))
+            .collect();
+        let mut objects: Vec<String> = vec![
+            "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
+            format!(
+                "<< /Type /Pages /Kids [{}] /Count {page_count} >>",
+                kids.join(" ")
+            ),
+            font.to_string(),
+        ];
+        for (i, content) in streams.iter().enumerate() {
+            objects.push(format!(
+                "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] \
+                 /Resources << /Font << /F1 3 0 R >> >> /Contents {} 0 R >>",
+                5 + 2 * i
+            ));
+            objects.push(format!(
+                "<< /Length {} >>\nstream\n{content}endstream",
+                content.len()
+            ));
+        }
+        let mut pdf = b"%PDF-1.4\n".to_vec();
+        let mut offsets = Vec::with_capacity(objects.len());
+        for (i, object) in objects.iter().enumerate() {
+            offsets.push(pdf.len());
+            pdf.extend_from_slice(format!("{} 0 obj\n{object}\nendobj\n", i + 1).as_bytes());
+        }
+        let xref_offset = pdf.len();
+        let mut xref = format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1);
+        for offset in offsets {
+            xref.push_str(&format!("{offset:010} 00000 n \n"));
+        }
+        xref.push_str(&format!(
+            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref_offset}\n%%EOF\n",
+            objects.len() + 1
+        ));
+        pdf.extend_from_slice(xref.as_bytes());
+        pdf
+    }
+
+    /// Content type, file name, bytes, expected format.
+    type Case = (
+        Option<&'static str>,
+        Option<&'static str>,
+        &'static [u8],
+        Option<Format>,
+    );
+
+    #[test]
+    fn detect_table() {
+        let pdf = b"%PDF-1.7\n...";
+        let cases: &[Case] = &[
+            (Some("text/plain"), None, b"hi", Some(Format::Text)),
+            (
+                Some("text/plain; charset=utf-8"),
+                Some("notes.txt"),
+                b"hi",
+                Some(Format::Text),
+            ),
+            (
+                Some("text/markdown; charset=utf-8"),
+                None,
+                b"# hi",
+                Some(Format::Markdown),
+            ),
+            (Some("Text/Markdown"), None, b"# hi", Some(Format::Markdown)),
+            (
+                Some("text/x-markdown"),
+                None,
+                b"# hi",
+                Some(Format::Markdown),
+            ),
+            (Some("text/html"), None, b"<p>hi", Some(Format::Html)),
+            (
+                Some("application/xhtml+xml"),
+                None,
+                b"<p>hi",
+                Some(Format::Html),
+            ),
+            (
+                Some("application/pdf"),
+                None,
+                b"not really",
+                Some(Format::Pdf),
+            ),
+            // Generic or plain content types defer to the extension.
+            (
+                Some("text/plain"),
+                Some("README.md"),
+                b"# hi",
+                Some(Format::Markdown),
+            ),
+            (
+                Some("application/octet-stream"),
+                Some("guide.MARKDOWN"),
+                b"# hi",
+                Some(Format::Markdown),
+            ),
+            (None, Some("page.htm"), b"<p>hi", Some(Format::Html)),
+            (None, Some("dir/page.HTML"), b"<p>hi", Some(Format::Html)),
+            (None, Some("notes.txt"), b"hi", Some(Format::Text)),
+            (None, Some("scan.pdf"), b"junk", Some(Format::Pdf)),
+            // A specific content type beats the extension.
+            (
+                Some("text/html"),
+                Some("page.md"),
+                b"<p>hi",
+                Some(Format::Html),
+            ),
+            // The magic bytes beat everything.
+            (
+                Some("text/plain"),
+                Some("policy.txt"),
+                pdf,
+                Some(Format::Pdf),
+            ),
+            (Some("image/png"), Some("photo.png"), pdf, Some(Format::Pdf)),
+            (None, None, pdf, Some(Format::Pdf)),
+            // Unknown.
+            (None, None, b"hello", None),
+            (Some("image/png"), Some("photo.png"), b"\x89PNG", None),
+            (
+                Some("application/octet-stream"),
+                Some("data.bin"),
+                b"\0\0",
+                None,
+            ),
+            (Some("application/json"), None, b"{}", None),
+            (None, Some(".md"), b"# hi", None),
+            (None, Some("Makefile"), b"all:", None),
+        ];
+        for (content_type, filename, bytes, expected) in cases {
+            assert_eq!(
+                Format::detect(*content_type, *filename, bytes),
+                *expected,
+                "{content_type:?} {filename:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn content_types_are_canonical_and_round_trip() {
+        for format in [Format::Text, Format::Markdown, Format::Html, Format::Pdf] {
+            let bytes: &[u8] = if format == Format::Pdf {
+                b"%PDF-1.4"
+            } else {
+                b"x"
+            };
+            assert_eq!(
+                Format::detect(Some(format.content_type()), None, bytes),
+                Some(format)
+            );
+        }
+        assert_eq!(Format::Markdown.content_type(), "text/markdown");
+        assert_eq!(Format::Pdf.content_type(), "application/pdf");
+    }
+
+    #[test]
+    fn text_utf8_passes_through() {
+        let (text, format) =
+            extract(Format::Text, "Refunds — café ✓\nline two".as_bytes()).unwrap();
+        assert_eq!(text, "Refunds — café ✓\nline two");
+        assert_eq!(format, Format::Text);
+    }
+
+    #[test]
+    fn text_strips_byte_order_mark() {
+        let (text, _) = extract(Format::Text, b"\xEF\xBB\xBFhello").unwrap();
+        assert_eq!(text, "hello");
+    }
+
+    #[test]
+    fn invalid_utf8_is_an_error() {
+        let error = extract(Format::Text, b"caf\xE9 latin-1").unwrap_err();
+        assert!(matches!(error, ExtractError::NotUtf8));
+        assert_eq!(error.to_string(), "not valid UTF-8 text");
+        assert!(matches!(
+            extract(Format::Markdown, b"\xFF\xFE").unwrap_err(),
+            ExtractError::NotUtf8
+        ));
+    }
+
+    #[test]
+    fn markdown_passes_through() {
+        let markdown = "# Refunds\n\n## Cheques\n\n- one\n- two\n\n```\ncode\n```\n";
+        let (text, format) = extract(Format::Markdown, markdown.as_bytes()).unwrap();
+        assert_eq!(text, markdown);
+        assert_eq!(format, Format::Markdown);
+    }
+
+    #[test]
+    fn html_keeps_headings_and_drops_script_and_style() {
+        let html = r#"<!doctype html><html><head><title>Policy</title>
+            <style>body { color: red; } .secret { display: none }</style>
+            <script>var tracking = "do-not-index";</script></head>
+            <body><h1>Refunds</h1><p>We refund <strong>within 30 days</strong>.</p>
+            <h2>Cheques</h2><p>Cheques take <a href="https://example.com/x">five days</a>.</p>
+            <ul><li>first item</li><li>second item</li></ul>
+            <script>alert("nope")</script></body></html>"#;
+        let (text, format) = extract(Format::Html, html.as_bytes()).unwrap();
+        assert_eq!(format, Format::Markdown);
+        assert!(text.lines().any(|l| l == "# Refunds"), "{text}");
+        assert!(text.lines().any(|l| l == "## Cheques"), "{text}");
+        assert!(text.contains("within 30 days"), "{text}");
+        assert!(text.contains("five days"), "{text}");
+        assert!(
+            text.contains("first item") && text.contains("second item"),
+            "{text}"
+        );
+        for banned in [
+            "color: red",
+            "tracking",
+            "do-not-index",
+            "alert",
+            "display: none",
+            "https://example.com",
+        ] {
+            assert!(!text.contains(banned), "{banned:?} leaked into {text}");
+        }
+        assert!(!text.contains("\n\n\n"), "{text:?}");
+    }
+
+    #[test]
+    fn html_that_is_not_utf8_is_decoded_leniently() {
+        let (text, _) = extract(Format::Html, b"<p>caf\xE9 ok</p>").unwrap();
+        assert_eq!(text, "caf\u{FFFD} ok");
+    }
+
+    #[test]
+    fn pdf_text_is_extracted() {
+        let pdf = minimal_pdf(&["Hello cheque policy"]);
+        assert_eq!(Format::detect(None, None, &pdf), Some(Format::Pdf));
+        let (text, format) = extract(Format::Pdf, &pdf).unwrap();
+        assert_eq!(format, Format::Text);
+        assert_eq!(text, "Hello cheque policy");
+    }
+
+    #[test]
+    fn pdf_pages_become_paragraphs() {
+        let pdf = minimal_pdf(&["First page text", "Second page text"]);
+        let (text, _) = extract(Format::Pdf, &pdf).unwrap();
+        assert_eq!(text, "First page text\n\nSecond page text");
+    }
+
+    #[test]
+    fn pdf_without_text_is_an_error() {
+        let pdf = minimal_pdf(&[""]);
+        let error = extract(Format::Pdf, &pdf).unwrap_err();
+        assert!(matches!(error, ExtractError::PdfNoText), "{error:?}");
+        assert_eq!(
+            error.to_string(),
+            "the PDF has no extractable text (scanned images?)"
+        );
+    }
+
+    #[test]
+    fn garbage_pdf_is_an_error_not_a_panic() {
+        for bytes in [
+            &b"%PDF-1.4\n\x00\x01garbage garbage \xFF\xFE"[..],
+            b"%PDF-",
+            b"%PDF-1.7\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n\
+              trailer << /Root 1 0 R >>\n%%EOF",
+        ] {
+            let error = extract(Format::Pdf, bytes).unwrap_err();
+            assert!(matches!(error, ExtractError::Pdf(_)), "{error:?}");
+            assert!(error.to_string().starts_with("could not read the PDF: "));
+        }
+        // A truncated real PDF.
+        let pdf = minimal_pdf(&["Hello cheque policy"]);
+        assert!(extract(Format::Pdf, &pdf[..pdf.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn pdf_that_crashes_the_parser_is_an_error() {
+        // pdf-extract 0.12 panics on these (a Type0 font without descendants, a `Td` with one
+        // operand); the panic must come back as an error.
+        let type0 = pdf_document(
+            "<< /Type /Font /Subtype /Type0 /BaseFont /Foo >>",
+            &["BT\n/F1 24 Tf\n72 700 Td\n(Hello) Tj\nET\n".to_string()],
+        );
+        let bad_operands = pdf_document(
+            "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+            &["BT\n/F1 24 Tf\n72 Td\n(Hello) Tj\nET\n".to_string()],
+        );
+        for pdf in [type0, bad_operands] {
+            let error = extract(Format::Pdf, &pdf).unwrap_err();
+            assert!(matches!(error, ExtractError::Pdf(_)), "{error:?}");
+            assert!(
+                error
+                    .to_string()
+                    .starts_with("could not read the PDF: the parser crashed ("),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn clean_pdf_text_joins_wrapped_lines_and_hyphenation() {
+        let raw = concat!(
+            "Refunds are paid by che-\nque within ten work-\ning days of the\nrequest.\n\n",
+            "A new para-\nGraph stays.\n",
+            "\u{c}Next page   starts\there.\r\n\r\n",
+            "Items:\n• one\n• two\n1. first\n2) second\nwell- \nknown\n",
+        );
+        assert_eq!(
+            clean_pdf_text(raw),
+            "Refunds are paid by cheque within ten working days of the request.\n\n\
+             A new para- Graph stays.\n\n\
+             Next page starts here.\n\n\
+             Items:\n• one\n• two\n1. first\n2) second wellknown"
+        );
+        assert_eq!(clean_pdf_text("\n\n \u{c} \n"), "");
+        assert_eq!(clean_pdf_text("a\u{0}b\u{7}c"), "abc");
+    }
+}

@@ -1,0 +1,218 @@
+//! The ingestion job: fetch the document from the object store, extract its text, chunk it,
+//! store the chunks (and their full-text rows), embed them when an embedding endpoint is set, and
+//! mark the document `indexed` — or `failed` with the error once retries are exhausted.
+
+use object_store::ObjectStoreExt;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::chunk::{self, ChunkOptions};
+use super::extract::{self, Format};
+use super::vectors::{Entry, Scope};
+use super::{Document, find_document};
+use crate::app::AppState;
+use crate::queue::Outcome;
+use crate::queue::worker::JobContext;
+use crate::store::Tx;
+use crate::with_pool;
+
+/// Why ingestion stopped: `retry` errors may succeed later (network, database), others never will.
+struct Failure {
+    message: String,
+    retry: bool,
+}
+
+impl Failure {
+    fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retry: false,
+        }
+    }
+
+    fn transient(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retry: true,
+        }
+    }
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(e: sqlx::Error) -> Self {
+        Self::transient(format!("database: {e}"))
+    }
+}
+
+pub async fn run(job: JobContext) -> Outcome {
+    let Some(app) = job.app.clone() else {
+        return Outcome::FailedPermanently("ingestion needs the application state".to_owned());
+    };
+    let Some(document_id) = job.payload.get("document_id").and_then(|v| v.as_str()) else {
+        return Outcome::FailedPermanently("the job has no document_id".to_owned());
+    };
+    let document = match find_document(&app.store, &job.tenant_id, document_id).await {
+        Ok(Some(document)) => document,
+        // Deleted before it was ingested: nothing to do.
+        Ok(None) => return Outcome::Succeeded(json!({ "skipped": "the document was deleted" })),
+        Err(e) => return Outcome::Failed(format!("database: {e}")),
+    };
+    match ingest(&app, &document).await {
+        Ok(chunks) => Outcome::Succeeded(json!({ "document_id": document.id, "chunks": chunks })),
+        Err(failure) => {
+            let last = !failure.retry || job.attempt >= job.max_attempts;
+            let status = if last { "failed" } else { "pending" };
+            if let Err(e) = set_status(&app, &document, status, Some(&failure.message), 0).await {
+                tracing::warn!(error = %e, "cannot record the ingestion failure");
+            }
+            if failure.retry {
+                Outcome::Failed(failure.message)
+            } else {
+                Outcome::FailedPermanently(failure.message)
+            }
+        }
+    }
+}
+
+async fn ingest(app: &AppState, document: &Document) -> Result<usize, Failure> {
+    let path = object_store::path::Path::from(document.object_key.as_str());
+    let bytes = app
+        .objects
+        .get(&path)
+        .await
+        .map_err(|e| Failure::transient(format!("object store: {e}")))?
+        .bytes()
+        .await
+        .map_err(|e| Failure::transient(format!("object store: {e}")))?;
+    let format = Format::detect(Some(&document.content_type), Some(&document.title), &bytes)
+        .ok_or_else(|| {
+            Failure::permanent(format!(
+                "unsupported content type {}",
+                document.content_type
+            ))
+        })?;
+    let (text, structure) =
+        extract::extract(format, &bytes).map_err(|e| Failure::permanent(e.to_string()))?;
+    let options = ChunkOptions {
+        max_tokens: app.config.knowledge_chunk_tokens,
+        overlap_tokens: app.config.knowledge_chunk_overlap,
+    };
+    let chunks = chunk::chunk(&text, structure, options);
+    let ids: Vec<String> = chunks.iter().map(|_| Uuid::now_v7().to_string()).collect();
+
+    let mut tx = app.store.begin().await?;
+    super::delete_chunks(&mut tx, &document.tenant_id, &document.id).await?;
+    for (chunk, id) in chunks.iter().zip(&ids) {
+        insert_chunk(&mut tx, document, id, chunk).await?;
+    }
+    tx.commit().await?;
+
+    if let Some(settings) = &app.knowledge.embeddings {
+        let texts: Vec<String> = chunks
+            .iter()
+            .map(|c| match &c.heading {
+                Some(h) => format!("{h}\n{}", c.text),
+                None => c.text.clone(),
+            })
+            .collect();
+        let vectors =
+            crate::pipeline::tools::llm::embed(settings, &app.store, &document.tenant_id, &texts)
+                .await
+                .map_err(|e| Failure {
+                    message: format!("embedding: {}", e.message),
+                    retry: e.retryable,
+                })?;
+        let scope = Scope {
+            tenant_id: document.tenant_id.clone(),
+            collection_id: document.collection_id.clone(),
+        };
+        let entries = ids
+            .iter()
+            .zip(vectors)
+            .map(|(id, vector)| Entry {
+                chunk_id: id.clone(),
+                document_id: document.id.clone(),
+                vector,
+            })
+            .collect();
+        app.knowledge
+            .vectors
+            .delete_document(&scope, &document.id)
+            .await
+            .map_err(|e| Failure::transient(e.to_string()))?;
+        app.knowledge
+            .vectors
+            .upsert(&scope, entries)
+            .await
+            .map_err(|e| Failure::transient(e.to_string()))?;
+    }
+    set_status(app, document, "indexed", None, chunks.len()).await?;
+    Ok(chunks.len())
+}
+
+async fn insert_chunk(
+    tx: &mut Tx,
+    document: &Document,
+    id: &str,
+    chunk: &chunk::Chunk,
+) -> Result<(), sqlx::Error> {
+    let position = i32::try_from(chunk.position).unwrap_or(i32::MAX);
+    let tokens = i32::try_from(chunk.token_count).unwrap_or(i32::MAX);
+    crate::with_tx!(tx, conn => {
+        sqlx::query(
+            "INSERT INTO chunks (id, tenant_id, collection_id, document_id, position, heading, text, token_count) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(id)
+        .bind(&document.tenant_id)
+        .bind(&document.collection_id)
+        .bind(&document.id)
+        .bind(position)
+        .bind(&chunk.heading)
+        .bind(&chunk.text)
+        .bind(tokens)
+        .execute(conn)
+        .await
+        .map(|_| ())
+    })?;
+    if let Tx::Sqlite(tx) = tx {
+        sqlx::query(
+            "INSERT INTO chunks_fts (chunk_id, tenant_id, collection_id, heading, text) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(&document.tenant_id)
+        .bind(&document.collection_id)
+        .bind(chunk.heading.as_deref().unwrap_or(""))
+        .bind(&chunk.text)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn set_status(
+    app: &AppState,
+    document: &Document,
+    status: &str,
+    error: Option<&str>,
+    chunks: usize,
+) -> Result<(), sqlx::Error> {
+    let now = crate::clock::now();
+    let indexed_at = (status == "indexed").then_some(now);
+    with_pool!(&app.store, pool => {
+        sqlx::query(
+            "UPDATE documents SET status = $1, error = $2, chunk_count = $3, updated_at = $4, indexed_at = $5 \
+             WHERE tenant_id = $6 AND id = $7",
+        )
+        .bind(status)
+        .bind(error)
+        .bind(i32::try_from(chunks).unwrap_or(i32::MAX))
+        .bind(now)
+        .bind(indexed_at)
+        .bind(&document.tenant_id)
+        .bind(&document.id)
+        .execute(pool)
+        .await
+        .map(|_| ())
+    })
+}

@@ -1,0 +1,282 @@
+//! The knowledge base through the API: collections, background ingestion, lexical, vector and
+//! hybrid search, deletion and tenant isolation.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use docket::app::Role as ProcessRole;
+use docket::auth::Role;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::on_both_backends;
+use crate::support::{Login, TestApp};
+
+const CORPUS: [(&str, &str, &str); 4] = [
+    (
+        "Cheque handling",
+        "ops",
+        "# Cheques\n\nA lost cheque must be stopped at once: place a stop payment instruction and inform the drawer.\n\n## Large cheques\n\nCheques above 5000 need two signatures and a supervisor check.",
+    ),
+    (
+        "Refund policy",
+        "ops",
+        "# Refunds\n\nCard refunds are issued to the original card within five working days. Cash refunds need a receipt.",
+    ),
+    (
+        "Holiday rota",
+        "hr",
+        "# Holidays\n\nStaff book annual leave through the rota at least two weeks ahead. Public holidays are paid.",
+    ),
+    (
+        "Password rules",
+        "it",
+        "# Passwords\n\nPasswords must be at least fourteen characters and are never shared, not even with the help desk.",
+    ),
+];
+
+/// A deterministic stand-in for an embedding model: each word adds to one of 64 dimensions, so
+/// texts sharing words point the same way. `failures` makes the first calls answer 503.
+async fn embedding_server(failures: usize, permanent: bool) -> (String, Arc<AtomicUsize>) {
+    use axum::Json;
+    use axum::routing::post;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let app = axum::Router::new().route(
+        "/v1/embeddings",
+        post(move |Json(request): Json<Value>| {
+            let calls = counter.clone();
+            async move {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                if permanent {
+                    return (
+                        axum::http::StatusCode::BAD_REQUEST,
+                        Json(json!({ "error": { "message": "model not found" } })),
+                    );
+                }
+                if n < failures {
+                    return (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        Json(json!({ "error": { "message": "warming up" } })),
+                    );
+                }
+                let inputs: Vec<String> = match &request["input"] {
+                    Value::String(s) => vec![s.clone()],
+                    Value::Array(items) => items
+                        .iter()
+                        .map(|v| v.as_str().unwrap_or_default().to_owned())
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                let data: Vec<Value> = inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, text)| {
+                        let mut v = vec![0.0_f32; 64];
+                        for word in text
+                            .split(|c: char| !c.is_alphanumeric())
+                            .filter(|w| w.len() > 3)
+                        {
+                            let h = word
+                                .to_lowercase()
+                                .bytes()
+                                .fold(7_u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+                            v[(h % 64) as usize] += 1.0;
+                        }
+                        json!({ "object": "embedding", "index": i, "embedding": v })
+                    })
+                    .collect();
+                (
+                    axum::http::StatusCode::OK,
+                    Json(
+                        json!({ "object": "list", "data": data, "model": request["model"],
+                    "usage": { "prompt_tokens": 10, "total_tokens": 10 } }),
+                    ),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, calls)
+}
+
+async fn collection(app: &TestApp, who: &Login, name: &str) -> String {
+    let (status, body) = app
+        .call(
+            Method::POST,
+            "/api/v1/collections",
+            &who.access_token,
+            Some(json!({ "name": name })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["id"].as_str().unwrap().to_owned()
+}
+
+async fn add(
+    app: &TestApp,
+    who: &Login,
+    collection: &str,
+    title: &str,
+    team: &str,
+    text: &str,
+) -> Value {
+    let (status, body) = app.call(Method::POST, &format!("/api/v1/collections/{collection}/documents"), &who.access_token,
+        Some(json!({ "title": title, "text": text, "content_type": "text/markdown", "metadata": { "team": team } }))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    body
+}
+
+async fn wait_status(
+    app: &TestApp,
+    who: &Login,
+    collection: &str,
+    document: &Value,
+    status: &str,
+) -> Value {
+    let path = format!(
+        "/api/v1/collections/{collection}/documents/{}",
+        document["id"].as_str().unwrap()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, doc) = app.call(Method::GET, &path, &who.access_token, None).await;
+        if doc["status"] == status {
+            return doc;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "document stuck: {doc}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn search(app: &TestApp, who: &Login, collection: &str, body: Value) -> (StatusCode, Value) {
+    app.call(
+        Method::POST,
+        &format!("/api/v1/collections/{collection}/search"),
+        &who.access_token,
+        Some(body),
+    )
+    .await
+}
+
+fn titles(results: &Value) -> Vec<String> {
+    results["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["document_title"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+on_both_backends! {
+    async fn documents_are_ingested_and_found_by_lexical_search(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let viewer = app.sign_in("acme", "vic@acme.test", Role::Viewer).await;
+        let kb = collection(&app, &sue, "procedures").await;
+        let (status, _) = app.call(Method::POST, "/api/v1/collections", &sue.access_token, Some(json!({ "name": "procedures" }))).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        let (status, _) = app.call(Method::POST, "/api/v1/collections", &viewer.access_token, Some(json!({ "name": "mine" }))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+
+        let mut docs = Vec::new();
+        for (title, team, text) in CORPUS {
+            docs.push(add(&app, &sue, &kb, title, team, text).await);
+        }
+        for doc in &docs {
+            let indexed = wait_status(&app, &sue, &kb, doc, "indexed").await;
+            assert!(indexed["chunk_count"].as_i64().unwrap() >= 1, "{indexed}");
+            assert!(!indexed["chunks"].as_array().unwrap().is_empty());
+        }
+        let cheques = wait_status(&app, &sue, &kb, &docs[0], "indexed").await;
+        let headings: Vec<&str> = cheques["chunks"].as_array().unwrap().iter().filter_map(|c| c["heading"].as_str()).collect();
+        assert!(headings.iter().any(|h| h.contains("Large cheques")), "{headings:?}");
+
+        let (status, again) = app.call(Method::POST, &format!("/api/v1/collections/{kb}/documents"), &sue.access_token,
+            Some(json!({ "title": "Copy", "text": CORPUS[1].2, "content_type": "text/markdown" }))).await;
+        assert_eq!(status, StatusCode::OK, "same content: {again}");
+        assert_eq!(again["duplicate"], true);
+        assert_eq!(again["id"], docs[1]["id"]);
+
+        let (status, found) = search(&app, &viewer, &kb, json!({ "query": "lost cheque stop payment", "k": 3 })).await;
+        assert_eq!(status, StatusCode::OK, "{found}");
+        assert_eq!(found["mode"], "lexical", "no embedding endpoint: lexical");
+        assert_eq!(titles(&found)[0], "Cheque handling");
+        let snippet = found["results"][0]["snippet"].as_str().unwrap();
+        assert!(snippet.contains("<mark>"), "{snippet}");
+        let (_, found) = search(&app, &viewer, &kb, json!({ "query": "how long do card refunds take", "mode": "lexical" })).await;
+        assert_eq!(titles(&found)[0], "Refund policy");
+        let (_, filtered) = search(&app, &viewer, &kb, json!({ "query": "cheque refunds passwords holidays", "k": 10, "filter": { "team": "it" } })).await;
+        assert_eq!(titles(&filtered), ["Password rules"]);
+        let (status, body) = search(&app, &viewer, &kb, json!({ "query": "cheque", "mode": "vector" })).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        let (status, _) = search(&app, &viewer, &kb, json!({ "query": "  " })).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+        // Deleting removes the chunks from search.
+        let (status, _) = app.call(Method::DELETE, &format!("/api/v1/collections/{kb}/documents/{}", docs[0]["id"].as_str().unwrap()), &sue.access_token, None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let (_, found) = search(&app, &viewer, &kb, json!({ "query": "lost cheque stop payment" })).await;
+        assert!(!titles(&found).contains(&"Cheque handling".to_owned()), "{found}");
+    }
+
+    async fn other_tenants_never_see_a_chunk(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let gil = app.sign_in("globex", "gil@globex.test", Role::Supervisor).await;
+        let ours = collection(&app, &sue, "procedures").await;
+        let doc = add(&app, &sue, &ours, CORPUS[0].0, "ops", CORPUS[0].2).await;
+        wait_status(&app, &sue, &ours, &doc, "indexed").await;
+        let theirs = collection(&app, &gil, "procedures").await;
+        let (status, found) = search(&app, &gil, &theirs, json!({ "query": "lost cheque stop payment" })).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(found["results"], json!([]));
+        for path in [format!("/api/v1/collections/{ours}"), format!("/api/v1/collections/{ours}/documents")] {
+            let (status, _) = app.call(Method::GET, &path, &gil.access_token, None).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        }
+        let (status, _) = search(&app, &gil, &ours, json!({ "query": "cheque" })).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    async fn vector_and_hybrid_search_use_the_embedding_endpoint(backend) {
+        let (base, calls) = embedding_server(1, false).await;
+        let env = [("EMBEDDING_BASE_URL", base.as_str()), ("EMBEDDING_MODEL", "tiny-embed"), ("WORKER_BACKOFF_MAX_DELAY", "0.2")];
+        let Some(app) = TestApp::spawn_with(backend, ProcessRole::All, &env).await else { return };
+        let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let kb = collection(&app, &sue, "procedures").await;
+        let mut docs = Vec::new();
+        for (title, team, text) in CORPUS {
+            docs.push(add(&app, &sue, &kb, title, team, text).await);
+        }
+        for doc in &docs {
+            wait_status(&app, &sue, &kb, doc, "indexed").await;
+        }
+        assert!(calls.load(Ordering::SeqCst) >= 5, "the first (503) call was retried");
+        let (status, found) = search(&app, &sue, &kb, json!({ "query": "signatures supervisor cheques", "mode": "vector", "k": 2 })).await;
+        assert_eq!(status, StatusCode::OK, "{found}");
+        assert_eq!(titles(&found)[0], "Cheque handling");
+        assert!(found["results"][0]["vector_rank"] == 1 && found["results"][0]["lexical_rank"].is_null());
+        let (_, hybrid) = search(&app, &sue, &kb, json!({ "query": "annual leave rota" })).await;
+        assert_eq!(hybrid["mode"], "hybrid");
+        assert_eq!(titles(&hybrid)[0], "Holiday rota");
+        assert_eq!(hybrid["results"][0]["lexical_rank"], 1);
+        assert_eq!(hybrid["results"][0]["vector_rank"], 1);
+    }
+
+    async fn ingestion_that_cannot_succeed_marks_the_document_failed(backend) {
+        let (base, _) = embedding_server(0, true).await;
+        let Some(app) = TestApp::spawn_with(backend, ProcessRole::All, &[("EMBEDDING_BASE_URL", base.as_str())]).await else { return };
+        let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let kb = collection(&app, &sue, "procedures").await;
+        let doc = add(&app, &sue, &kb, "Cheques", "ops", CORPUS[0].2).await;
+        let failed = wait_status(&app, &sue, &kb, &doc, "failed").await;
+        assert!(failed["error"].as_str().unwrap().contains("model not found"), "{failed}");
+    }
+}
