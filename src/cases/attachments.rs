@@ -487,7 +487,11 @@ async fn record_upload(
     let current = lock_case_state(&mut tx, &state.store, tenant_id, &attachment.case_id)
         .await?
         .ok_or_else(no_such_case)?;
-    ensure_attachable(&current)?;
+    if let Err(refusal) = ensure_attachable(&current) {
+        // Release the row lock now rather than whenever the connection is next used.
+        tx.rollback().await?;
+        return Err(refusal);
+    }
     let details = json!({
         "attachment_id": attachment.id,
         "filename": attachment.filename,

@@ -472,19 +472,22 @@ pub async fn cancel_case(
     let supervises = principal
         .role
         .is_some_and(|r| r >= crate::auth::Role::Supervisor);
-    if row.submitted_by != principal.actor.to_string() && !supervises {
-        return Err(CaseError::forbidden(
+    let refusal = if row.submitted_by != principal.actor.to_string() && !supervises {
+        Some(CaseError::forbidden(
             "not_submitter",
             "Only the submitter or a supervisor may cancel a case.",
-        )
-        .into());
-    }
-    if !row.is_open() {
-        return Err(CaseError::IllegalTransition {
-            current: row.state,
+        ))
+    } else if !row.is_open() {
+        Some(CaseError::IllegalTransition {
+            current: row.state.clone(),
             attempted: "cancelled",
-        }
-        .into());
+        })
+    } else {
+        None
+    };
+    if let Some(refusal) = refusal {
+        tx.rollback().await?;
+        return Err(refusal.into());
     }
     let from = row.state.clone();
     row.state = "cancelled".to_owned();

@@ -43,79 +43,57 @@ impl std::fmt::Display for Report {
     }
 }
 
-const WORDS: [&str; 48] = [
-    "cheque",
-    "payment",
-    "refund",
-    "account",
-    "customer",
-    "signature",
-    "limit",
-    "review",
-    "approval",
-    "supervisor",
-    "branch",
-    "transfer",
-    "deposit",
-    "fraud",
-    "report",
-    "policy",
-    "holiday",
-    "rota",
-    "password",
-    "access",
-    "ledger",
-    "balance",
-    "currency",
-    "exchange",
-    "fee",
-    "interest",
-    "loan",
-    "mortgage",
-    "card",
-    "statement",
-    "audit",
-    "control",
-    "risk",
-    "compliance",
-    "identity",
-    "address",
-    "complaint",
-    "escalation",
-    "deadline",
-    "schedule",
-    "invoice",
-    "supplier",
-    "contract",
-    "budget",
-    "forecast",
-    "treasury",
-    "settlement",
-    "clearing",
+const SYLLABLES: [&str; 24] = [
+    "ba", "ce", "di", "fo", "gu", "ha", "je", "ki", "lo", "mu", "na", "pe", "qui", "ro", "su",
+    "ta", "ve", "wi", "xo", "yu", "za", "bre", "cla", "dro",
 ];
+
+/// Word `n` of a made-up vocabulary of 24³ words.
+fn word(n: usize) -> String {
+    let n = n % (24 * 24 * 24);
+    format!(
+        "{}{}{}",
+        SYLLABLES[n / 576],
+        SYLLABLES[(n / 24) % 24],
+        SYLLABLES[n % 24]
+    )
+}
+
+/// A small pseudo-random generator, so every run writes the same corpus.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+
+    /// A word index skewed towards common words, roughly as in real text.
+    fn zipf(&mut self) -> usize {
+        let u = (self.next() % 1_000_000) as f64 / 1_000_000.0;
+        (13_824.0 * u.powi(4)) as usize
+    }
+}
 
 /// A Markdown document of about `bytes` bytes, different for every `seed`.
 fn document(seed: usize, bytes: usize) -> String {
-    let mut state = seed as u64 * 6_364_136_223_846_793_005 + 1_442_695_040_888_963_407;
-    let mut next = || {
-        state = state
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (state >> 33) as usize
-    };
+    let mut rng = Lcg(seed as u64 + 1);
     let mut text = format!("# Procedure {seed}\n\n");
     let mut section = 0;
     while text.len() < bytes {
-        if next() % 12 == 0 {
+        if rng.next().is_multiple_of(12) {
             section += 1;
             text.push_str(&format!("\n## Section {section}\n\n"));
         }
-        for _ in 0..(8 + next() % 12) {
-            text.push_str(WORDS[next() % WORDS.len()]);
+        for _ in 0..(8 + rng.next() % 12) {
+            text.push_str(&word(rng.zipf()));
             text.push(' ');
         }
         text.push_str(".\n");
-        if next() % 4 == 0 {
+        if rng.next().is_multiple_of(4) {
             text.push('\n');
         }
     }
@@ -203,11 +181,12 @@ pub async fn run(
     };
     let mut latencies = Vec::with_capacity(searches);
     for i in 0..searches {
+        let mut rng = Lcg(1_000_000 + i as u64);
         let query = format!(
             "{} {} {}",
-            WORDS[i % WORDS.len()],
-            WORDS[(i * 7 + 3) % WORDS.len()],
-            WORDS[(i * 13 + 5) % WORDS.len()]
+            word(rng.zipf()),
+            word(rng.zipf()),
+            word(rng.zipf())
         );
         let request = SearchRequest {
             query,

@@ -172,9 +172,20 @@ pub async fn claim(
     let now = crate::clock::now();
     let mut tx = state.store.begin().await?;
     let row = cases::lock(&mut tx, &state.store, &reviewer.principal.tenant_id, id).await?;
+    if let Err(refusal) = claimable(&row, reviewer, now) {
+        tx.rollback().await?;
+        return Err(refusal);
+    }
+    let (row, recorded) = take(&mut tx, state, reviewer, row, now).await?;
+    tx.commit().await?;
+    cases::announce(state, recorded);
+    Ok(row)
+}
+
+fn claimable(row: &CaseRow, reviewer: &Reviewer<'_>, now: DateTime<Utc>) -> Result<(), CaseError> {
     if !row.is_open() {
         return Err(CaseError::IllegalTransition {
-            current: row.state,
+            current: row.state.clone(),
             attempted: "claimed",
         });
     }
@@ -187,13 +198,10 @@ pub async fn claim(
             details: json!({ "assignee_id": holder, "lease_expires_at": row.lease_expires_at }),
         });
     }
-    if let Some(refusal) = reviewer.refusal(&row) {
-        return Err(refusal);
+    match reviewer.refusal(row) {
+        Some(refusal) => Err(refusal),
+        None => Ok(()),
     }
-    let (row, recorded) = take(&mut tx, state, reviewer, row, now).await?;
-    tx.commit().await?;
-    cases::announce(state, recorded);
-    Ok(row)
 }
 
 /// Hands a case back: a case in review returns to the queue; one awaiting its second review or
@@ -206,7 +214,10 @@ pub async fn release(
     let now = crate::clock::now();
     let mut tx = state.store.begin().await?;
     let mut row = cases::lock(&mut tx, &state.store, &reviewer.principal.tenant_id, id).await?;
-    ensure_holder(&row, reviewer, now, "released")?;
+    if let Err(refusal) = ensure_holder(&row, reviewer, now, "released") {
+        tx.rollback().await?;
+        return Err(refusal);
+    }
     let from = row.state.clone();
     if row.state == "in_review" {
         row.state = "queued".to_owned();
@@ -263,8 +274,10 @@ pub async fn decide(
     let now = crate::clock::now();
     let mut tx = state.store.begin().await?;
     let mut row = cases::lock(&mut tx, &state.store, &reviewer.principal.tenant_id, id).await?;
-    ensure_holder(&row, reviewer, now, "decided")?;
-    if let Some(refusal) = reviewer.refusal(&row) {
+    let allowed = ensure_holder(&row, reviewer, now, "decided")
+        .and_then(|()| reviewer.refusal(&row).map_or(Ok(()), Err));
+    if let Err(refusal) = allowed {
+        tx.rollback().await?;
         return Err(refusal);
     }
     let from = row.state.clone();

@@ -93,6 +93,16 @@ impl Tx {
         }
     }
 
+    /// Ends the transaction now. Dropping one also rolls back, but only when its connection is
+    /// next used, so row locks taken with `FOR UPDATE` would linger (and `SKIP LOCKED` readers skip
+    /// the row) until then: refusals after locking roll back explicitly.
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Sqlite(tx) => tx.rollback().await,
+            Self::Postgres(tx) => tx.rollback().await,
+        }
+    }
+
     pub fn kind(&self) -> DatabaseKind {
         match self {
             Self::Sqlite(_) => DatabaseKind::Sqlite,

@@ -481,6 +481,23 @@ on_both_backends! {
         assert!(exit.success());
     }
 
+    async fn the_knowledge_benchmark_ingests_and_searches(backend) {
+        let Some(db) = TestDatabase::new(backend).await else { return };
+        let env = [("DATABASE_URL", db.url.as_str())];
+        let out = run(db.dir.path(), &env, &["bench", "knowledge", "--documents", "20", "--kilobytes", "4", "--searches", "10"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let report = text(&out.stdout);
+        for line in ["documents                 20", "ingest rate", "search p99"] {
+            assert!(report.contains(line), "{line} missing:\n{report}");
+        }
+        let chunks: i64 = report
+            .lines()
+            .find_map(|l| l.strip_prefix("chunks"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no chunk count:\n{report}"));
+        assert!(chunks >= 20, "every document was chunked: {report}");
+    }
+
     async fn the_scheduler_benchmark_runs_each_occurrence_once(backend) {
         let Some(db) = TestDatabase::new(backend).await else { return };
         let env = [("DATABASE_URL", db.url.as_str())];
