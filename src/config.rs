@@ -130,6 +130,8 @@ pub struct Config {
     /// ChromaDB server for knowledge vectors; unset keeps vectors in the database.
     pub chroma_url: Option<String>,
     pub chroma_token: Option<Secret>,
+    /// Embedding requests in flight per process.
+    pub embedding_concurrency: usize,
     pub knowledge_chunk_tokens: usize,
     pub knowledge_chunk_overlap: usize,
     pub max_document_bytes: usize,
@@ -409,6 +411,8 @@ impl Config {
             .map(Secret)
             .or_else(|| llm_api_key.clone());
         let embedding_model = get("EMBEDDING_MODEL").unwrap_or_else(|| llm_embedding_model.clone());
+        let embedding_concurrency =
+            positive::<usize>("EMBEDDING_CONCURRENCY", get("EMBEDDING_CONCURRENCY"), 4)?;
         let chroma_url = http_url("CHROMA_URL")?;
         let chroma_token = get("CHROMA_TOKEN").map(Secret);
         let knowledge_chunk_tokens =
@@ -486,6 +490,7 @@ impl Config {
             embedding_base_url,
             embedding_api_key,
             embedding_model,
+            embedding_concurrency,
             chroma_url,
             chroma_token,
             knowledge_chunk_tokens,
@@ -629,6 +634,7 @@ impl Config {
             ),
             format!("EMBEDDING_API_KEY={}", secret(&self.embedding_api_key)),
             format!("EMBEDDING_MODEL={}", self.embedding_model),
+            format!("EMBEDDING_CONCURRENCY={}", self.embedding_concurrency),
             format!(
                 "CHROMA_URL={}",
                 self.chroma_url

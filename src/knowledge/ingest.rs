@@ -107,7 +107,7 @@ async fn ingest(app: &AppState, document: &Document) -> Result<usize, Failure> {
     }
     tx.commit().await?;
 
-    if let Some(settings) = &app.knowledge.embeddings {
+    if let Some(embedder) = &app.knowledge.embeddings {
         let texts: Vec<String> = chunks
             .iter()
             .map(|c| match &c.heading {
@@ -115,13 +115,13 @@ async fn ingest(app: &AppState, document: &Document) -> Result<usize, Failure> {
                 None => c.text.clone(),
             })
             .collect();
-        let vectors =
-            crate::pipeline::tools::llm::embed(settings, &app.store, &document.tenant_id, &texts)
-                .await
-                .map_err(|e| Failure {
-                    message: format!("embedding: {}", e.message),
-                    retry: e.retryable,
-                })?;
+        let vectors = embedder
+            .embed(&app.store, &document.tenant_id, &texts)
+            .await
+            .map_err(|e| Failure {
+                message: format!("embedding: {}", e.message),
+                retry: e.retryable,
+            })?;
         let scope = Scope {
             tenant_id: document.tenant_id.clone(),
             collection_id: document.collection_id.clone(),

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod chroma;
 pub mod chunk;
+pub mod embed;
 pub mod extract;
 pub mod http;
 pub mod ingest;
@@ -50,18 +51,24 @@ pub fn register_handlers(registry: &mut crate::queue::worker::Registry) {
 pub struct Knowledge {
     pub vectors: Arc<dyn VectorStore>,
     /// `None` without an embedding endpoint: lexical search only.
-    pub embeddings: Option<LlmSettings>,
+    pub embeddings: Option<Arc<dyn embed::Embedder>>,
 }
 
 impl Knowledge {
     pub fn new(config: &Config, store: &Store) -> Result<Self, vectors::VectorError> {
-        let embeddings = config.embedding_base_url.as_ref().map(|url| LlmSettings {
-            base_url: Some(url.clone()),
-            api_key: config.embedding_api_key.clone(),
-            model: config.llm_model.clone(),
-            embedding_model: config.embedding_model.clone(),
-            timeout: config.llm_timeout,
-            monthly_token_budget: config.llm_monthly_token_budget,
+        let embeddings = config.embedding_base_url.as_ref().map(|url| {
+            let settings = LlmSettings {
+                base_url: Some(url.clone()),
+                api_key: config.embedding_api_key.clone(),
+                model: config.llm_model.clone(),
+                embedding_model: config.embedding_model.clone(),
+                timeout: config.llm_timeout,
+                monthly_token_budget: config.llm_monthly_token_budget,
+            };
+            Arc::new(embed::OpenAiCompatible::new(
+                settings,
+                config.embedding_concurrency,
+            )) as Arc<dyn embed::Embedder>
         });
         let vectors: Arc<dyn VectorStore> = match &config.chroma_url {
             Some(url) => Arc::new(chroma::Chroma::new(

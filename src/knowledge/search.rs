@@ -247,15 +247,11 @@ pub async fn search(
     let vector_hits = if mode == Mode::Lexical {
         Vec::new()
     } else {
-        let settings = embeddings.ok_or(SearchError::NoEmbeddings)?;
-        let vectors = crate::pipeline::tools::llm::embed(
-            settings,
-            &app.store,
-            &scope.tenant_id,
-            &[query.to_owned()],
-        )
-        .await
-        .map_err(|e| SearchError::Upstream(format!("embedding the query: {}", e.message)))?;
+        let embedder = embeddings.ok_or(SearchError::NoEmbeddings)?;
+        let vectors = embedder
+            .embed(&app.store, &scope.tenant_id, &[query.to_owned()])
+            .await
+            .map_err(|e| SearchError::Upstream(format!("embedding the query: {}", e.message)))?;
         let vector = vectors.into_iter().next().unwrap_or_default();
         app.knowledge
             .vectors
