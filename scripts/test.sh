@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: formatting, lints, and all tests on SQLite and PostgreSQL (+ Redis).
-# Installs what is missing (redis-server, PostgreSQL 15, ChromaDB) when it can; the tests start
+# Installs what is missing (redis-server, PostgreSQL 15, ChromaDB, moto) when it can; the tests start
 # their own throwaway servers on free loopback ports, so nothing needs to be running beforehand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,6 +60,29 @@ if [ -z "${CHROMA_BIN:-}" ] && ! { command -v chroma >/dev/null && chroma_works 
     fi
   fi
   if [ -x "$chroma_venv/bin/chroma" ]; then export CHROMA_BIN="$chroma_venv/bin/chroma"; fi
+fi
+
+# moto for the objects S3 test (an S3-compatible server), likewise in its own virtualenv. The test
+# looks for MOTO_SERVER_BIN, then `moto_server` on PATH, then this virtualenv.
+MOTO_VERSION=5.2.5
+moto_works() { "$1" --help >/dev/null 2>&1; }
+if [ -z "${MOTO_SERVER_BIN:-}" ] && ! { command -v moto_server >/dev/null && moto_works moto_server; }; then
+  moto_venv="$HOME/.cache/docket/moto-$MOTO_VERSION"
+  if ! moto_works "$moto_venv/bin/moto_server"; then
+    echo "==> installing moto $MOTO_VERSION"
+    rm -rf "$moto_venv"
+    if ! { python3 -m venv "$moto_venv" &&
+      "$moto_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        --root-user-action=ignore "moto[server]==$MOTO_VERSION" &&
+      moto_works "$moto_venv/bin/moto_server"; }; then
+      rm -rf "$moto_venv"
+      case "${CI:-}" in
+        "" | 0 | false) echo "scripts/test.sh: could not install moto; its test will skip" >&2 ;;
+        *) echo "scripts/test.sh: could not install moto" >&2; exit 1 ;;
+      esac
+    fi
+  fi
+  if [ -x "$moto_venv/bin/moto_server" ]; then export MOTO_SERVER_BIN="$moto_venv/bin/moto_server"; fi
 fi
 
 echo "==> cargo fmt --check"
