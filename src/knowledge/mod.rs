@@ -107,6 +107,8 @@ pub struct Document {
     pub status: String,
     pub error: Option<String>,
     pub chunk_count: i32,
+    /// The ingestion job (its runs are in `GET /runs?job_id=`).
+    pub job_id: Option<String>,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -131,6 +133,7 @@ pub(crate) struct DocumentRow {
     status: String,
     error: Option<String>,
     chunk_count: i32,
+    job_id: Option<String>,
     created_by: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -138,7 +141,7 @@ pub(crate) struct DocumentRow {
 }
 
 pub(crate) const DOCUMENT_COLUMNS: &str = "id, tenant_id, collection_id, title, content_type, size_bytes, sha256, object_key, \
-    metadata, status, error, chunk_count, created_by, created_at, updated_at, indexed_at";
+    metadata, status, error, chunk_count, job_id, created_by, created_at, updated_at, indexed_at";
 
 impl From<DocumentRow> for Document {
     fn from(row: DocumentRow) -> Self {
@@ -155,6 +158,7 @@ impl From<DocumentRow> for Document {
             status: row.status,
             error: row.error,
             chunk_count: row.chunk_count,
+            job_id: row.job_id,
             created_by: row.created_by,
             created_at: row.created_at,
             updated_at: row.updated_at,

@@ -120,12 +120,15 @@ async fn lexical(
         }
         Store::Postgres(pool) => {
             let tsquery = terms.join(" | ");
+            // Rank every match, but build headlines (expensive) only for the ones kept.
             sqlx::query_as::<_, (String, f64, String)>(
-                "SELECT c.id, ts_rank_cd(c.search, q)::float8, \
-                 ts_headline('english', c.text, q, 'StartSel=<mark>, StopSel=</mark>, MaxFragments=1, MaxWords=30, MinWords=10') \
-                 FROM chunks c, to_tsquery('english', $1) q \
-                 WHERE c.tenant_id = $2 AND c.collection_id = $3 AND c.search @@ q \
-                 ORDER BY 2 DESC, c.id LIMIT $4",
+                "SELECT top.id, top.score, \
+                 ts_headline('english', top.text, to_tsquery('english', $1), 'StartSel=<mark>, StopSel=</mark>, MaxFragments=1, MaxWords=30, MinWords=10') \
+                 FROM (SELECT c.id, c.text, ts_rank_cd(c.search, q)::float8 AS score \
+                       FROM chunks c, to_tsquery('english', $1) q \
+                       WHERE c.tenant_id = $2 AND c.collection_id = $3 AND c.search @@ q \
+                       ORDER BY score DESC, c.id LIMIT $4) top \
+                 ORDER BY top.score DESC, top.id",
             )
             .bind(tsquery)
             .bind(&scope.tenant_id)

@@ -51,10 +51,8 @@ impl<'a> Reviewer<'a> {
             .user_id()
             .ok_or_else(|| CaseError::forbidden("people_only", "Only people review cases."))?;
         let rank = match principal.role {
-            Some(crate::auth::Role::Admin) => 3,
-            Some(crate::auth::Role::Supervisor) => 2,
-            Some(crate::auth::Role::Reviewer) => 1,
-            _ => 0,
+            None | Some(crate::auth::Role::Viewer) => 0,
+            Some(role) => cases::http::role_rank(role.as_str()),
         };
         Ok(Self {
             principal,
