@@ -174,7 +174,94 @@ fn titles(results: &Value) -> Vec<String> {
         .collect()
 }
 
+/// A one-page PDF with `text` in Helvetica; the cross-reference offsets are computed as it is written.
+fn pdf(text: &str) -> Vec<u8> {
+    let content = format!("BT\n/F1 18 Tf\n72 700 Td\n({text}) Tj\nET\n");
+    let objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>".to_owned(),
+        "<< /Type /Pages /Kids [4 0 R] /Count 1 >>".to_owned(),
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_owned(),
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> /Contents 5 0 R >>".to_owned(),
+        format!("<< /Length {} >>\nstream\n{content}endstream", content.len()),
+    ];
+    let mut out = b"%PDF-1.4\n".to_vec();
+    let mut offsets = Vec::new();
+    for (i, object) in objects.iter().enumerate() {
+        offsets.push(out.len());
+        out.extend_from_slice(format!("{} 0 obj\n{object}\nendobj\n", i + 1).as_bytes());
+    }
+    let xref_at = out.len();
+    let mut xref = format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1);
+    for offset in offsets {
+        xref.push_str(&format!("{offset:010} 00000 n \n"));
+    }
+    xref.push_str(&format!(
+        "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref_at}\n%%EOF\n",
+        objects.len() + 1
+    ));
+    out.extend_from_slice(xref.as_bytes());
+    out
+}
+
+/// Uploads `bytes` as a multipart form (file plus title and metadata fields).
+async fn upload(
+    app: &TestApp,
+    who: &Login,
+    collection: &str,
+    filename: &str,
+    content_type: &str,
+    bytes: &[u8],
+) -> (StatusCode, Value) {
+    let boundary = "docket-test-boundary";
+    let mut body = Vec::new();
+    body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"metadata\"\r\n\r\n{{\"team\":\"ops\"}}\r\n").as_bytes());
+    body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\nContent-Type: {content_type}\r\n\r\n").as_bytes());
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let response = app
+        .client
+        .post(app.url(&format!("/api/v1/collections/{collection}/documents")))
+        .bearer_auth(&who.access_token)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
 on_both_backends! {
+    async fn pdf_and_html_uploads_are_extracted(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let kb = collection(&app, &sue, "scans").await;
+        // Sent as octet-stream: the PDF is recognised by its content.
+        let (status, doc) = upload(&app, &sue, &kb, "policy.pdf", "application/octet-stream", &pdf("Stopped cheques are reported to the clearing house")).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{doc}");
+        assert_eq!(doc["content_type"], "application/pdf");
+        assert_eq!(doc["metadata"]["team"], "ops");
+        wait_status(&app, &sue, &kb, &doc, "indexed").await;
+        let html = "<html><head><style>p{}</style><script>var secret = 1;</script></head><body><h1>Branch hours</h1><p>Branches open at nine.</p></body></html>";
+        let (status, page) = upload(&app, &sue, &kb, "hours.html", "text/html", html.as_bytes()).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{page}");
+        let indexed = wait_status(&app, &sue, &kb, &page, "indexed").await;
+        let text = indexed["chunks"][0]["text"].as_str().unwrap();
+        assert!(text.contains("Branches open at nine") && !text.contains("secret"), "{text}");
+        let (_, found) = search(&app, &sue, &kb, json!({ "query": "clearing house" })).await;
+        assert_eq!(titles(&found), ["policy.pdf"]);
+        let (status, error) = upload(&app, &sue, &kb, "tool.exe", "application/octet-stream", b"MZ\x90\x00binary").await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{error}");
+        let broken = pdf("x").into_iter().take(40).collect::<Vec<u8>>();
+        let (status, bad) = upload(&app, &sue, &kb, "broken.pdf", "application/pdf", &broken).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let failed = wait_status(&app, &sue, &kb, &bad, "failed").await;
+        assert!(failed["error"].as_str().unwrap().contains("PDF"), "{failed}");
+    }
+
     async fn documents_are_ingested_and_found_by_lexical_search(backend) {
         let Some(app) = TestApp::spawn(backend).await else { return };
         let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
