@@ -386,6 +386,8 @@ async fn bench_knowledge(
     kilobytes: usize,
     searches: usize,
 ) -> ExitCode {
+    // Ingestion runs in this process: its warnings and errors (LOG_LEVEL) explain a failed run.
+    telemetry::init_logging(&config);
     let result = async {
         let state = AppState::initialise(config)
             .await
