@@ -128,7 +128,7 @@ pub struct PgServer {
     data: PathBuf,
     ids: Option<(u32, u32)>,
     child: Mutex<Option<Child>>,
-    _root: TempDir,
+    root: TempDir,
 }
 
 impl PgServer {
@@ -182,7 +182,7 @@ impl PgServer {
             data,
             ids,
             child: Mutex::new(None),
-            _root: root,
+            root,
         };
         server.resume()?;
         Ok(server)
@@ -276,15 +276,36 @@ impl Drop for PgServer {
     }
 }
 
+static SHARED_POSTGRES: OnceLock<Result<PgServer, String>> = OnceLock::new();
+
 /// The PostgreSQL server shared by all tests of this binary (each test gets its own database).
 pub fn shared_postgres() -> Option<&'static PgServer> {
-    static SERVER: OnceLock<Result<PgServer, String>> = OnceLock::new();
-    match SERVER.get_or_init(PgServer::start) {
+    let mut started = false;
+    let server = SHARED_POSTGRES.get_or_init(|| {
+        started = true;
+        PgServer::start()
+    });
+    if started && server.is_ok() {
+        // Statics are never dropped, so without this every test run would leave its cluster
+        // (often more than 1 GB) behind in the temporary directory.
+        // SAFETY: the handler only runs at process exit and touches nothing but this static.
+        unsafe {
+            libc::atexit(remove_shared_postgres);
+        }
+    }
+    match server {
         Ok(server) => Some(server),
         Err(why) => {
             unavailable("PostgreSQL", why);
             None
         }
+    }
+}
+
+extern "C" fn remove_shared_postgres() {
+    if let Some(Ok(server)) = SHARED_POSTGRES.get() {
+        server.stop();
+        let _ = std::fs::remove_dir_all(server.root.path());
     }
 }
 
