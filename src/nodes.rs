@@ -51,7 +51,7 @@ fn hostname() -> String {
 }
 
 pub async fn register(store: &Store, node: &Node) -> Result<(), sqlx::Error> {
-    with_pool!(store, pool => {
+    crate::with_writer!(store, pool => {
         sqlx::query(
             "INSERT INTO nodes (id, role, hostname, pid, version, started_at, heartbeat_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -73,7 +73,7 @@ pub async fn register(store: &Store, node: &Node) -> Result<(), sqlx::Error> {
 /// Refreshes the heartbeat; re-registers if the row vanished (e.g. pruned while the database was
 /// unreachable for longer than the retention).
 pub async fn heartbeat(store: &Store, node: &Node, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
-    let updated = with_pool!(store, pool => {
+    let updated = crate::with_writer!(store, pool => {
         sqlx::query("UPDATE nodes SET heartbeat_at = $1 WHERE id = $2")
             .bind(now)
             .bind(&node.id)
@@ -90,7 +90,7 @@ pub async fn heartbeat(store: &Store, node: &Node, now: DateTime<Utc>) -> Result
 }
 
 pub async fn deregister(store: &Store, node_id: &str) -> Result<(), sqlx::Error> {
-    with_pool!(store, pool => {
+    crate::with_writer!(store, pool => {
         sqlx::query("DELETE FROM nodes WHERE id = $1").bind(node_id).execute(pool).await.map(|_| ())
     })?;
     Ok(())
@@ -98,7 +98,7 @@ pub async fn deregister(store: &Store, node_id: &str) -> Result<(), sqlx::Error>
 
 /// Forgets processes whose last heartbeat is older than `before` (crashed without deregistering).
 pub async fn prune(store: &Store, before: DateTime<Utc>) -> Result<u64, sqlx::Error> {
-    with_pool!(store, pool => {
+    crate::with_writer!(store, pool => {
         sqlx::query("DELETE FROM nodes WHERE heartbeat_at < $1")
             .bind(before)
             .execute(pool)

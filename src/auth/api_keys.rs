@@ -131,7 +131,7 @@ pub async fn authenticate(store: &Store, secret: &str) -> Result<KeyIdentity, Au
         .last_used_at
         .is_none_or(|t| (now - t).num_seconds() >= 60)
     {
-        with_pool!(store, pool => {
+        crate::with_writer!(store, pool => {
             sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2").bind(now).bind(&row.id).execute(pool).await.map(|_| ())
         })?;
     }

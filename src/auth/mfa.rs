@@ -16,7 +16,7 @@ use crate::app::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
 use crate::store::Tx;
-use crate::{with_pool, with_tx};
+use crate::with_tx;
 
 const RECOVERY_CODES: usize = 10;
 const ISSUER: &str = "Docket";
@@ -150,7 +150,7 @@ pub async fn enrol(
     let uri = totp
         .to_url()
         .map_err(|e| ApiError::internal(format!("otpauth URI: {e}")))?;
-    with_pool!(&state.store, pool => {
+    crate::with_writer!(&state.store, pool => {
         sqlx::query("UPDATE users SET totp_secret = $1, totp_last_step = NULL WHERE tenant_id = $2 AND id = $3")
             .bind(&encoded)
             .bind(&principal.tenant_id)

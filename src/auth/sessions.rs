@@ -135,7 +135,7 @@ pub async fn touch(
         return Err(AuthError::SessionEnded);
     }
     if (now - row.last_seen_at).num_seconds() >= TOUCH_INTERVAL_SECONDS {
-        with_pool!(&state.store, pool => {
+        crate::with_writer!(&state.store, pool => {
             sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2 AND tenant_id = $3")
                 .bind(now)
                 .bind(session_id)

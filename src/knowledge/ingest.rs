@@ -14,7 +14,6 @@ use crate::app::AppState;
 use crate::queue::Outcome;
 use crate::queue::worker::JobContext;
 use crate::store::Tx;
-use crate::with_pool;
 
 /// Why ingestion stopped: `retry` errors may succeed later (network, database), others never will.
 struct Failure {
@@ -175,7 +174,7 @@ async fn insert_chunk(
         .await
         .map(|_| ())
     })?;
-    if let Tx::Sqlite(tx) = tx {
+    if let Tx::Sqlite(tx, _) = tx {
         sqlx::query(
             "INSERT INTO chunks_fts (chunk_id, tenant_id, collection_id, heading, text) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -199,7 +198,7 @@ async fn set_status(
 ) -> Result<(), sqlx::Error> {
     let now = crate::clock::now();
     let indexed_at = (status == "indexed").then_some(now);
-    with_pool!(&app.store, pool => {
+    crate::with_writer!(&app.store, pool => {
         sqlx::query(
             "UPDATE documents SET status = $1, error = $2, chunk_count = $3, updated_at = $4, indexed_at = $5 \
              WHERE tenant_id = $6 AND id = $7",

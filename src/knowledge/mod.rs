@@ -234,7 +234,7 @@ pub(crate) async fn delete_chunks(
     tenant_id: &str,
     document_id: &str,
 ) -> Result<(), sqlx::Error> {
-    if let crate::store::Tx::Sqlite(tx) = tx {
+    if let crate::store::Tx::Sqlite(tx, _) = tx {
         sqlx::query(
             "DELETE FROM chunks_fts WHERE chunk_id IN (SELECT id FROM chunks WHERE tenant_id = $1 AND document_id = $2)",
         )

@@ -99,7 +99,7 @@ async fn lexical(
     }
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     match store {
-        Store::Sqlite(pool) => {
+        Store::Sqlite(pool, _) => {
             // Any term may match; BM25 ranks chunks with more (and rarer) terms first.
             let fts = terms
                 .iter()

@@ -110,7 +110,7 @@ impl Embedded {
     }
 
     async fn bump(&self, scope: &Scope) -> Result<(), sqlx::Error> {
-        with_pool!(&self.store, pool => {
+        crate::with_writer!(&self.store, pool => {
             sqlx::query("UPDATE collections SET vectors_version = vectors_version + 1 WHERE tenant_id = $1 AND id = $2")
                 .bind(&scope.tenant_id)
                 .bind(&scope.collection_id)

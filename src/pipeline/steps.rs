@@ -151,7 +151,7 @@ pub async fn of_job(
 /// Stores the step's current state (insert or replace).
 pub async fn save(store: &Store, step: &StepRecord) -> Result<(), sqlx::Error> {
     let text = |v: &Option<Value>| v.as_ref().map(Value::to_string);
-    with_pool!(store, pool => {
+    crate::with_writer!(store, pool => {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO pipeline_steps ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (job_id, step_id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, \

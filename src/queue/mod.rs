@@ -585,7 +585,7 @@ pub async fn heartbeat(
     now: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
     let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60));
-    let updated = with_pool!(store, pool => {
+    let updated = crate::with_writer!(store, pool => {
         sqlx::query(
             "UPDATE jobs SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3 AND attempts = $4 AND status = 'running'",
         )
@@ -794,7 +794,7 @@ pub async fn finish_many(
             applied
         }
         // In-process statements are cheap; the single commit is what matters.
-        Tx::Sqlite(tx) => {
+        Tx::Sqlite(tx, _) => {
             let mut applied = Vec::with_capacity(completions.len());
             for c in &completions {
                 let updated = sqlx::query(

@@ -4,6 +4,7 @@
 //! with [`with_pool!`](crate::with_pool); anything backend-specific lives in this module.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::migrate::{MigrateError, Migrator};
@@ -12,6 +13,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use crate::config::{Config, DatabaseKind};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -19,6 +22,8 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
 /// How long a request waits for a pooled connection before failing instead of hanging.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a write transaction waits for its turn behind the others of this process (SQLite).
+const WRITE_QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long SQLite waits on a locked database before giving up with SQLITE_BUSY.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -46,8 +51,28 @@ pub enum StoreError {
 /// The application database: an SQLite file (embedded default) or a PostgreSQL server.
 #[derive(Clone, Debug)]
 pub enum Store {
-    Sqlite(SqlitePool),
+    Sqlite(SqlitePool, WriteGate),
     Postgres(PgPool),
+}
+
+/// SQLite has one writer at a time, and its busy handler is not fair: a writer waiting for the
+/// lock sleeps and retries, and under sustained load (ingestion jobs, the queue) it can lose every
+/// race for longer than the busy timeout and fail with "database is locked". Write transactions
+/// of a process therefore queue here first, in arrival order, so each gets its turn.
+#[derive(Clone, Debug)]
+pub struct WriteGate(Arc<Semaphore>);
+
+impl WriteGate {
+    fn new() -> Self {
+        Self(Arc::new(Semaphore::new(1)))
+    }
+
+    async fn enter(&self) -> Result<OwnedSemaphorePermit, sqlx::Error> {
+        match tokio::time::timeout(WRITE_QUEUE_TIMEOUT, self.0.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(sqlx::Error::PoolTimedOut),
+        }
+    }
 }
 
 /// Runs one expression against whichever pool backs `store`; the expression is compiled once per
@@ -56,15 +81,41 @@ pub enum Store {
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match $store {
-            $crate::store::Store::Sqlite($pool) => $body,
+            $crate::store::Store::Sqlite($pool, _) => $body,
             $crate::store::Store::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Runs one write statement (an expression over `$conn`, as in [`with_pool!`]). On SQLite it runs
+/// in its own transaction, so it waits its turn behind this process's other writers (see
+/// [`WriteGate`]) instead of racing them in SQLite's busy handler, which it can lose for longer
+/// than the busy timeout under load; on PostgreSQL it runs on the pool as is.
+#[macro_export]
+macro_rules! with_writer {
+    ($store:expr, $conn:ident => $body:expr) => {
+        match $store {
+            store @ $crate::store::Store::Sqlite(..) => {
+                async {
+                    let mut tx = store.begin().await?;
+                    let result = $crate::with_tx!(&mut tx, $conn => $body)?;
+                    tx.commit().await?;
+                    Ok::<_, sqlx::Error>(result)
+                }
+                .await
+            }
+            $crate::store::Store::Postgres($conn) => $body,
         }
     };
 }
 
 /// One database transaction. Every state change writes its row and its audit record in one of these.
 pub enum Tx {
-    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    /// The permit holds this process's place as SQLite's writer until the transaction ends.
+    Sqlite(
+        sqlx::Transaction<'static, sqlx::Sqlite>,
+        OwnedSemaphorePermit,
+    ),
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
 }
 
@@ -73,7 +124,7 @@ pub enum Tx {
 macro_rules! with_tx {
     ($tx:expr, $conn:ident => $body:expr) => {
         match $tx {
-            $crate::store::Tx::Sqlite(tx) => {
+            $crate::store::Tx::Sqlite(tx, _) => {
                 let $conn = &mut **tx;
                 $body
             }
@@ -88,7 +139,7 @@ macro_rules! with_tx {
 impl Tx {
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
-            Self::Sqlite(tx) => tx.commit().await,
+            Self::Sqlite(tx, _) => tx.commit().await,
             Self::Postgres(tx) => tx.commit().await,
         }
     }
@@ -98,14 +149,14 @@ impl Tx {
     /// the row) until then: refusals after locking roll back explicitly.
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
         match self {
-            Self::Sqlite(tx) => tx.rollback().await,
+            Self::Sqlite(tx, _) => tx.rollback().await,
             Self::Postgres(tx) => tx.rollback().await,
         }
     }
 
     pub fn kind(&self) -> DatabaseKind {
         match self {
-            Self::Sqlite(_) => DatabaseKind::Sqlite,
+            Self::Sqlite(..) => DatabaseKind::Sqlite,
             Self::Postgres(_) => DatabaseKind::Postgres,
         }
     }
@@ -170,7 +221,7 @@ impl Store {
                     .connect_with(options)
                     .await
                     .map_err(StoreError::Connect)?;
-                Ok(Self::Sqlite(pool))
+                Ok(Self::Sqlite(pool, WriteGate::new()))
             }
             DatabaseKind::Postgres => {
                 let options = PgConnectOptions::from_str(url)
@@ -189,14 +240,14 @@ impl Store {
 
     pub fn kind(&self) -> DatabaseKind {
         match self {
-            Self::Sqlite(_) => DatabaseKind::Sqlite,
+            Self::Sqlite(..) => DatabaseKind::Sqlite,
             Self::Postgres(_) => DatabaseKind::Postgres,
         }
     }
 
     fn migrator(&self) -> &'static Migrator {
         match self {
-            Self::Sqlite(_) => &SQLITE_MIGRATIONS,
+            Self::Sqlite(..) => &SQLITE_MIGRATIONS,
             Self::Postgres(_) => &POSTGRES_MIGRATIONS,
         }
     }
@@ -206,7 +257,7 @@ impl Store {
     pub async fn migrate(&self) -> Result<SchemaStatus, StoreError> {
         self.ensure_not_too_new().await?;
         match self {
-            Self::Sqlite(pool) => self.migrator().run(pool).await?,
+            Self::Sqlite(pool, _) => self.migrator().run(pool).await?,
             Self::Postgres(pool) => self.migrator().run(pool).await?,
         }
         self.schema_status().await
@@ -241,7 +292,7 @@ impl Store {
 
     async fn applied_migrations(&self) -> Result<Vec<i64>, sqlx::Error> {
         let table_exists: bool = match self {
-            Self::Sqlite(pool) => {
+            Self::Sqlite(pool, _) => {
                 sqlx::query_scalar(
                     "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
                 )
@@ -269,7 +320,11 @@ impl Store {
     /// writer got in between, instead of waiting its turn.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         match self {
-            Self::Sqlite(pool) => pool.begin_with("BEGIN IMMEDIATE").await.map(Tx::Sqlite),
+            Self::Sqlite(pool, gate) => {
+                let permit = gate.enter().await?;
+                let tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                Ok(Tx::Sqlite(tx, permit))
+            }
             Self::Postgres(pool) => pool.begin().await.map(Tx::Postgres),
         }
     }
@@ -278,7 +333,7 @@ impl Store {
     /// SQLite has one writer at a time, so there is nothing to skip.
     pub fn skip_locked(&self) -> &'static str {
         match self {
-            Self::Sqlite(_) => "",
+            Self::Sqlite(..) => "",
             Self::Postgres(_) => "FOR UPDATE SKIP LOCKED",
         }
     }
@@ -287,7 +342,7 @@ impl Store {
     /// transaction already excludes other writers.
     pub fn lock_rows(&self) -> &'static str {
         match self {
-            Self::Sqlite(_) => "",
+            Self::Sqlite(..) => "",
             Self::Postgres(_) => "FOR UPDATE",
         }
     }
@@ -375,6 +430,51 @@ mod tests {
             sqlx::query_scalar("PRAGMA journal_mode").fetch_one(pool).await.unwrap()
         });
         assert_eq!(journal, "wal");
+    }
+
+    /// Many transactions holding the write lock for a while, and single writes between them: every
+    /// one gets its turn (none fails with "database is locked") and every row is there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite_writers_under_contention_all_get_their_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&sqlite_config(dir.path())).await.unwrap();
+        with_pool!(&store, pool => {
+            sqlx::query("CREATE TABLE contention (writer INTEGER, n INTEGER)").execute(pool).await.map(|_| ())
+        })
+        .unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for writer in 0..24 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                for n in 0..20 {
+                    let mut tx = store.begin().await?;
+                    with_tx!(&mut tx, conn => {
+                        sqlx::query("INSERT INTO contention VALUES ($1, $2)").bind(writer).bind(n).execute(conn).await.map(|_| ())
+                    })?;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    tx.commit().await?;
+                }
+                Ok::<_, sqlx::Error>(())
+            });
+        }
+        for writer in 100..108 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                for n in 0..20 {
+                    with_writer!(&store, conn => {
+                        sqlx::query("INSERT INTO contention VALUES ($1, $2)").bind(writer).bind(n).execute(conn).await.map(|_| ())
+                    })?;
+                }
+                Ok(())
+            });
+        }
+        while let Some(result) = tasks.join_next().await {
+            result.unwrap().unwrap();
+        }
+        let rows: i64 = with_pool!(&store, pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM contention").fetch_one(pool).await.unwrap()
+        });
+        assert_eq!(rows, 32 * 20);
     }
 
     #[tokio::test]

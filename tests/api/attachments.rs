@@ -343,7 +343,7 @@ on_both_backends! {
         // Break the table behind Docket's back so the insert fails after the bytes were stored.
         let sabotage = "ALTER TABLE attachments RENAME TO attachments_gone";
         match &app.state.store {
-            docket::store::Store::Sqlite(pool) => sqlx::query(sabotage).execute(pool).await.map(|_| ()),
+            docket::store::Store::Sqlite(pool, _) => sqlx::query(sabotage).execute(pool).await.map(|_| ()),
             docket::store::Store::Postgres(pool) => sqlx::query(sabotage).execute(pool).await.map(|_| ()),
         }
         .unwrap();

@@ -9,7 +9,7 @@ use crate::support::{PASSWORD, TestApp};
 /// back, as an attacker with database access would: the append-only triggers are bypassed.
 async fn tamper(app: &TestApp, statements: &[&'static str], tenant_id: &str) {
     match &app.state.store {
-        docket::store::Store::Sqlite(pool) => {
+        docket::store::Store::Sqlite(pool, _) => {
             // SQLite DDL is transactional: drop the triggers, tamper, put them back, commit.
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
             let triggers: Vec<(String, String)> =

@@ -85,7 +85,7 @@ async fn steps_of(app: &TestApp, who: &Login, job_id: &str) -> Vec<Value> {
 
 async fn events_on(app: &TestApp, tenant: &str, topic: &str) -> i64 {
     match &app.state.store {
-        docket::store::Store::Sqlite(pool) => {
+        docket::store::Store::Sqlite(pool, _) => {
             sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE tenant_id = $1 AND topic = $2")
                 .bind(tenant)
                 .bind(topic)

@@ -626,7 +626,7 @@ async fn record_usage(store: &Store, tenant_id: &str, usage: &TokenUsage) {
         .increment(usage.completion_tokens);
     let month = current_month();
     let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-    let result = with_pool!(store, pool => {
+    let result = crate::with_writer!(store, pool => {
         sqlx::query(
             "INSERT INTO llm_usage \
                  (tenant_id, month, prompt_tokens, completion_tokens, total_tokens, requests) \
