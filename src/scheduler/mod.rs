@@ -43,6 +43,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
             tasks::update_task,
             tasks::delete_task
         ))
+        .routes(routes!(tasks::preview_schedule))
         .routes(routes!(tasks::run_now))
         .routes(routes!(tasks::pause))
         .routes(routes!(tasks::resume))

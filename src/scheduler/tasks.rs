@@ -166,6 +166,28 @@ pub struct TaskFilter {
     pub q: Option<String>,
 }
 
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewSchedule {
+    /// `cron`, `rrule`, `once`, `event` or `manual`.
+    pub schedule_kind: String,
+    #[serde(default)]
+    pub schedule_expr: String,
+    /// IANA time zone; default `UTC`.
+    pub timezone: Option<String>,
+    /// How many fire times to list (1-50, default 5).
+    pub count: Option<u32>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SchedulePreview {
+    /// The expression as a task would store it (an RRULE gains its `DTSTART`).
+    pub schedule_expr: String,
+    pub timezone: String,
+    /// The next fire times from now; empty for `event` and `manual` tasks.
+    pub next_fire_times: Vec<DateTime<Utc>>,
+}
+
 fn in_range(field: &str, value: i32, min: i32, max: i32) -> Result<i32, ApiError> {
     if (min..=max).contains(&value) {
         Ok(value)
@@ -392,6 +414,41 @@ pub async fn create_task(
         .await?;
     commit_and_wake(&state, tx, "task.created", &task).await?;
     Ok((StatusCode::CREATED, ResponseJson(Task::from_row(task, now))))
+}
+
+/// The next fire times a schedule would have, validated exactly as when creating a task; nothing is stored.
+#[utoipa::path(post, path = "/tasks/preview", tag = "tasks",
+    description = "Requires: any role (`ReadTasks`), or an API key with `tasks:read`.",
+    request_body = PreviewSchedule,
+    responses((status = 200, body = SchedulePreview), (status = 422, body = crate::http::error::ErrorBody)))]
+pub async fn preview_schedule(
+    _: Authorized<ReadTasks>,
+    Json(body): Json<PreviewSchedule>,
+) -> Result<ResponseJson<SchedulePreview>, ApiError> {
+    let now = crate::clock::now();
+    let count = match body.count {
+        None => 5,
+        Some(n @ 1..=50) => n as usize,
+        Some(_) => return Err(ApiError::invalid_field("count", "must be between 1 and 50")),
+    };
+    let timezone = body.timezone.unwrap_or_else(|| "UTC".to_owned());
+    let expr = Schedule::normalise(&body.schedule_kind, &body.schedule_expr, &timezone, now)
+        .map_err(schedule_error)?;
+    let schedule =
+        Schedule::parse(&body.schedule_kind, &expr, &timezone).map_err(schedule_error)?;
+    let next_fire_times = match first_run(&body.schedule_kind, &schedule, now) {
+        Some(first) => {
+            let mut times = vec![first];
+            times.extend(schedule.upcoming(first, count - 1));
+            times
+        }
+        None => Vec::new(),
+    };
+    Ok(ResponseJson(SchedulePreview {
+        schedule_expr: expr,
+        timezone,
+        next_fire_times,
+    }))
 }
 
 /// List tasks.

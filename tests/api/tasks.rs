@@ -63,6 +63,52 @@ on_both_backends! {
         assert_eq!(list["items"], json!([]), "nothing was created");
     }
 
+    async fn schedules_are_previewed_without_creating_a_task(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let ops = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let viewer = app.sign_in("acme", "val@acme.test", Role::Viewer).await;
+        let schedule = json!({ "schedule_kind": "cron", "schedule_expr": "0 8 * * 1-5", "timezone": "Europe/Chisinau" });
+        let (status, preview) = app.call(Method::POST, "/api/v1/tasks/preview", &viewer.access_token, Some(schedule)).await;
+        assert_eq!(status, StatusCode::OK, "{preview}");
+        assert_eq!(preview["schedule_expr"], "0 8 * * 1-5");
+        assert_eq!(preview["timezone"], "Europe/Chisinau");
+        let (_, task) = app.call(Method::POST, "/api/v1/tasks", &ops.access_token, Some(cron_task("Morning brief"))).await;
+        assert_eq!(preview["next_fire_times"], task["next_fire_times"], "the same times the task gets");
+
+        let rrule = json!({ "schedule_kind": "rrule", "schedule_expr": "FREQ=DAILY;BYHOUR=9;BYMINUTE=0;BYSECOND=0", "count": 3 });
+        let (status, preview) = app.call(Method::POST, "/api/v1/tasks/preview", &ops.access_token, Some(rrule)).await;
+        assert_eq!(status, StatusCode::OK, "{preview}");
+        assert!(preview["schedule_expr"].as_str().unwrap().starts_with("DTSTART;TZID=UTC:"), "{preview}");
+        assert_eq!(preview["timezone"], "UTC");
+        let times: Vec<chrono::DateTime<chrono::Utc>> = serde_json::from_value(preview["next_fire_times"].clone()).unwrap();
+        assert_eq!(times.len(), 3);
+        assert!(times.windows(2).all(|w| w[1] - w[0] == chrono::Duration::days(1)), "{times:?}");
+        assert!(times.iter().all(|t| t.format("%H:%M:%S").to_string() == "09:00:00"), "{times:?}");
+
+        let once = json!({ "schedule_kind": "once", "schedule_expr": "2031-05-01T08:00:00+02:00" });
+        let (_, preview) = app.call(Method::POST, "/api/v1/tasks/preview", &ops.access_token, Some(once)).await;
+        assert_eq!(preview["next_fire_times"], json!(["2031-05-01T06:00:00Z"]));
+        let (_, preview) = app.call(Method::POST, "/api/v1/tasks/preview", &ops.access_token, Some(json!({ "schedule_kind": "manual" }))).await;
+        assert_eq!(preview["next_fire_times"], json!([]));
+
+        let invalid = [
+            (json!({ "schedule_kind": "cron", "schedule_expr": "99 * * * *" }), "schedule_expr"),
+            (json!({ "schedule_kind": "cron", "schedule_expr": "* * * * *", "timezone": "Nowhere/Land" }), "timezone"),
+            (json!({ "schedule_kind": "once", "schedule_expr": "2001-01-01T00:00:00Z" }), "schedule_expr"),
+            (json!({ "schedule_kind": "sometimes" }), "schedule_kind"),
+            (json!({ "schedule_kind": "manual", "count": 0 }), "count"),
+        ];
+        for (body, field) in invalid {
+            let (status, response) = app.call(Method::POST, "/api/v1/tasks/preview", &ops.access_token, Some(body.clone())).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {response}");
+            assert_eq!(response["error"]["details"]["field"], field, "{body}: {response}");
+        }
+        let (_, list) = app.call(Method::GET, "/api/v1/tasks", &ops.access_token, None).await;
+        assert_eq!(list["items"].as_array().unwrap().len(), 1, "previews create nothing");
+        let (status, _) = app.call(Method::POST, "/api/v1/tasks/preview", "", Some(json!({ "schedule_kind": "manual" }))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+
     async fn tasks_are_listed_filtered_and_changed(backend) {
         let Some(app) = TestApp::spawn(backend).await else { return };
         let ops = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
