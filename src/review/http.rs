@@ -1,4 +1,5 @@
-//! `POST /reviews/next`, `GET /reviews/stats` and the per-case review actions.
+//! `POST /reviews/next`, `GET /reviews/stats` and the per-case review actions (claim, release,
+//! decide, reassign).
 
 use std::collections::BTreeMap;
 
@@ -130,6 +131,41 @@ pub async fn decide(
         notes.as_deref(),
     )
     .await?;
+    Ok(ResponseJson(Case::from_row(row, crate::clock::now())))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReassignRequest {
+    /// The user who is to hold the case; `null` returns it to the queue.
+    pub assignee_id: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// Give an open case to another person, or back to the queue.
+#[utoipa::path(post, path = "/cases/{id}/reassign", tag = "reviews",
+    description = "Requires: supervisor or admin (`ReviewCases` with the supervisor role); people only. \
+                   The new holder must be an active user of the tenant who may decide the case (its \
+                   required role, not its submitter, not the first reviewer under dual control); they \
+                   hold it under a fresh lease. `assignee_id: null` returns the case to the queue.",
+    params(("id" = String, Path)), request_body = ReassignRequest,
+    responses((status = 200, body = Case), (status = 403, body = crate::http::error::ErrorBody),
+               (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody),
+               (status = 422, body = crate::http::error::ErrorBody)))]
+pub async fn reassign(
+    State(state): State<AppState>,
+    Authorized(principal, ..): Authorized<ReviewCases>,
+    Path(id): Path<String>,
+    Json(body): Json<ReassignRequest>,
+) -> Result<ResponseJson<Case>, ApiError> {
+    let reason = optional_text("reason", body.reason.as_deref(), 2000)?;
+    let assignee = body
+        .assignee_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|a| !a.is_empty());
+    let supervisor = Reviewer::of(&principal)?;
+    let row = super::reassign(&state, &supervisor, &id, assignee, reason.as_deref()).await?;
     Ok(ResponseJson(Case::from_row(row, crate::clock::now())))
 }
 

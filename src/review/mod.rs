@@ -24,6 +24,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(http::claim))
         .routes(routes!(http::release))
         .routes(routes!(http::decide))
+        .routes(routes!(http::reassign))
 }
 
 /// Rank of the supervisor role, which escalated cases require.
@@ -327,6 +328,126 @@ pub async fn decide(
     tx.commit().await?;
     cases::announce(state, vec![recorded]);
     Ok(row)
+}
+
+/// Gives an open case to another person, or back to the queue (`assignee_id` `None`): how a
+/// supervisor moves work away from an absent or overloaded reviewer. The new holder gets a fresh
+/// lease and must be someone who may decide the case.
+pub async fn reassign(
+    state: &AppState,
+    supervisor: &Reviewer<'_>,
+    id: &str,
+    assignee_id: Option<&str>,
+    reason: Option<&str>,
+) -> Result<CaseRow, CaseError> {
+    if supervisor.rank < SUPERVISOR_RANK {
+        return Err(CaseError::forbidden(
+            "supervisor_required",
+            "Only supervisors and admins reassign cases.",
+        ));
+    }
+    let tenant = &supervisor.principal.tenant_id;
+    let assignee = match assignee_id {
+        Some(user_id) => Some(
+            crate::auth::users::find(&state.store, tenant, user_id)
+                .await?
+                .filter(|user| user.status == "active")
+                .ok_or_else(|| {
+                    CaseError::invalid("assignee_id", "is not an active user of this tenant")
+                })?,
+        ),
+        None => None,
+    };
+    let now = crate::clock::now();
+    let mut tx = state.store.begin().await?;
+    let mut row = cases::lock(&mut tx, &state.store, tenant, id).await?;
+    let refusal = if row.is_open() {
+        let holder = row.holder(now);
+        match &assignee {
+            Some(user) if holder == Some(user.id.as_str()) => {
+                Some(CaseError::invalid("assignee_id", "already holds this case"))
+            }
+            Some(user) => unsuitable(&row, user),
+            None if holder.is_none() => Some(CaseError::invalid(
+                "assignee_id",
+                "nobody holds this case; name the person to give it to",
+            )),
+            None => None,
+        }
+    } else {
+        Some(CaseError::IllegalTransition {
+            current: row.state.clone(),
+            attempted: "reassigned",
+        })
+    };
+    if let Some(refusal) = refusal {
+        tx.rollback().await?;
+        return Err(refusal);
+    }
+    let from = row.state.clone();
+    let previous = row.holder(now).map(str::to_owned);
+    match &assignee {
+        Some(user) => {
+            let lease =
+                Duration::from_std(state.config.review_lease).unwrap_or(Duration::minutes(30));
+            if row.state == "queued" {
+                row.state = "in_review".to_owned();
+            }
+            row.assignee_id = Some(user.id.clone());
+            row.lease_expires_at = Some(now + lease);
+        }
+        None => {
+            if row.state == "in_review" {
+                row.state = "queued".to_owned();
+            }
+            row.assignee_id = None;
+            row.lease_expires_at = None;
+        }
+    }
+    row.updated_at = now;
+    cases::save(&mut tx, &row).await?;
+    let mut change = Change::new("reassigned", Some(&from), &supervisor.principal.actor);
+    change.reason = reason;
+    change.details = json!({
+        "from": previous,
+        "to": row.assignee_id,
+        "lease_expires_at": row.lease_expires_at,
+    });
+    let recorded = cases::record(
+        &mut tx,
+        state,
+        Some(supervisor.principal),
+        &row,
+        change,
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    cases::announce(state, vec![recorded]);
+    Ok(row)
+}
+
+/// Why `user` may not be given `row` (the rules [`Reviewer::refusal`] applies to a claim).
+fn unsuitable(row: &CaseRow, user: &crate::auth::users::UserRow) -> Option<CaseError> {
+    let role = user.role();
+    let rank = match role {
+        crate::auth::Role::Viewer => 0,
+        other => cases::http::role_rank(other.as_str()),
+    };
+    let message = if rank < row.required_rank {
+        format!(
+            "is a {}; this case needs a {} or above",
+            role.as_str(),
+            row.required_role
+        )
+    } else if row.submitted_by == crate::audit::Actor::User(user.id.clone()).to_string() {
+        "submitted this case; someone else must decide it".to_owned()
+    } else if row.first_decider.as_deref() == Some(user.id.as_str()) {
+        "made the first decision; dual control needs a different person for the second".to_owned()
+    } else {
+        return None;
+    };
+    Some(CaseError::invalid("assignee_id", message))
 }
 
 /// Sends a case to supervisors.

@@ -52,6 +52,16 @@ async fn decide(
     .await
 }
 
+async fn reassign(
+    app: &TestApp,
+    who: &Login,
+    case: &Value,
+    to: Option<&str>,
+) -> (StatusCode, Value) {
+    let body = json!({ "assignee_id": to, "reason": "rita is away" });
+    act(app, who, case, "reassign", Some(body)).await
+}
+
 async fn history_actions(app: &TestApp, who: &Login, case: &Value) -> Vec<String> {
     let (_, detail) = app
         .call(
@@ -272,6 +282,81 @@ on_both_backends! {
         let (_, settled) = decide(&app, &sue, &case, "reject", Some("words and figures differ")).await;
         assert_eq!(settled["state"], "rejected");
         assert_eq!(history_actions(&app, &sue, &case).await, ["created", "routed", "claimed", "decided", "claimed", "escalated", "claimed", "decided"]);
+    }
+
+    async fn supervisors_reassign_cases_to_people_who_may_decide_them(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let clerk = app.sign_in("acme", "carl@acme.test", Role::Reviewer).await;
+        let rita = app.sign_in("acme", "rita@acme.test", Role::Reviewer).await;
+        let bob = app.sign_in("acme", "bob@acme.test", Role::Reviewer).await;
+        let vic = app.sign_in("acme", "vic@acme.test", Role::Viewer).await;
+        let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let gil = app.sign_in("globex", "gil@globex.test", Role::Supervisor).await;
+
+        let case = submit(&app, &clerk, cheque("RA-1", "250.00")).await;
+        let (_, claimed) = app.call(Method::POST, "/api/v1/reviews/next", &rita.access_token, None).await;
+        assert_eq!(claimed["id"], case["id"]);
+
+        let (status, error) = reassign(&app, &rita, &case, Some(&bob.user_id)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{error}");
+        assert_eq!(error["error"]["code"], "supervisor_required");
+        for (to, why) in [
+            (clerk.user_id.as_str(), "the submitter"),
+            (vic.user_id.as_str(), "a viewer"),
+            (rita.user_id.as_str(), "the holder"),
+            (gil.user_id.as_str(), "another tenant's user"),
+            ("no-such-user", "nobody"),
+        ] {
+            let (status, error) = reassign(&app, &sue, &case, Some(to)).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{why}: {error}");
+            assert_eq!(error["error"]["details"]["field"], "assignee_id", "{why}: {error}");
+        }
+
+        let (status, moved) = reassign(&app, &sue, &case, Some(&bob.user_id)).await;
+        assert_eq!(status, StatusCode::OK, "{moved}");
+        assert_eq!(moved["assignee_id"], bob.user_id.as_str());
+        assert_eq!(moved["state"], "in_review");
+        assert!(moved["lease_expires_at"].is_string(), "{moved}");
+        let (status, error) = decide(&app, &rita, &case, "approve", None).await;
+        assert_eq!(status, StatusCode::CONFLICT, "rita no longer holds it: {error}");
+        assert_eq!(error["error"]["code"], "not_claimed");
+        let (status, decided) = decide(&app, &bob, &case, "approve", None).await;
+        assert_eq!(status, StatusCode::OK, "{decided}");
+        let (status, error) = reassign(&app, &sue, &case, Some(&rita.user_id)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "decided cases stay decided: {error}");
+        assert_eq!(error["error"]["code"], "invalid_state");
+
+        let (_, detail) = app.call(Method::GET, &format!("/api/v1/cases/{}", case["id"].as_str().unwrap()), &sue.access_token, None).await;
+        let entry = detail["history"].as_array().unwrap().iter().find(|h| h["action"] == "reassigned").unwrap().clone();
+        assert_eq!(entry["actor"], format!("user:{}", sue.user_id));
+        assert_eq!(entry["reason"], "rita is away");
+        assert_eq!(entry["details"]["from"], rita.user_id.as_str());
+        assert_eq!(entry["details"]["to"], bob.user_id.as_str());
+        assert_eq!(history_actions(&app, &sue, &case).await, ["created", "routed", "claimed", "reassigned", "decided"]);
+        let (_, audit) = app.call(Method::GET, "/api/v1/audit?limit=100", &sue.access_token, None).await;
+        let record = audit["items"].as_array().unwrap().iter().find(|r| r["action"] == "case.reassigned").unwrap().clone();
+        assert_eq!(record["target_id"], case["id"]);
+        assert_eq!(record["actor_id"], sue.user_id.as_str(), "{record}");
+        let summary: Value = serde_json::from_str(record["summary"].as_str().unwrap()).unwrap();
+        assert_eq!(summary["details"]["to"], bob.user_id.as_str(), "{summary}");
+
+        // Escalated cases go only to supervisors; a case can also go back to the queue.
+        let urgent = submit(&app, &clerk, cheque("RA-2", "40.00")).await;
+        act(&app, &rita, &urgent, "claim", None).await;
+        let (_, escalated) = decide(&app, &rita, &urgent, "escalate", Some("looks forged")).await;
+        assert_eq!(escalated["state"], "escalated");
+        let (status, error) = reassign(&app, &sue, &urgent, Some(&bob.user_id)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+        assert!(error["error"]["message"].as_str().unwrap().contains("supervisor"), "{error}");
+        let (status, error) = reassign(&app, &sue, &urgent, None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "nobody holds it: {error}");
+        let (status, mine) = reassign(&app, &sue, &urgent, Some(&sue.user_id)).await;
+        assert_eq!(status, StatusCode::OK, "{mine}");
+        assert_eq!(mine["state"], "escalated");
+        let (status, back) = reassign(&app, &sue, &urgent, None).await;
+        assert_eq!(status, StatusCode::OK, "{back}");
+        assert_eq!(back["assignee_id"], Value::Null);
+        assert_eq!(back["state"], "escalated", "still waiting for a supervisor");
     }
 
     async fn concurrent_reviewers_never_get_the_same_case(backend) {
