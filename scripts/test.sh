@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: formatting, lints, and all tests on SQLite and PostgreSQL (+ Redis).
-# Installs what is missing (redis-server, PostgreSQL 15, ChromaDB, moto) when it can; the tests start
-# their own throwaway servers on free loopback ports, so nothing needs to be running beforehand.
+# Installs what is missing (redis-server, PostgreSQL 15, Chromium, ChromaDB, moto) when it can; the
+# tests start their own throwaway servers (and browsers) on free loopback ports, so nothing needs to
+# be running beforehand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +37,11 @@ fi
 if ! have_postgres; then
   echo "==> installing PostgreSQL"
   apt_install postgresql
+fi
+# Headless Chromium and its WebDriver for the console's browser tests (tests/console).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  echo "==> installing Chromium and chromedriver"
+  apt_install chromium chromium-driver
 fi
 
 # ChromaDB for the knowledge::chroma tests, from PyPI into its own virtualenv (kept between runs;

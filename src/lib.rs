@@ -9,6 +9,7 @@ pub mod cases;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod events;
 pub mod http;
 pub mod knowledge;

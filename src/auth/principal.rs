@@ -190,6 +190,12 @@ permission!(
     WriteKnowledge { const MIN_ROLE: Option<Role> = Some(Role::Supervisor); const SCOPE: Option<&'static str> = Some("knowledge:write"); }
 );
 
+/// Marks a request the web console makes to the API in-process while rendering one page. The page
+/// counts once against the tenant's rate limit, not once per API call it needs. Request extensions
+/// are set only by the server, so a client cannot claim this.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsoleCall;
+
 /// Extracts the caller and enforces `P`. Rejections are 401 (who are you?) or 403 (not allowed).
 pub struct Authorized<P: Permission>(pub Principal, pub PhantomData<P>);
 
@@ -253,6 +259,10 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, Auth
             client_ip,
         }
     };
+    if parts.extensions.get::<ConsoleCall>().is_some() {
+        // The console page that made this call was counted once already.
+        return Ok(principal);
+    }
     let rate_key = match &principal.actor {
         Actor::ApiKey(id) => format!("key:{id}"),
         _ => format!("tenant:{}", principal.tenant_id),

@@ -71,7 +71,7 @@ pub fn apply(router: Router, config: &Config) -> Router {
             header::X_FRAME_OPTIONS,
             HeaderValue::from_static("DENY"),
         ))
-        .layer(SetResponseHeaderLayer::overriding(
+        .layer(SetResponseHeaderLayer::if_not_present(
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
         ))
@@ -191,12 +191,13 @@ fn cors(config: &Config) -> CorsLayer {
 async fn json_error_bodies(request: Request, next: Next) -> Response<Body> {
     let response = next.run(request).await;
     let status = response.status();
-    let is_json = response
+    // The console's HTML error pages are meant for people and stay as they are.
+    let is_json_or_page = response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        .is_some_and(|ct| ct.starts_with("application/json") || ct.starts_with("text/html"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json_or_page {
         return response;
     }
     let (mut parts, _) = response.into_parts();

@@ -86,6 +86,7 @@ pub fn router(state: AppState, role: Role) -> Router {
     }
 
     let mut app = OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(ops_routes);
+    let mut console_api = None;
     if role.serves_api() {
         let v1 = OpenApiRouter::new()
             .routes(routes!(ops::api_health))
@@ -100,11 +101,21 @@ pub fn router(state: AppState, role: Role) -> Router {
             .merge(crate::policy::routes())
             .merge(crate::pipeline::routes())
             .merge(crate::knowledge::routes());
+        let (v1_router, _) = v1.clone().split_for_parts();
+        console_api = Some(crate::console::InternalApi {
+            router: Router::new()
+                .nest(&prefix, v1_router)
+                .with_state(state.clone()),
+            prefix: prefix.clone(),
+        });
         app = app.nest(&prefix, v1);
     }
     let (router, openapi) = app.split_for_parts();
 
     let mut router = router;
+    if let Some(api) = console_api {
+        router = router.merge(crate::console::routes(state.clone(), api));
+    }
     if role.serves_api() {
         let spec_path = format!("{prefix}/openapi.json");
         let docs = swagger_ui_page(&spec_path);

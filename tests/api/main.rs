@@ -7,6 +7,7 @@ mod attachments;
 mod audit;
 mod auth;
 mod cases;
+mod console;
 mod errors;
 mod events;
 mod health;

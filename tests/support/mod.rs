@@ -56,7 +56,7 @@ pub fn in_ci() -> bool {
 }
 
 /// Reports a missing server: fatal in CI, a skip note otherwise.
-fn unavailable(what: &str, why: &str) {
+pub fn unavailable(what: &str, why: &str) {
     assert!(!in_ci(), "{what} is required when CI is set: {why}");
     eprintln!("skipping: {what} is not available here ({why}); set CI=1 to make this fatal");
 }
@@ -70,7 +70,7 @@ pub fn free_port() -> u16 {
 
 /// Spawns `command` so that the child dies with this process. The spawning thread is kept alive
 /// for good, because `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits.
-fn spawn_tied_to_process(mut command: Command) -> std::io::Result<Child> {
+pub fn spawn_tied_to_process(mut command: Command) -> std::io::Result<Child> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.

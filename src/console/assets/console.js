@@ -1,0 +1,137 @@
+// Docket console: progressive enhancement only; every page works without this file.
+(function () {
+  "use strict";
+
+  // Local times for <time datetime> elements.
+  function localTimes(root) {
+    root.querySelectorAll("time[datetime]").forEach(function (el) {
+      var at = new Date(el.getAttribute("datetime"));
+      if (!isNaN(at)) {
+        el.title = el.textContent;
+        el.textContent = at.toLocaleString();
+      }
+    });
+  }
+
+  // Drafts: what is typed into a form survives an expired session. Values are kept in
+  // sessionStorage until the form is submitted and the next page is not the sign-in page.
+  var DRAFT_PREFIX = "docket-draft:";
+  function draftKey(form, field) {
+    return DRAFT_PREFIX + location.pathname + "|" + (form.getAttribute("action") || "") + "|" + field.name;
+  }
+  function draftable(field) {
+    return field.name && field.name.charAt(0) !== "_" && field.type !== "password" &&
+      field.type !== "hidden" && field.type !== "submit" && !field.hasAttribute("data-no-draft");
+  }
+  function drafts() {
+    var onSignIn = document.body.getAttribute("data-page") === "login";
+    var submitted = sessionStorage.getItem(DRAFT_PREFIX + "submitted");
+    if (submitted && !onSignIn) {
+      Object.keys(sessionStorage).forEach(function (key) {
+        if (key.indexOf(submitted) === 0) sessionStorage.removeItem(key);
+      });
+      sessionStorage.removeItem(DRAFT_PREFIX + "submitted");
+    }
+    document.querySelectorAll("form[method=post]").forEach(function (form) {
+      Array.prototype.forEach.call(form.elements, function (field) {
+        if (!draftable(field)) return;
+        var saved = sessionStorage.getItem(draftKey(form, field));
+        if (saved !== null && field.type !== "checkbox" && field.type !== "radio" && field.tagName !== "SELECT") {
+          field.value = saved;
+        }
+        field.addEventListener("input", function () {
+          sessionStorage.setItem(draftKey(form, field), field.value);
+        });
+      });
+      form.addEventListener("submit", function () {
+        sessionStorage.setItem(DRAFT_PREFIX + "submitted", DRAFT_PREFIX + location.pathname + "|" + (form.getAttribute("action") || "") + "|");
+      });
+    });
+  }
+
+  // Keyboard shortcuts: elements with data-shortcut="a" are clicked (or focused, for fields)
+  // when the key is pressed outside a text field.
+  function shortcuts() {
+    document.addEventListener("keydown", function (event) {
+      if (event.ctrlKey || event.metaKey || event.altKey) return;
+      var target = event.target;
+      if (target && (target.tagName === "INPUT" || target.tagName === "TEXTAREA" || target.tagName === "SELECT" || target.isContentEditable)) {
+        if (event.key === "Escape") target.blur();
+        return;
+      }
+      var el = document.querySelector('[data-shortcut="' + CSS.escape(event.key) + '"]');
+      if (!el) return;
+      event.preventDefault();
+      if (el.tagName === "TEXTAREA" || el.tagName === "INPUT" || el.tagName === "SELECT") el.focus();
+      else el.click();
+    });
+  }
+
+  // Confirmation for destructive buttons (data-confirm="message").
+  function confirmations() {
+    document.addEventListener("submit", function (event) {
+      var button = event.submitter;
+      var message = (button && button.getAttribute("data-confirm")) || event.target.getAttribute("data-confirm");
+      if (message && !window.confirm(message)) event.preventDefault();
+    });
+  }
+
+  // Zoomable images: click toggles 2x.
+  function zoom() {
+    document.querySelectorAll("img[data-zoom]").forEach(function (img) {
+      img.addEventListener("click", function () { img.classList.toggle("zoomed"); });
+      img.addEventListener("keydown", function (event) {
+        if (event.key === "Enter" || event.key === " ") { event.preventDefault(); img.classList.toggle("zoomed"); }
+      });
+    });
+  }
+
+  // Live regions: <div data-live="/console/..."> is re-fetched when the server-sent event stream
+  // at data-live-events (default /console/events) reports something, at most once a second.
+  function live() {
+    var regions = document.querySelectorAll("[data-live]");
+    if (!regions.length || !window.EventSource) return;
+    var indicator = document.querySelector(".live");
+    var pending = false;
+    function refresh() {
+      if (pending) return;
+      pending = true;
+      setTimeout(function () {
+        pending = false;
+        regions.forEach(function (region) {
+          fetch(region.getAttribute("data-live"), { credentials: "same-origin", headers: { "Accept": "text/html" } })
+            // A redirect means the session ended (sign-in page): keep what is shown.
+            .then(function (r) { return r.ok && !r.redirected ? r.text() : null; })
+            .then(function (html) {
+              if (html === null) return;
+              var doc = new DOMParser().parseFromString(html, "text/html");
+              var fresh = doc.querySelector("[data-live-fragment]");
+              if (!fresh) return;
+              region.innerHTML = fresh.innerHTML;
+              localTimes(region);
+            });
+        });
+      }, 1000);
+    }
+    var source = new EventSource(regions[0].getAttribute("data-live-events") || "/console/events");
+    // Once (re)connected, refresh too: what changed before the stream opened sent no event here.
+    source.onopen = function () { if (indicator) indicator.classList.add("on"); refresh(); };
+    source.onerror = function () { if (indicator) indicator.classList.remove("on"); };
+    source.onmessage = refresh;
+    source.addEventListener("change", refresh);
+    // data-live-interval="10": also refresh every 10 s, for what publishes no events (heartbeats).
+    var every = parseInt(regions[0].getAttribute("data-live-interval"), 10);
+    if (every > 0) setInterval(refresh, every * 1000);
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    localTimes(document);
+    drafts();
+    shortcuts();
+    confirmations();
+    zoom();
+    live();
+    var autofocus = document.querySelector("[data-autofocus]");
+    if (autofocus) autofocus.focus();
+  });
+})();

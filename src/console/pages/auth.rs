@@ -1,0 +1,172 @@
+//! Sign-in (with the TOTP code when the user has enrolled) and sign-out.
+
+use axum::extract::Query;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::html;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::console::client::IssuedTokens;
+use crate::console::layout::{self, csrf_input};
+use crate::console::session::{self, Anonymous, Flash, FlashKind, MFA_PATH, safe_next};
+
+#[derive(Deserialize)]
+pub struct NextQuery {
+    next: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    email: String,
+    password: String,
+    #[serde(default)]
+    totp_code: String,
+    #[serde(default)]
+    next: String,
+}
+
+/// What the sign-in form shows again after a failed attempt.
+struct LoginView<'a> {
+    csrf: &'a str,
+    next: &'a str,
+    email: &'a str,
+    /// Kept so that the second step (the TOTP code) does not ask for it again.
+    password: Option<&'a str>,
+    ask_code: bool,
+}
+
+fn login_form(status: StatusCode, view: LoginView<'_>, flash: Option<&Flash>) -> Response {
+    let content = html! {
+        h1 { "Sign in to Docket" }
+        form.stack method="post" action="/console/login" {
+            (csrf_input(view.csrf))
+            input type="hidden" name="next" value=(view.next);
+            div {
+                label for="email" { "Email" }
+                input #email type="email" name="email" autocomplete="username" required
+                    value=(view.email) data-autofocus[!view.ask_code];
+            }
+            div {
+                label for="password" { "Password" }
+                input #password type="password" name="password" autocomplete="current-password"
+                    required value=[view.password];
+            }
+            @if view.ask_code {
+                div {
+                    label for="totp_code" {
+                        "Authentication code"
+                        span.hint { "The six digits from your authenticator app, or a recovery code." }
+                    }
+                    input #totp_code type="text" name="totp_code" inputmode="numeric"
+                        autocomplete="one-time-code" required data-autofocus data-no-draft;
+                }
+            }
+            div { button type="submit" { "Sign in" } }
+        }
+    };
+    // "login" tells the drafts script to keep what was typed before the session ended.
+    layout::bare_page(status, "Sign in", "login", flash, content)
+}
+
+pub async fn login_page(anonymous: Anonymous, Query(query): Query<NextQuery>) -> Response {
+    let next = query
+        .next
+        .filter(|n| safe_next(n))
+        .unwrap_or_else(|| "/console".to_owned());
+    let flash = anonymous.flash.clone().or_else(|| {
+        (next != "/console").then(|| Flash {
+            kind: FlashKind::Error,
+            message:
+                "Your session has ended. Sign in again to continue; what you typed has been kept."
+                    .to_owned(),
+        })
+    });
+    login_form(
+        StatusCode::OK,
+        LoginView {
+            csrf: &anonymous.csrf,
+            next: &next,
+            email: "",
+            password: None,
+            ask_code: false,
+        },
+        flash.as_ref(),
+    )
+}
+
+pub async fn login(anonymous: Anonymous, form: axum::Form<LoginForm>) -> Response {
+    let form = form.0;
+    let next = if safe_next(&form.next) {
+        form.next.clone()
+    } else {
+        "/console".to_owned()
+    };
+    let mut body = json!({ "email": form.email.trim(), "password": form.password });
+    let code = form.totp_code.trim();
+    if !code.is_empty() {
+        // Recovery codes are longer than the six-digit TOTP codes.
+        let field = if code.len() > 8 {
+            "recovery_code"
+        } else {
+            "totp_code"
+        };
+        body[field] = json!(code);
+    }
+    match anonymous
+        .api
+        .post::<IssuedTokens>("/auth/login", &body)
+        .await
+    {
+        Ok(issued) => {
+            let to = if issued.mfa_enrolment_required {
+                MFA_PATH.to_owned()
+            } else {
+                next
+            };
+            anonymous.api.adopt(issued.into());
+            Redirect::to(&to).into_response()
+        }
+        Err(failure) => {
+            let ask_code = matches!(failure.code.as_str(), "mfa_required" | "invalid_mfa_code");
+            let message = if failure.code == "mfa_required" {
+                "Enter the code from your authenticator app.".to_owned()
+            } else {
+                failure.message.clone()
+            };
+            login_form(
+                if failure.status.is_client_error() {
+                    failure.status
+                } else {
+                    StatusCode::BAD_GATEWAY
+                },
+                LoginView {
+                    csrf: &anonymous.csrf,
+                    next: &next,
+                    email: form.email.trim(),
+                    password: ask_code.then_some(form.password.as_str()),
+                    ask_code,
+                },
+                Some(&Flash {
+                    kind: FlashKind::Error,
+                    message,
+                }),
+            )
+        }
+    }
+}
+
+pub async fn logout(anonymous: Anonymous) -> Response {
+    if anonymous.api.has_tokens() {
+        // The browser forgets the session either way; a failure here only leaves it to expire.
+        if let Err(failure) = anonymous.api.send(Method::POST, "/auth/logout", None).await {
+            tracing::info!(
+                code = failure.code,
+                "console sign-out: the API session was not revoked"
+            );
+        }
+    }
+    let mut response = session::success("/console/login", "You have signed out.");
+    session::clear_session(&mut response);
+    response
+}
