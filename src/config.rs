@@ -246,6 +246,19 @@ impl Config {
         validate_path_prefix("API_V1_PREFIX", &api_v1_prefix)?;
         let healthcheck_path = get("HEALTHCHECK_PATH").unwrap_or_else(|| "/health".to_owned());
         validate_path_prefix("HEALTHCHECK_PATH", &healthcheck_path)?;
+        // An extra health route must not collide with the API's or the console's routes.
+        let under = |prefix: &str| {
+            healthcheck_path == prefix || healthcheck_path.starts_with(&format!("{prefix}/"))
+        };
+        if under(&api_v1_prefix)
+            || under("/console")
+            || ["/docs", "/redoc"].contains(&healthcheck_path.as_str())
+        {
+            return Err(ConfigError::new(
+                "HEALTHCHECK_PATH",
+                "must not be under API_V1_PREFIX or /console, nor /docs or /redoc",
+            ));
+        }
 
         let cors_origins = match get("CORS_ORIGINS") {
             None => Vec::new(),
@@ -990,6 +1003,11 @@ mod tests {
             (&[("API_V1_PREFIX", "api")], "API_V1_PREFIX"),
             (&[("API_V1_PREFIX", "/api/")], "API_V1_PREFIX"),
             (&[("HEALTHCHECK_PATH", "health")], "HEALTHCHECK_PATH"),
+            (
+                &[("HEALTHCHECK_PATH", "/api/v1/health")],
+                "HEALTHCHECK_PATH",
+            ),
+            (&[("HEALTHCHECK_PATH", "/console")], "HEALTHCHECK_PATH"),
             (&[("CORS_ORIGINS", "https://a.example")], "CORS_ORIGINS"),
             (
                 &[("CORS_ORIGINS", "[\"https://a.example/path\"]")],

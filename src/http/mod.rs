@@ -81,7 +81,10 @@ pub fn router(state: AppState, role: Role) -> Router {
         .routes(routes!(ops::live))
         .routes(routes!(ops::ready))
         .routes(routes!(ops::metrics));
-    if config.healthcheck_path != "/health" {
+    // The configured path is an extra route to `/health`, unless it already is one of the probes.
+    if !["/health", "/health/live", "/health/ready", "/metrics"]
+        .contains(&config.healthcheck_path.as_str())
+    {
         ops_routes = ops_routes.route(&config.healthcheck_path, get(ops::health));
     }
 

@@ -25,6 +25,14 @@ on_both_backends! {
         assert_eq!(app.get("/api/v1/health").await.status(), StatusCode::NOT_FOUND);
     }
 
+    async fn healthcheck_path_may_name_an_existing_probe(backend) {
+        let overrides = [("HEALTHCHECK_PATH", "/health/ready")];
+        let Some(app) = TestApp::spawn_with(backend, Role::All, &overrides).await else { return };
+        let (status, body) = app.get_json("/health/ready").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "ready", "the readiness probe, not a second /health");
+    }
+
     async fn ready_when_database_is_migrated(backend) {
         let Some(app) = TestApp::spawn(backend).await else { return };
         let (status, body) = app.get_json("/health/ready").await;
