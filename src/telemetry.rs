@@ -57,6 +57,8 @@ pub fn metrics_handle() -> PrometheusHandle {
                 "version" => env!("CARGO_PKG_VERSION"),
             )
             .set(1.0);
+            // Exported from the start, so `increase()` also sees the first breaches after a restart.
+            metrics::counter!("docket_sla_breaches_total").absolute(0);
             handle
         })
         .clone()
