@@ -39,6 +39,10 @@ if ! have_postgres; then
   apt_install postgresql
 fi
 # Headless Chromium and its WebDriver for the console's browser tests (tests/console).
+if ! command -v promtool >/dev/null; then
+  echo "==> installing promtool (Debian's prometheus package) for the alert rule checks"
+  apt_install prometheus
+fi
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   echo "==> installing Chromium and chromedriver"
   apt_install chromium chromium-driver
