@@ -1,5 +1,6 @@
 //! Command-line interface: one binary, one subcommand per role or operation.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -43,6 +44,28 @@ enum Command {
     /// Audit log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Back up the embedded deployment (SQLite) into one .tar.gz while it runs.
+    ///
+    /// The archive holds a consistent snapshot of the SQLite database, the file:// object store and
+    /// the development signing key, with a manifest of SHA-256 sums. For PostgreSQL use pg_dump
+    /// (docs/backup.md).
+    Backup {
+        /// Archive to write, or a directory to write docket-backup-<UTC time>.tar.gz into [default:
+        /// the working directory].
+        #[arg(long, value_name = "PATH")]
+        output: Option<PathBuf>,
+    },
+    /// Restore a `docket backup` archive (stop Docket first).
+    ///
+    /// Restores into DATABASE_URL, the file:// OBJECT_STORE_URL and DATA_DIR. Every checksum is
+    /// verified before anything is replaced.
+    Restore {
+        /// Archive written by `docket backup`.
+        file: PathBuf,
+        /// Replace a database or object store that already holds data (the current data is deleted).
+        #[arg(long)]
+        force: bool,
+    },
     /// Benchmarks against the configured database (not tests: they print measurements).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -83,6 +106,12 @@ enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Crash test on PostgreSQL: start `docket worker` processes and SIGKILL a random one every
+    /// second while they drain small jobs, then the same with `docket scheduler` processes and
+    /// tasks firing every second, restarting PostgreSQL once in each part (--restart-postgres).
+    /// Reports lost, failed and repeated work against its bound; exits 1 if an invariant broke.
+    /// Use a scratch database: the workers it starts take any due job.
+    Chaos(crate::chaos::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,6 +171,8 @@ pub async fn run() -> ExitCode {
         Command::Audit(AuditCommand::Verify { tenant }) => {
             audit_verify(config, tenant.as_deref()).await
         }
+        Command::Backup { output } => backup(config, output).await,
+        Command::Restore { file, force } => restore(config, file, force).await,
         Command::Bench(BenchCommand::Scheduler { tasks, seconds }) => {
             bench_scheduler(config, tasks, seconds).await
         }
@@ -153,6 +184,7 @@ pub async fn run() -> ExitCode {
         Command::Bench(BenchCommand::Queue { jobs, workers }) => {
             bench_queue(config, jobs, workers).await
         }
+        Command::Bench(BenchCommand::Chaos(args)) => bench_chaos(config, args).await,
         Command::Config => {
             for line in config.redacted_lines() {
                 println!("{line}");
@@ -345,6 +377,32 @@ async fn audit_verify(config: Config, tenant: Option<&str>) -> ExitCode {
     }
 }
 
+async fn backup(config: Config, output: Option<PathBuf>) -> ExitCode {
+    match crate::backup::backup(&config, output).await {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("docket: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn restore(config: Config, file: PathBuf, force: bool) -> ExitCode {
+    match crate::backup::restore(&config, &file, force).await {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("docket: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn bench_queue(config: Config, jobs: usize, workers: usize) -> ExitCode {
     let result = async {
         let store = open_store(&config).await?;
@@ -425,6 +483,37 @@ async fn bench_scheduler(config: Config, tasks: usize, seconds: u64) -> ExitCode
         Ok(report) => {
             println!("{report}");
             ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("docket: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench_chaos(config: Config, args: crate::chaos::Args) -> ExitCode {
+    let result = async {
+        let program = std::env::current_exe()
+            .map_err(|e| format!("cannot find this binary to start workers from: {e}"))?;
+        let store = open_store(&config).await?;
+        let options = crate::chaos::Options::from_args(program, &args);
+        // Interrupted, the run is dropped, and with it the processes it started.
+        let report = tokio::select! {
+            report = crate::chaos::run(&config, &store, options) => report,
+            _ = tokio::signal::ctrl_c() => Err("interrupted".to_owned()),
+        };
+        store.close().await;
+        report
+    }
+    .await;
+    match result {
+        Ok(report) => {
+            println!("{report}");
+            if report.problems().is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("docket: {e}");

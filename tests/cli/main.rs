@@ -3,6 +3,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod backup;
+mod chaos;
 mod deploy_files;
 mod deploy_manifests;
 
