@@ -1,8 +1,9 @@
 //! Extractors whose rejections use the API error shape instead of axum's plain-text ones.
 
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
@@ -21,11 +22,55 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        if !is_json(req.headers()) {
+            return Err(json_rejection(JsonRejection::MissingJsonContentType(
+                Default::default(),
+            )));
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| json_rejection(JsonRejection::BytesRejection(e)))?;
+        if has_escaped_nul(&bytes) {
+            // PostgreSQL cannot store NUL in text; refusing it here keeps every backend alike.
+            return Err(ApiError::validation(
+                "Text in the request body must not contain NUL characters (\\u0000).",
+            ));
+        }
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
+}
+
+/// `Content-Type: application/json` or `application/*+json`, as axum's own extractor accepts.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|mime| mime.trim().to_ascii_lowercase())
+        .is_some_and(|mime| {
+            mime.strip_prefix("application/")
+                .is_some_and(|sub| sub == "json" || sub.ends_with("+json"))
+        })
+}
+
+/// Whether a JSON text holds a `\u0000` escape (raw NUL bytes are invalid JSON anyway). An escape
+/// starts at a backslash preceded by an even number of backslashes.
+fn has_escaped_nul(bytes: &[u8]) -> bool {
+    let mut backslashes = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'\\' {
+            backslashes += 1;
+            continue;
+        }
+        if b == b'u' && backslashes % 2 == 1 && bytes[i + 1..].starts_with(b"0000") {
+            return true;
+        }
+        backslashes = 0;
+    }
+    false
 }
 
 /// An optional JSON body: `None` when the request has no `Content-Type` (no body was sent).
@@ -37,12 +82,12 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
-        match <axum::Json<T> as axum::extract::OptionalFromRequest<S>>::from_request(req, state)
-            .await
-        {
-            Ok(value) => Ok(value.map(|axum::Json(value)| Self(value))),
-            Err(rejection) => Err(json_rejection(rejection)),
+        if !req.headers().contains_key(header::CONTENT_TYPE) {
+            return Ok(None);
         }
+        <Self as FromRequest<S>>::from_request(req, state)
+            .await
+            .map(Some)
     }
 }
 
@@ -104,6 +149,16 @@ mod tests {
             status,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         )
+    }
+
+    #[test]
+    fn escaped_nul_is_found_only_where_it_is_an_escape() {
+        assert!(has_escaped_nul(br#"{"a":"x\u0000y"}"#));
+        assert!(has_escaped_nul(br#"{"a":"\\\u0000"}"#));
+        assert!(!has_escaped_nul(br#"{"a":"\\u0000"}"#));
+        assert!(!has_escaped_nul(br#"{"a":"\u0001 u0000"}"#));
+        assert!(!has_escaped_nul(br#"{"a":"\u000"}"#));
+        assert!(!has_escaped_nul(b"\\u"));
     }
 
     #[tokio::test]

@@ -47,6 +47,7 @@ pub fn apply(router: Router, config: &Config) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             config.request_timeout,
         ))
+        .layer(axum::middleware::from_fn(refuse_nul_in_uri))
         .layer(axum::middleware::from_fn(json_error_bodies))
         .layer(cors(config))
         .layer(CompressionLayer::new())
@@ -209,6 +210,21 @@ async fn json_error_bodies(request: Request, next: Next) -> Response<Body> {
         parts.headers.insert(header::CONTENT_TYPE, ct.clone());
     }
     Response::from_parts(parts, body)
+}
+
+/// A NUL character (`%00`) in the path or query is refused with 400: no identifier or filter holds
+/// one, and PostgreSQL cannot take one in a text parameter (it would fail as a 500).
+async fn refuse_nul_in_uri(request: Request, next: Next) -> Response<Body> {
+    let uri = request.uri();
+    let has_nul = |text: &str| text.as_bytes().windows(3).any(|w| w == b"%00");
+    if has_nul(uri.path()) || uri.query().is_some_and(has_nul) {
+        return ApiError::bad_request(
+            "invalid_characters",
+            "The path and query must not contain NUL characters (%00).",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Body size caps: `MAX_BODY_BYTES` everywhere except file uploads.

@@ -1,6 +1,6 @@
 use docket::app::Role;
-use reqwest::StatusCode;
-use serde_json::Value;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
 
 use crate::on_both_backends;
 use crate::support::TestApp;
@@ -34,6 +34,33 @@ on_both_backends! {
         assert_eq!(response.headers()["content-type"], "application/json");
         let body: Value = response.json().await.unwrap();
         assert_error_shape(&body, "method_not_allowed");
+    }
+
+    // Found by bench/api/schemathesis.sh: a NUL in `cursor` reached PostgreSQL as text and failed
+    // with "invalid byte sequence for encoding UTF8: 0x00", a 500.
+    async fn nul_characters_are_refused_not_500(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let admin = app.sign_in("acme", "ada@acme.test", docket::auth::Role::Admin).await;
+        // PostgreSQL refuses NUL in text parameters; these used to be 500s there (found by schemathesis).
+        for path in ["/api/v1/users?cursor=a%00b", "/api/v1/api-keys?cursor=a%00b", "/api/v1/tasks?cursor=a%00b", "/api/v1/runs?task_id=x%00y"] {
+            let (status, body) = app.call(Method::GET, path, &admin.access_token, None).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+            assert_error_shape(&body, "invalid_characters");
+        }
+        for path in ["/api/v1/users?cursor=zzz", "/api/v1/runs?task_id=xy"] {
+            let (status, body) = app.call(Method::GET, path, &admin.access_token, None).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        }
+        let body = json!({ "topic": "case.note", "payload": {}, "idempotency_key": "a\u{0}b" });
+        let (status, reply) = app.call(Method::POST, "/api/v1/events", &admin.access_token, Some(body)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{reply}");
+        assert_error_shape(&reply, "validation_failed");
+        let (status, reply) = app.call(Method::POST, "/api/v1/reviews/next", &admin.access_token, Some(json!({ "queue": "\u{0}" }))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{reply}");
+        // An escaped backslash followed by "u0000" is ordinary text, not a NUL.
+        let body = json!({ "topic": "case.note", "payload": { "text": "C:\\u0000" } });
+        let (status, reply) = app.call(Method::POST, "/api/v1/events", &admin.access_token, Some(body)).await;
+        assert!(status.is_success(), "{status}: {reply}");
     }
 
     async fn oversized_bodies_are_413_json(backend) {
