@@ -2341,4 +2341,480 @@ mod tests {
         );
         assert!(error_of(json!(null)).to_string().starts_with("policy: "));
     }
+
+    /// Property tests: validation and evaluation never panic, accepted documents round-trip, and
+    /// rule order follows "the first matching rule that sets an effect wins" (checked against a
+    /// small reference model below).
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Words from the policy grammar, so generated JSON reaches past the first check.
+        const VOCAB: &[&str] = &[
+            "defaults",
+            "ai",
+            "rules",
+            "enabled",
+            "confidence_threshold",
+            "name",
+            "when",
+            "then",
+            "stop",
+            "priority",
+            "dual_control",
+            "sla_hours",
+            "auto_decision",
+            "queue",
+            "required_role",
+            "field",
+            "op",
+            "value",
+            "all",
+            "any",
+            "not",
+            "amount",
+            "currency",
+            "type",
+            "reference",
+            "ai.recommendation",
+            "ai.confidence",
+            "subject.a",
+            "subject.a.b",
+            "subject.",
+            "subject..x",
+            "==",
+            "!=",
+            "<",
+            "<=",
+            ">",
+            ">=",
+            "in",
+            "not_in",
+            "exists",
+            "contains",
+            "low",
+            "normal",
+            "high",
+            "urgent",
+            "never",
+            "approve",
+            "reject",
+            "reviewer",
+            "supervisor",
+            "admin",
+            "viewer",
+            "EUR",
+            "5000",
+            "5000.00",
+            "-1e3",
+            "1e400",
+            "NaN",
+            "",
+        ];
+
+        fn word() -> impl Strategy<Value = String> {
+            prop_oneof![
+                3 => prop::sample::select(VOCAB).prop_map(str::to_owned),
+                1 => ".{0,12}",
+            ]
+        }
+
+        fn scalar() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<f64>().prop_filter_map("finite", |f| Number::from_f64(f).map(Value::Number)),
+                (0u32..20_000).prop_map(Value::from),
+                word().prop_map(Value::from),
+            ]
+        }
+
+        /// Any JSON value, biased towards the shapes and words of policy documents.
+        fn arb_json() -> impl Strategy<Value = Value> {
+            scalar().prop_recursive(6, 96, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::vec((word(), inner), 0..6)
+                        .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
+                ]
+            })
+        }
+
+        const FIELDS: &[&str] = &[
+            "amount",
+            "currency",
+            "type",
+            "reference",
+            "ai.recommendation",
+            "ai.confidence",
+            "subject.a",
+            "subject.a.b",
+            "subject.list",
+            "subject.a.0",
+        ];
+        const OPS: &[&str] = &[
+            "==", "!=", "<", "<=", ">", ">=", "in", "not_in", "exists", "contains",
+        ];
+
+        fn operand() -> impl Strategy<Value = Value> {
+            let one = prop_oneof![
+                scalar(),
+                prop::sample::select(&["EUR", "payment", "approve", "reject", "x", "12.5"][..])
+                    .prop_map(Value::from),
+                (any::<i32>(), 0u32..6).prop_map(|(n, scale)| {
+                    Value::String(Decimal::new(n.into(), scale).to_string())
+                }),
+                (0.0f64..=1.0).prop_map(Value::from),
+            ];
+            prop_oneof![
+                3 => one.clone(),
+                1 => prop::collection::vec(one, 1..4).prop_map(Value::Array),
+            ]
+        }
+
+        /// A comparison that validation accepts: a random one when it is valid, otherwise a
+        /// fixed valid one, so whole documents stay valid without rejecting most samples.
+        fn comparison() -> impl Strategy<Value = Value> {
+            (
+                prop::sample::select(FIELDS),
+                prop::sample::select(OPS),
+                operand(),
+            )
+                .prop_map(|(field, op, value)| {
+                    let leaf = json!({"field": field, "op": op, "value": value});
+                    let probe =
+                        json!({"rules": [{"name": "p", "when": leaf, "then": {"queue": "q"}}]});
+                    if Policy::parse(&probe).is_ok() {
+                        leaf
+                    } else {
+                        json!({"field": "amount", "op": ">=", "value": "0"})
+                    }
+                })
+        }
+
+        fn condition() -> impl Strategy<Value = Value> {
+            comparison().prop_recursive(4, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 1..4).prop_map(|c| json!({"all": c})),
+                    prop::collection::vec(inner.clone(), 1..4).prop_map(|c| json!({"any": c})),
+                    inner.prop_map(|c| json!({"not": c})),
+                ]
+            })
+        }
+
+        fn effects() -> impl Strategy<Value = Value> {
+            (
+                prop::option::of(prop::sample::select(
+                    &["low", "normal", "high", "urgent"][..],
+                )),
+                prop::option::of(any::<bool>()),
+                prop::option::of(1u32..=MAX_SLA_HOURS),
+                prop::option::of(prop::sample::select(
+                    &["never", "approve", "reject", "any"][..],
+                )),
+                prop::option::of("[a-z0-9._-]{1,10}"),
+                prop::option::of(prop::sample::select(
+                    &["reviewer", "supervisor", "admin"][..],
+                )),
+            )
+                .prop_map(|(priority, dual, sla, auto, queue, role)| {
+                    let mut map = Map::new();
+                    let mut put = |key: &str, value: Option<Value>| {
+                        if let Some(value) = value {
+                            map.insert(key.to_owned(), value);
+                        }
+                    };
+                    put("priority", priority.map(Value::from));
+                    put("dual_control", dual.map(Value::from));
+                    put("sla_hours", sla.map(Value::from));
+                    put("auto_decision", auto.map(Value::from));
+                    put("queue", queue.map(Value::from));
+                    put("required_role", role.map(Value::from));
+                    Value::Object(map)
+                })
+        }
+
+        /// A policy document that validation accepts.
+        fn valid_document() -> impl Strategy<Value = Value> {
+            let rule = (condition(), effects(), any::<bool>(), "[a-z ]{0,8}").prop_map(
+                |(when, mut then, stop, name)| {
+                    if then.as_object().is_some_and(Map::is_empty) {
+                        then = json!({"queue": "fallback"});
+                    }
+                    json!({"name": format!("rule {name}"), "when": when, "then": then, "stop": stop})
+                },
+            );
+            (
+                effects(),
+                any::<bool>(),
+                0.0f64..=1.0,
+                prop::collection::vec(rule, 0..8),
+            )
+                .prop_map(|(defaults, enabled, threshold, rules)| {
+                    json!({
+                        "defaults": defaults,
+                        "ai": {"enabled": enabled, "confidence_threshold": threshold},
+                        "rules": rules,
+                    })
+                })
+        }
+
+        fn amount() -> impl Strategy<Value = Decimal> {
+            prop_oneof![
+                (any::<i64>(), 0u32..=28).prop_map(|(n, scale)| Decimal::new(n, scale)),
+                (-20_000i64..20_000).prop_map(Decimal::from),
+                Just(Decimal::MAX),
+                Just(Decimal::MIN),
+            ]
+        }
+
+        fn assessment() -> impl Strategy<Value = Option<AiAssessment>> {
+            prop::option::of(
+                (
+                    any::<bool>(),
+                    prop_oneof![any::<f64>(), 0.0f64..=1.0, Just(f64::NAN)],
+                    0usize..60,
+                )
+                    .prop_map(|(approve, confidence, reasons)| AiAssessment {
+                        recommendation: if approve {
+                            Recommendation::Approve
+                        } else {
+                            Recommendation::Reject
+                        },
+                        confidence,
+                        reasons: vec!["r".into(); reasons],
+                    }),
+            )
+        }
+
+        fn subject() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                arb_json(),
+                (arb_json(), arb_json(), arb_json()).prop_map(|(a, b, list)| {
+                    json!({"a": {"b": b, "0": a.clone()}, "list": list, "x": a})
+                }),
+            ]
+        }
+
+        // Reference model for rule order: conditions are trees of amount comparisons with whole
+        // thresholds, effects are the four simplest keys.
+        #[derive(Clone, Debug)]
+        enum ModelCond {
+            Cmp(&'static str, i64),
+            All(Vec<ModelCond>),
+            Any(Vec<ModelCond>),
+            Not(Box<ModelCond>),
+        }
+
+        impl ModelCond {
+            fn holds(&self, amount: i64) -> bool {
+                match self {
+                    Self::Cmp(op, t) => match *op {
+                        "==" => amount == *t,
+                        "!=" => amount != *t,
+                        "<" => amount < *t,
+                        "<=" => amount <= *t,
+                        ">" => amount > *t,
+                        ">=" => amount >= *t,
+                        _ => unreachable!(),
+                    },
+                    Self::All(c) => c.iter().all(|c| c.holds(amount)),
+                    Self::Any(c) => c.iter().any(|c| c.holds(amount)),
+                    Self::Not(c) => !c.holds(amount),
+                }
+            }
+
+            fn to_json(&self) -> Value {
+                match self {
+                    // Thresholds alternate between JSON numbers and decimal strings.
+                    Self::Cmp(op, t) if t % 2 == 0 => {
+                        json!({"field": "amount", "op": op, "value": t})
+                    }
+                    Self::Cmp(op, t) => {
+                        json!({"field": "amount", "op": op, "value": format!("{t}.00")})
+                    }
+                    Self::All(c) => json!({"all": c.iter().map(Self::to_json).collect::<Vec<_>>()}),
+                    Self::Any(c) => json!({"any": c.iter().map(Self::to_json).collect::<Vec<_>>()}),
+                    Self::Not(c) => json!({"not": c.to_json()}),
+                }
+            }
+        }
+
+        #[derive(Clone, Debug)]
+        struct ModelRule {
+            when: ModelCond,
+            priority: Option<&'static str>,
+            queue: Option<String>,
+            sla_hours: Option<u32>,
+            dual_control: Option<bool>,
+            stop: bool,
+        }
+
+        fn model_cond() -> impl Strategy<Value = ModelCond> {
+            (
+                prop::sample::select(&["==", "!=", "<", "<=", ">", ">="][..]),
+                -5i64..5,
+            )
+                .prop_map(|(op, t)| ModelCond::Cmp(op, t))
+                .prop_recursive(3, 16, 3, |inner| {
+                    prop_oneof![
+                        prop::collection::vec(inner.clone(), 1..4).prop_map(ModelCond::All),
+                        prop::collection::vec(inner.clone(), 1..4).prop_map(ModelCond::Any),
+                        inner.prop_map(|c| ModelCond::Not(Box::new(c))),
+                    ]
+                })
+        }
+
+        fn model_rule() -> impl Strategy<Value = ModelRule> {
+            (
+                model_cond(),
+                prop::option::of(prop::sample::select(
+                    &["low", "normal", "high", "urgent"][..],
+                )),
+                prop::option::of("[a-c]"),
+                prop::option::of(1u32..4),
+                prop::option::of(any::<bool>()),
+                prop::bool::weighted(0.2),
+            )
+                .prop_map(|(when, priority, queue, sla_hours, dual_control, stop)| {
+                    let mut rule = ModelRule {
+                        when,
+                        priority,
+                        queue,
+                        sla_hours,
+                        dual_control,
+                        stop,
+                    };
+                    if rule.priority.is_none()
+                        && rule.queue.is_none()
+                        && rule.sla_hours.is_none()
+                        && rule.dual_control.is_none()
+                    {
+                        rule.sla_hours = Some(7);
+                    }
+                    rule
+                })
+        }
+
+        fn model_document(rules: &[ModelRule]) -> Value {
+            let rules: Vec<Value> = rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let mut then = Map::new();
+                    if let Some(p) = r.priority {
+                        then.insert("priority".into(), p.into());
+                    }
+                    if let Some(q) = &r.queue {
+                        then.insert("queue".into(), q.as_str().into());
+                    }
+                    if let Some(h) = r.sla_hours {
+                        then.insert("sla_hours".into(), h.into());
+                    }
+                    if let Some(d) = r.dual_control {
+                        then.insert("dual_control".into(), d.into());
+                    }
+                    json!({"name": format!("r{i}"), "when": r.when.to_json(), "then": then, "stop": r.stop})
+                })
+                .collect();
+            json!({"defaults": {"priority": "low", "queue": "default", "sla_hours": 99, "dual_control": false},
+                   "rules": rules})
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            #[test]
+            fn validating_arbitrary_json_never_panics(document in arb_json()) {
+                if let Ok(policy) = Policy::parse(&document) {
+                    prop_assert_eq!(Policy::parse(&policy.to_document()), Ok(policy));
+                }
+            }
+
+            #[test]
+            fn validating_arbitrary_rules_never_panics(rules in prop::collection::vec(arb_json(), 0..4),
+                                                       defaults in arb_json(), ai in arb_json()) {
+                let document = json!({"defaults": defaults, "ai": ai, "rules": rules});
+                if let Ok(policy) = Policy::parse(&document) {
+                    prop_assert_eq!(Policy::parse(&policy.to_document()), Ok(policy));
+                }
+            }
+
+            #[test]
+            fn valid_documents_evaluate_without_panicking(
+                document in valid_document(),
+                amount in amount(),
+                currency in ".{0,4}",
+                case_type in prop::sample::select(&["payment", "refund", ""][..]),
+                subject in subject(),
+                ai in assessment(),
+            ) {
+                let policy = Policy::parse(&document)
+                    .map_err(|e| TestCaseError::fail(format!("generated document rejected: {e}")))?;
+                prop_assert_eq!(Policy::parse(&policy.to_document()), Ok(policy.clone()));
+                let outcome = policy.evaluate(&CaseFacts {
+                    case_type,
+                    reference: "REF-1",
+                    amount,
+                    currency: &currency,
+                    subject: &subject,
+                    ai: ai.as_ref(),
+                });
+                // Fired rules are in policy order, and nothing follows a stopping rule.
+                let rules = document["rules"].as_array().expect("rules");
+                for pair in outcome.fired.windows(2) {
+                    prop_assert!(pair[0].index < pair[1].index);
+                    prop_assert!(rules[pair[0].index]["stop"] != json!(true));
+                }
+                if outcome.auto_decision.is_some() {
+                    prop_assert!(!outcome.dual_control);
+                    let ai = ai.expect("auto decision needs an assessment");
+                    prop_assert!(ai.validate().is_ok());
+                    prop_assert_eq!(outcome.auto_decision, Some(ai.recommendation));
+                }
+            }
+
+            #[test]
+            fn first_matching_rule_that_sets_an_effect_wins(
+                rules in prop::collection::vec(model_rule(), 0..10),
+                amount in -6i64..6,
+            ) {
+                let policy = Policy::parse(&model_document(&rules))
+                    .map_err(|e| TestCaseError::fail(format!("model document rejected: {e}")))?;
+                let outcome = policy.evaluate(&CaseFacts {
+                    case_type: "payment",
+                    reference: "REF-1",
+                    amount: Decimal::from(amount),
+                    currency: "EUR",
+                    subject: &json!({}),
+                    ai: None,
+                });
+
+                let (mut priority, mut queue, mut sla, mut dual) = (None, None, None, None);
+                let mut fired = Vec::new();
+                for (index, rule) in rules.iter().enumerate() {
+                    if !rule.when.holds(amount) {
+                        continue;
+                    }
+                    priority = priority.or(rule.priority);
+                    queue = queue.or_else(|| rule.queue.clone());
+                    sla = sla.or(rule.sla_hours);
+                    dual = dual.or(rule.dual_control);
+                    fired.push(index);
+                    if rule.stop {
+                        break;
+                    }
+                }
+                let fired_indexes: Vec<usize> = outcome.fired.iter().map(|f| f.index).collect();
+                prop_assert_eq!(fired_indexes, fired);
+                prop_assert_eq!(outcome.priority.as_str(), priority.unwrap_or("low"));
+                prop_assert_eq!(outcome.queue, queue.unwrap_or_else(|| "default".to_owned()));
+                prop_assert_eq!(outcome.sla_hours, sla.unwrap_or(99));
+                prop_assert_eq!(outcome.dual_control, dual.unwrap_or(false));
+                prop_assert_eq!(outcome.required_role, "reviewer");
+            }
+        }
+    }
 }

@@ -1,0 +1,37 @@
+//! Policy documents: JSON → `Policy::parse` (validation); every accepted policy must round-trip
+//! through `to_document` and evaluate a few fixed cases without panicking.
+#![no_main]
+
+use docket::policy::engine::{AiAssessment, CaseFacts, Policy, Recommendation};
+use libfuzzer_sys::fuzz_target;
+use serde_json::{Value, json};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(document) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
+    let Ok(policy) = Policy::parse(&document) else {
+        return;
+    };
+    let again = Policy::parse(&policy.to_document()).expect("to_document must parse again");
+    assert_eq!(again, policy, "to_document must round-trip");
+
+    let subject = json!({"a": {"b": [1, "x", null]}, "amount": "12.5", "tags": ["x", "y"]});
+    let ai = AiAssessment {
+        recommendation: Recommendation::Approve,
+        confidence: 0.9,
+        reasons: vec![],
+    };
+    for amount in [0i64, 4999, 5000, 10_000, -3] {
+        for ai in [None, Some(&ai)] {
+            let _ = policy.evaluate(&CaseFacts {
+                case_type: "payment",
+                reference: "INV-1",
+                amount: amount.into(),
+                currency: "EUR",
+                subject: &subject,
+                ai,
+            });
+        }
+    }
+});
