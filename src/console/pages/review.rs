@@ -537,6 +537,26 @@ async fn queue_fragment(console: Console) -> Response {
     }
 }
 
+/// The header cells every case table starts with (the desk's queue, the supervision overview).
+pub(super) fn case_columns() -> Markup {
+    html! {
+        th scope="col" { "Case" } th scope="col" { "Priority" } th scope="col" { "State" }
+        th scope="col" { "Amount" } th scope="col" { "Queue" } th scope="col" { "SLA due" }
+    }
+}
+
+/// The cells of a case row under [`case_columns`].
+pub(super) fn case_cells(case: &Case, now: DateTime<Utc>) -> Markup {
+    html! {
+        td { a href=(case.href()) { (case.reference) } " " span.muted { (case.case_type) } }
+        td { (badge(&case.priority)) }
+        td { (badge(&case.state)) }
+        td { (case.amount_text()) }
+        td { (case.queue) }
+        td { (sla_cell(case, now)) }
+    }
+}
+
 fn queue_table(console: &Console, waiting: &[Case], more: bool, now: DateTime<Utc>) -> Markup {
     html! {
         p.muted {
@@ -545,19 +565,13 @@ fn queue_table(console: &Console, waiting: &[Case], more: bool, now: DateTime<Ut
         }
         table #queue {
             thead { tr {
-                th scope="col" { "Case" } th scope="col" { "Priority" } th scope="col" { "State" }
-                th scope="col" { "Amount" } th scope="col" { "Queue" } th scope="col" { "SLA due" }
+                (case_columns())
                 th scope="col" { "Note" }
             } }
             tbody {
                 @for case in waiting {
                     tr class=[case.sla(now).row_class()] data-case-id=(case.id) {
-                        td { a href=(case.href()) { (case.reference) } " " span.muted { (case.case_type) } }
-                        td { (badge(&case.priority)) }
-                        td { (badge(&case.state)) }
-                        td { (case.amount_text()) }
-                        td { (case.queue) }
-                        td { (sla_cell(case, now)) }
+                        (case_cells(case, now))
                         td {
                             @if let Some(why) = cannot_take(case, &console.user.id, console.user.role) {
                                 span.muted { (why) }

@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::review::{
-    Case, OPEN_STATES, People, Sla, TenantUser, cases_in, duration_text, not_found, post_failed,
-    sla_cell, valid_id,
+    Case, OPEN_STATES, People, Sla, TenantUser, case_cells, case_columns, cases_in, duration_text,
+    not_found, post_failed, sla_cell, valid_id,
 };
 use crate::app::AppState;
 use crate::auth::Role;
@@ -195,19 +195,13 @@ fn queue_overview(
             table {
                 caption { "Open cases, most urgent first" }
                 thead { tr {
-                    th scope="col" { "Case" } th scope="col" { "Priority" } th scope="col" { "State" }
-                    th scope="col" { "Amount" } th scope="col" { "Queue" } th scope="col" { "SLA due" }
+                    (case_columns())
                     th scope="col" { "Held by" }
                 } }
                 tbody {
                     @for case in open {
                         tr class=[case.sla(now).row_class()] data-case-id=(case.id) {
-                            td { a href=(case.href()) { (case.reference) } " " span.muted { (case.case_type) } }
-                            td { (badge(&case.priority)) }
-                            td { (badge(&case.state)) }
-                            td { (case.amount_text()) }
-                            td { (case.queue) }
-                            td { (sla_cell(case, now)) }
+                            (case_cells(case, now))
                             td { (holder(case, people)) }
                         }
                     }
