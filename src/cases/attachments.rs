@@ -665,7 +665,7 @@ pub async fn list_attachments(
 #[utoipa::path(get, path = "/cases/{id}/attachments/{attachment_id}", tag = "cases",
     description = "Requires: any role (`ReadCases`), or an API key with `cases:read`.\n\n\
         Streams the file with its detected `Content-Type`, `Content-Disposition: attachment` and its \
-        SHA-256 as the `ETag`.",
+        SHA-256 as the `ETag`. Each download is recorded as a view of the case.",
     params(("id" = String, Path, description = "Case id"), ("attachment_id" = String, Path)),
     responses(
         (status = 200, description = "The file", content(
@@ -683,6 +683,14 @@ pub async fn download_attachment(
     let attachment = find(&state.store, &principal.tenant_id, &case_id, &attachment_id)
         .await?
         .ok_or_else(|| ApiError::not_found("No such attachment."))?;
+    super::views::record(
+        &state.store,
+        &principal.tenant_id,
+        &case_id,
+        &principal.actor.to_string(),
+        Some(&attachment_id),
+    )
+    .await?;
     let location = object_store::path::Path::from(attachment.object_key.as_str());
     let object = state
         .objects

@@ -9,7 +9,10 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{Case, CaseError, CaseRow, Change, HistoryEntry, OPEN_STATES, SlaStatus, parse_amount};
+use super::{
+    Case, CaseError, CaseRow, Change, HistoryEntry, OPEN_STATES, PARKED_STATES, SlaStatus,
+    parse_amount,
+};
 use crate::app::AppState;
 use crate::auth::principal::{Authorized, Principal, ReadCases, WriteCases};
 use crate::http::error::ApiError;
@@ -186,6 +189,14 @@ pub async fn submit(
         request_hash,
         created_at: now,
         updated_at: now,
+        risk_level: "low".to_owned(),
+        flags: "[]".to_owned(),
+        require_reason: false,
+        reason_codes: "[]".to_owned(),
+        proposal: None,
+        hold_until: None,
+        resume_state: None,
+        parked_at: None,
     };
     let outcome = row.evaluate(&policy.policy);
     row.priority = outcome.priority.as_str().to_owned();
@@ -302,13 +313,16 @@ pub struct CaseFilter {
     pub q: Option<String>,
 }
 
-const STATES: [&str; 9] = [
+const STATES: [&str; 12] = [
     "queued",
     "in_review",
-    "awaiting_second_review",
+    "pending_dual_control",
     "escalated",
+    "on_hold",
+    "needs_more_info",
     "approved",
     "rejected",
+    "returned",
     "auto_approved",
     "auto_rejected",
     "cancelled",
@@ -370,13 +384,16 @@ pub async fn list_cases(
     let sla_clause = match sla {
         None => String::new(),
         Some(SlaStatus::OnTrack) => {
-            format!(" AND state IN {OPEN_STATES} AND sla_breached_at IS NULL AND sla_due_at > $12")
+            format!(
+                " AND sla_breached_at IS NULL AND (state IN {PARKED_STATES} OR (state IN {OPEN_STATES} AND sla_due_at > $12))"
+            )
         }
         Some(SlaStatus::Breached) => format!(
             " AND (sla_breached_at IS NOT NULL OR (state IN {OPEN_STATES} AND sla_due_at <= $12) OR decided_at > sla_due_at)"
         ),
         Some(SlaStatus::Met) => format!(
-            " AND state NOT IN {OPEN_STATES} AND sla_breached_at IS NULL AND (decided_at IS NULL OR decided_at <= sla_due_at)"
+            " AND state NOT IN {OPEN_STATES} AND state NOT IN {PARKED_STATES} AND sla_breached_at IS NULL \
+             AND (decided_at IS NULL OR decided_at <= sla_due_at)"
         ),
     };
     let (assignee, unassigned) = match filter.assignee.as_deref() {
@@ -423,7 +440,7 @@ pub async fn list_cases(
     )))
 }
 
-/// A case with its full history.
+/// A case with its full history. Each call is recorded as a view of the case (`GET /cases/{id}/views`).
 #[utoipa::path(get, path = "/cases/{id}", tag = "cases",
     description = "Requires: any role (`ReadCases`), or an API key with `cases:read`.",
     params(("id" = String, Path)),
@@ -435,6 +452,15 @@ pub async fn get_case(
 ) -> Result<ResponseJson<CaseDetail>, ApiError> {
     let row = super::find(&state.store, &principal.tenant_id, &id).await?;
     let history = super::history(&state.store, &principal.tenant_id, &id).await?;
+    // Recorded before answering: a view that cannot be recorded is not shown.
+    super::views::record(
+        &state.store,
+        &principal.tenant_id,
+        &id,
+        &principal.actor.to_string(),
+        None,
+    )
+    .await?;
     Ok(ResponseJson(CaseDetail {
         case: Case::from_row(row, crate::clock::now()),
         history,
@@ -477,7 +503,7 @@ pub async fn cancel_case(
             "not_submitter",
             "Only the submitter or a supervisor may cancel a case.",
         ))
-    } else if !row.is_open() {
+    } else if !row.is_open() && !row.is_parked() {
         Some(CaseError::IllegalTransition {
             current: row.state.clone(),
             attempted: "cancelled",
@@ -493,6 +519,9 @@ pub async fn cancel_case(
     row.state = "cancelled".to_owned();
     row.assignee_id = None;
     row.lease_expires_at = None;
+    row.hold_until = None;
+    row.resume_state = None;
+    row.parked_at = None;
     row.updated_at = now;
     super::save(&mut tx, &row).await?;
     let mut change = Change::new("cancelled", Some(&from), &principal.actor);

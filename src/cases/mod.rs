@@ -2,19 +2,23 @@
 //! the tenant's policy to an automatic decision or to the review queue, with their history and
 //! attachments.
 //!
-//! States: `new → (auto_approved | auto_rejected | queued) → in_review → (awaiting_second_review) →
-//! approved | rejected | escalated`, and `cancelled` from any open state. `new` only exists inside
+//! States: `new → (auto_approved | auto_rejected | queued) → in_review → approved | rejected |
+//! returned`, by way of `escalated` (supervisors), `pending_dual_control` (a proposal waiting for
+//! its checker), and the parked states `on_hold` (until a time) and `needs_more_info` (until the
+//! submitter adds information), which come back to the queue; `cancelled` from any open or parked
+//! state. See `crate::review` for the actions. `new` only exists inside
 //! the transaction that creates the case. Every change writes the case row, a history entry, an
 //! audit record and an event in one transaction; the event reaches subscribers after the commit.
 
 pub mod attachments;
 pub mod http;
+pub mod views;
 
 use std::fmt;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -34,11 +38,15 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(http::create_case, http::list_cases))
         .routes(routes!(http::get_case))
         .routes(routes!(http::cancel_case))
+        .routes(routes!(views::list_views))
         .merge(attachments::routes())
 }
 
 /// States in which a case waits for, or is with, a person.
-pub const OPEN_STATES: &str = "('queued', 'in_review', 'awaiting_second_review', 'escalated')";
+pub const OPEN_STATES: &str = "('queued', 'in_review', 'pending_dual_control', 'escalated')";
+
+/// States in which a case waits for something outside the review queue (a time, information).
+pub const PARKED_STATES: &str = "('on_hold', 'needs_more_info')";
 
 /// Amounts are stored exactly as text and, for range filters, as an integer of 1/10,000 units.
 pub const AMOUNT_SCALE: u32 = 4;
@@ -165,26 +173,43 @@ pub struct CaseRow {
     pub request_hash: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub risk_level: String,
+    /// JSON array of the policy's flags.
+    pub flags: String,
+    pub require_reason: bool,
+    /// JSON array of the final decision's reason codes.
+    pub reason_codes: String,
+    /// The maker's proposal while the case is `pending_dual_control` (JSON).
+    pub proposal: Option<String>,
+    pub hold_until: Option<DateTime<Utc>>,
+    pub resume_state: Option<String>,
+    pub parked_at: Option<DateTime<Utc>>,
 }
 
 pub const COLUMNS: &str = "id, tenant_id, type, reference, amount, amount_e4, currency, subject, ai_assessment, \
     state, priority, priority_rank, queue, required_role, required_rank, dual_control, sla_hours, sla_due_at, \
     sla_breached_at, policy_version, policy_trace, submitted_by, first_decision, first_decider, assignee_id, \
-    lease_expires_at, decision, decided_at, idempotency_key, request_hash, created_at, updated_at";
+    lease_expires_at, decision, decided_at, idempotency_key, request_hash, created_at, updated_at, risk_level, flags, \
+    require_reason, reason_codes, proposal, hold_until, resume_state, parked_at";
 
 impl CaseRow {
     pub fn is_open(&self) -> bool {
         matches!(
             self.state.as_str(),
-            "queued" | "in_review" | "awaiting_second_review" | "escalated"
+            "queued" | "in_review" | "pending_dual_control" | "escalated"
         )
+    }
+
+    /// Waiting outside the queue, for a time or for information.
+    pub fn is_parked(&self) -> bool {
+        matches!(self.state.as_str(), "on_hold" | "needs_more_info")
     }
 
     /// Decided (by people or policy) or cancelled: nothing more will happen to it.
     pub fn is_final(&self) -> bool {
         matches!(
             self.state.as_str(),
-            "approved" | "rejected" | "auto_approved" | "auto_rejected" | "cancelled"
+            "approved" | "rejected" | "returned" | "auto_approved" | "auto_rejected" | "cancelled"
         )
     }
 
@@ -204,6 +229,31 @@ impl CaseRow {
         serde_json::from_str(&self.subject).unwrap_or(Value::Null)
     }
 
+    pub fn flags(&self) -> Vec<String> {
+        serde_json::from_str(&self.flags).unwrap_or_default()
+    }
+
+    pub fn reason_codes(&self) -> Vec<String> {
+        serde_json::from_str(&self.reason_codes).unwrap_or_default()
+    }
+
+    /// The case as a reviewer sees it at `now`: what maker-checker steps keep as evidence.
+    pub fn evidence(&self) -> Value {
+        json!({
+            "type": self.case_type,
+            "reference": self.reference,
+            "amount": self.amount,
+            "currency": self.currency,
+            "subject": self.subject(),
+            "risk_level": self.risk_level,
+            "flags": self.flags(),
+            "priority": self.priority,
+            "policy_version": self.policy_version,
+            "policy_trace": serde_json::from_str::<Value>(&self.policy_trace).unwrap_or(Value::Null),
+            "ai_assessment": self.ai(),
+        })
+    }
+
     pub fn ai(&self) -> Option<AiAssessment> {
         self.ai_assessment
             .as_deref()
@@ -214,9 +264,12 @@ impl CaseRow {
         if self.sla_breached_at.is_some() {
             return SlaStatus::Breached;
         }
+        let pending = self.is_open() || self.is_parked();
         match self.decided_at {
-            _ if self.is_open() && now >= self.sla_due_at => SlaStatus::Breached,
-            _ if self.is_open() => SlaStatus::OnTrack,
+            // A parked case's clock is stopped (its deadline moves on when it comes back).
+            _ if self.is_parked() => SlaStatus::OnTrack,
+            _ if pending && now >= self.sla_due_at => SlaStatus::Breached,
+            _ if pending => SlaStatus::OnTrack,
             Some(at) if at > self.sla_due_at => SlaStatus::Breached,
             _ => SlaStatus::Met,
         }
@@ -237,11 +290,17 @@ impl CaseRow {
     }
 }
 
-/// The first of two decisions under dual control.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct FirstDecision {
-    pub decision: String,
-    pub by: String,
+/// The maker's proposal under dual control, waiting for a checker.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Proposal {
+    /// approve, reject or return.
+    pub action: String,
+    /// `user:<id>` of the maker.
+    pub proposed_by: String,
+    pub proposed_at: DateTime<Utc>,
+    pub reason_codes: Vec<String>,
+    pub reason: Option<String>,
+    pub notes: Option<String>,
 }
 
 /// A case as the API shows it.
@@ -276,11 +335,21 @@ pub struct Case {
     pub policy_trace: Value,
     /// `user:<id>` or `api_key:<id>`.
     pub submitted_by: String,
-    pub first_decision: Option<FirstDecision>,
+    /// low, medium, high or critical, from the policy.
+    pub risk_level: String,
+    /// The policy's flags, e.g. `UNUSUAL_AMOUNT`.
+    pub flags: Vec<String>,
+    /// A decision must carry at least one reason code.
+    pub require_reason: bool,
+    /// Under dual control, the maker's proposal while the case is `pending_dual_control`.
+    pub proposal: Option<Proposal>,
+    /// When an `on_hold` case comes back to the queue.
+    pub hold_until: Option<DateTime<Utc>>,
     /// The user holding the case, while their lease lasts.
     pub assignee_id: Option<String>,
     pub lease_expires_at: Option<DateTime<Utc>>,
     pub decision: Option<String>,
+    pub reason_codes: Vec<String>,
     pub decided_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -295,11 +364,12 @@ impl Case {
             subject: row.subject(),
             ai_assessment: row.ai(),
             policy_trace: serde_json::from_str(&row.policy_trace).unwrap_or(Value::Null),
-            first_decision: row
-                .first_decision
-                .clone()
-                .zip(row.first_decider.clone())
-                .map(|(decision, by)| FirstDecision { decision, by }),
+            flags: row.flags(),
+            reason_codes: row.reason_codes(),
+            proposal: row
+                .proposal
+                .as_deref()
+                .and_then(|p| serde_json::from_str::<Proposal>(p).ok()),
             sla_status,
             assignee_id: holder,
             lease_expires_at,
@@ -322,6 +392,9 @@ impl Case {
             decided_at: row.decided_at,
             created_at: row.created_at,
             updated_at: row.updated_at,
+            risk_level: row.risk_level,
+            require_reason: row.require_reason,
+            hold_until: row.hold_until,
         }
     }
 }
@@ -336,6 +409,9 @@ pub struct HistoryEntry {
     pub to_state: String,
     pub actor: String,
     pub decision: Option<String>,
+    #[schema(value_type = Vec<String>)]
+    #[sqlx(try_from = "Option<String>")]
+    pub reason_codes: Codes,
     pub reason: Option<String>,
     pub notes: Option<String>,
     #[schema(value_type = Object)]
@@ -356,12 +432,25 @@ impl TryFrom<String> for JsonText {
     }
 }
 
+/// A JSON array of reason codes kept as text (or NULL for none).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(transparent)]
+pub struct Codes(pub Vec<String>);
+
+impl TryFrom<Option<String>> for Codes {
+    type Error = serde_json::Error;
+    fn try_from(text: Option<String>) -> Result<Self, Self::Error> {
+        text.map_or(Ok(Self::default()), |t| serde_json::from_str(&t).map(Self))
+    }
+}
+
 /// What happened, for the history, the audit log and the event.
 pub struct Change<'a> {
     pub action: &'static str,
     pub from_state: Option<&'a str>,
     pub actor: String,
     pub decision: Option<&'a str>,
+    pub reason_codes: &'a [String],
     pub reason: Option<&'a str>,
     pub notes: Option<&'a str>,
     pub details: Value,
@@ -378,6 +467,7 @@ impl<'a> Change<'a> {
             from_state,
             actor: actor.to_string(),
             decision: None,
+            reason_codes: &[],
             reason: None,
             notes: None,
             details: json!({}),
@@ -421,7 +511,7 @@ pub async fn history(
 ) -> Result<Vec<HistoryEntry>, sqlx::Error> {
     with_pool!(store, pool => {
         sqlx::query_as(
-            "SELECT id, action, from_state, to_state, actor, decision, reason, notes, details, created_at \
+            "SELECT id, action, from_state, to_state, actor, decision, reason_codes, reason, notes, details, created_at \
              FROM case_history WHERE tenant_id = $1 AND case_id = $2 ORDER BY id",
         )
         .bind(tenant_id)
@@ -435,7 +525,8 @@ pub async fn insert(tx: &mut Tx, row: &CaseRow) -> Result<(), sqlx::Error> {
     with_tx!(tx, conn => {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO cases ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-             $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)"
+             $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, \
+             $39, $40)"
         )))
         .bind(&row.id)
         .bind(&row.tenant_id)
@@ -469,6 +560,14 @@ pub async fn insert(tx: &mut Tx, row: &CaseRow) -> Result<(), sqlx::Error> {
         .bind(&row.request_hash)
         .bind(row.created_at)
         .bind(row.updated_at)
+        .bind(&row.risk_level)
+        .bind(&row.flags)
+        .bind(row.require_reason)
+        .bind(&row.reason_codes)
+        .bind(&row.proposal)
+        .bind(row.hold_until)
+        .bind(&row.resume_state)
+        .bind(row.parked_at)
         .execute(conn)
         .await
         .map(|_| ())
@@ -481,7 +580,8 @@ pub async fn save(tx: &mut Tx, row: &CaseRow) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE cases SET state = $1, priority = $2, priority_rank = $3, required_role = $4, required_rank = $5, \
              sla_breached_at = $6, first_decision = $7, first_decider = $8, assignee_id = $9, lease_expires_at = $10, \
-             decision = $11, decided_at = $12, updated_at = $13 WHERE tenant_id = $14 AND id = $15",
+             decision = $11, decided_at = $12, updated_at = $13, reason_codes = $14, proposal = $15, hold_until = $16, \
+             resume_state = $17, parked_at = $18, sla_due_at = $19, subject = $20 WHERE tenant_id = $21 AND id = $22",
         )
         .bind(&row.state)
         .bind(&row.priority)
@@ -496,6 +596,13 @@ pub async fn save(tx: &mut Tx, row: &CaseRow) -> Result<(), sqlx::Error> {
         .bind(&row.decision)
         .bind(row.decided_at)
         .bind(row.updated_at)
+        .bind(&row.reason_codes)
+        .bind(&row.proposal)
+        .bind(row.hold_until)
+        .bind(&row.resume_state)
+        .bind(row.parked_at)
+        .bind(row.sla_due_at)
+        .bind(&row.subject)
         .bind(&row.tenant_id)
         .bind(&row.id)
         .execute(conn)
@@ -517,8 +624,8 @@ pub async fn record(
 ) -> Result<(Envelope, Vec<Job>), sqlx::Error> {
     with_tx!(tx, conn => {
         sqlx::query(
-            "INSERT INTO case_history (id, tenant_id, case_id, action, from_state, to_state, actor, decision, reason, notes, details, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            "INSERT INTO case_history (id, tenant_id, case_id, action, from_state, to_state, actor, decision, reason, notes, details, \
+             created_at, reason_codes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(Uuid::now_v7().to_string())
         .bind(&row.tenant_id)
@@ -532,6 +639,7 @@ pub async fn record(
         .bind(change.notes)
         .bind(change.details.to_string())
         .bind(now)
+        .bind((!change.reason_codes.is_empty()).then(|| json!(change.reason_codes).to_string()))
         .execute(conn)
         .await
         .map(|_| ())
@@ -540,6 +648,7 @@ pub async fn record(
         "from_state": change.from_state,
         "to_state": row.state,
         "decision": change.decision,
+        "reason_codes": change.reason_codes,
         "reason": change.reason,
         "details": change.details,
     });
@@ -578,7 +687,8 @@ pub async fn record(
             "state": row.state,
             "from_state": change.from_state,
             "priority": row.priority,
-            "decision": change.decision,
+            "decision": change.decision.or(row.decision.as_deref()),
+            "reason_codes": change.reason_codes,
             "actor": change.actor,
         }),
     );
@@ -602,7 +712,7 @@ pub fn wait_key(case_id: &str) -> String {
 /// `case.queued`, …) so consumers subscribe to outcomes; other changes after the action.
 fn event_topic<'a>(action: &'a str, to_state: &'a str) -> &'a str {
     match action {
-        "decided" | "routed" | "escalated" | "cancelled" => to_state,
+        "decided" | "confirmed" | "routed" | "escalated" | "cancelled" => to_state,
         other => other,
     }
 }

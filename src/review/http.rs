@@ -1,5 +1,5 @@
 //! `POST /reviews/next`, `GET /reviews/stats` and the per-case review actions (claim, release,
-//! decide, reassign).
+//! decide, check, reassign) and the submitter's answer to a request for information.
 
 use std::collections::BTreeMap;
 
@@ -10,9 +10,9 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Reviewer, Verdict};
+use super::{Action, CheckVerdict, Decision, Reviewer};
 use crate::app::AppState;
-use crate::auth::principal::{Authorized, ReadReviewStats, ReviewCases};
+use crate::auth::principal::{Authorized, ReadReviewStats, ReviewCases, WriteCases};
 use crate::cases::{Case, OPEN_STATES};
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
@@ -87,10 +87,15 @@ pub async fn release(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecisionRequest {
-    pub decision: Verdict,
-    /// Required to reject or escalate.
+    pub decision: Action,
+    /// The tenant's reason codes (see `GET /reason-codes`) that apply to this action.
+    #[serde(default)]
+    pub reason_codes: Vec<String>,
+    /// Free text; every action but `approve` needs a reason or a reason code.
     pub reason: Option<String>,
     pub notes: Option<String>,
+    /// For `hold`: when the case comes back to the queue (at most 90 days ahead).
+    pub hold_until: Option<DateTime<Utc>>,
 }
 
 fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<Option<String>, ApiError> {
@@ -104,11 +109,17 @@ fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<Option<
     }
 }
 
-/// Decide a case you hold: approve, reject or escalate. Under dual control the first decision
-/// waits for a second, different reviewer; if they disagree the case goes to a supervisor.
+/// Act on a case you hold: approve, reject, return, hold (until a time), escalate, or ask the
+/// submitter for more information. Under dual control approve/reject/return become a proposal
+/// (`pending_dual_control`) that a different person checks.
 #[utoipa::path(post, path = "/cases/{id}/decision", tag = "reviews",
     description = "Requires: reviewer or above (`ReviewCases`), holding the case, with its required role; \
-                   not the submitter, and not the first reviewer under dual control (403 with the reason).",
+                   not the submitter, and not the maker of the proposal under dual control (403 with the reason). \
+                   Resulting states: approve → approved, reject → rejected, return → returned (each \
+                   pending_dual_control first under dual control), hold → on_hold, escalate → escalated, \
+                   needs_more_info → needs_more_info. An action the case's state does not allow is 409; \
+                   a reason code that does not exist, is inactive or does not apply to the action, a code \
+                   that requires notes without notes, or no code where the policy requires one is 422.",
     params(("id" = String, Path)), request_body = DecisionRequest,
     responses((status = 200, body = Case), (status = 403, body = crate::http::error::ErrorBody),
                (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody),
@@ -121,14 +132,94 @@ pub async fn decide(
 ) -> Result<ResponseJson<Case>, ApiError> {
     let reason = optional_text("reason", body.reason.as_deref(), 2000)?;
     let notes = optional_text("notes", body.notes.as_deref(), 10_000)?;
+    let reason_codes = super::reason_codes::normalise(&body.reason_codes)?;
     let reviewer = Reviewer::of(&principal)?;
     let row = super::decide(
         &state,
         &reviewer,
         &id,
-        body.decision,
-        reason.as_deref(),
-        notes.as_deref(),
+        Decision {
+            action: body.decision,
+            reason_codes: &reason_codes,
+            reason: reason.as_deref(),
+            notes: notes.as_deref(),
+            hold_until: body.hold_until,
+        },
+    )
+    .await?;
+    Ok(ResponseJson(Case::from_row(row, crate::clock::now())))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckRequest {
+    pub verdict: CheckVerdict,
+    /// Required to reject (send back) a proposal.
+    pub notes: Option<String>,
+}
+
+/// Check a proposal under dual control (maker-checker): `approve` applies the proposed action,
+/// `reject` sends the case back to review with your notes.
+#[utoipa::path(post, path = "/cases/{id}/check", tag = "reviews",
+    description = "Requires: reviewer or above (`ReviewCases`), holding a `pending_dual_control` case, \
+                   with its required role; not its maker or submitter (403). Any other state is 409.",
+    params(("id" = String, Path)), request_body = CheckRequest,
+    responses((status = 200, body = Case), (status = 403, body = crate::http::error::ErrorBody),
+               (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody),
+               (status = 422, body = crate::http::error::ErrorBody)))]
+pub async fn check(
+    State(state): State<AppState>,
+    Authorized(principal, ..): Authorized<ReviewCases>,
+    Path(id): Path<String>,
+    Json(body): Json<CheckRequest>,
+) -> Result<ResponseJson<Case>, ApiError> {
+    let notes = optional_text("notes", body.notes.as_deref(), 10_000)?;
+    let checker = Reviewer::of(&principal)?;
+    let row = super::check(&state, &checker, &id, body.verdict, notes.as_deref()).await?;
+    Ok(ResponseJson(Case::from_row(row, crate::clock::now())))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InformationRequest {
+    /// What you add, for the reviewer (1-10,000 characters). Attach files with
+    /// `POST /cases/{id}/attachments` first.
+    pub notes: String,
+    /// Keys to add to (or replace in) the case's subject, e.g. account context.
+    #[schema(value_type = Option<Object>)]
+    pub subject: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Answer a request for more information: the case returns to review.
+#[utoipa::path(post, path = "/cases/{id}/information", tag = "cases",
+    description = "Requires: the submitter (`WriteCases`, or an API key with `cases:write`), or a supervisor \
+                   or admin. Only for `needs_more_info` cases (409 otherwise). The case goes back to the \
+                   queue (or to supervisors if it was escalated), its SLA deadline moved on by the time it waited.",
+    params(("id" = String, Path)), request_body = InformationRequest,
+    responses((status = 200, body = Case), (status = 403, body = crate::http::error::ErrorBody),
+               (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody),
+               (status = 422, body = crate::http::error::ErrorBody)))]
+pub async fn add_information(
+    State(state): State<AppState>,
+    Authorized(principal, ..): Authorized<WriteCases>,
+    Path(id): Path<String>,
+    Json(body): Json<InformationRequest>,
+) -> Result<ResponseJson<Case>, ApiError> {
+    let notes = body.notes.trim();
+    if notes.is_empty() || notes.len() > 10_000 {
+        return Err(ApiError::invalid_field(
+            "notes",
+            "must be 1-10000 characters",
+        ));
+    }
+    let row = super::add_information(
+        &state,
+        &principal,
+        &id,
+        super::Information {
+            notes,
+            subject: body.subject.as_ref(),
+        },
     )
     .await?;
     Ok(ResponseJson(Case::from_row(row, crate::clock::now())))
@@ -254,7 +345,7 @@ pub async fn stats(
     })?;
     let decided: Vec<(DateTime<Utc>, DateTime<Utc>)> = with_pool!(&state.store, pool => {
         sqlx::query_as(
-            "SELECT created_at, decided_at FROM cases WHERE tenant_id = $1 AND state IN ('approved', 'rejected') \
+            "SELECT created_at, decided_at FROM cases WHERE tenant_id = $1 AND state IN ('approved', 'rejected', 'returned') \
              AND decided_at >= $2",
         )
         .bind(tenant)

@@ -1,9 +1,11 @@
-//! The review queue: reviewers claim the most urgent case they may take (under a lease), decide,
-//! escalate or release it. Dual control needs two different people who agree; disagreement goes
-//! to a supervisor. A periodic sweep marks SLA breaches (raising priority) and returns cases whose
-//! reviewer's lease ran out.
+//! The review desk: reviewers claim the most urgent case they may take (under a lease) and act on
+//! it — approve, reject, return, hold, escalate or ask for more information — with the tenant's
+//! reason codes. Dual control is maker-checker: the first reviewer proposes, a different person
+//! approves the proposal or sends it back. A periodic sweep marks SLA breaches (raising priority),
+//! returns cases whose reviewer's lease ran out and brings held cases back when their hold ends.
 
 pub mod http;
+pub mod reason_codes;
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
@@ -12,7 +14,7 @@ use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::auth::principal::Principal;
-use crate::cases::{self, CaseError, CaseRow, Change, OPEN_STATES};
+use crate::cases::{self, CaseError, CaseRow, Change, OPEN_STATES, Proposal};
 use crate::policy::engine::Priority;
 use crate::store::Tx;
 use crate::with_tx;
@@ -24,19 +26,60 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(http::claim))
         .routes(routes!(http::release))
         .routes(routes!(http::decide))
+        .routes(routes!(http::check))
+        .routes(routes!(http::add_information))
         .routes(routes!(http::reassign))
+        .routes(routes!(reason_codes::list, reason_codes::create))
+        .routes(routes!(reason_codes::update))
 }
 
 /// Rank of the supervisor role, which escalated cases require.
 const SUPERVISOR_RANK: i32 = 2;
 
-/// What a reviewer decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+/// What a reviewer does with a case they hold.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
-pub enum Verdict {
+pub enum Action {
+    /// Final (a proposal under dual control).
     Approve,
+    /// Final (a proposal under dual control).
     Reject,
+    /// Final: sent back to the presenter, e.g. a cheque returned unpaid (a proposal under dual control).
+    Return,
+    /// Parks the case until `hold_until`.
+    Hold,
+    /// Sends the case to supervisors.
     Escalate,
+    /// Parks the case until the submitter adds information.
+    NeedsMoreInfo,
+}
+
+impl Action {
+    pub const ALL: [Action; 6] = [
+        Self::Approve,
+        Self::Reject,
+        Self::Return,
+        Self::Hold,
+        Self::Escalate,
+        Self::NeedsMoreInfo,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Approve => "approve",
+            Self::Reject => "reject",
+            Self::Return => "return",
+            Self::Hold => "hold",
+            Self::Escalate => "escalate",
+            Self::NeedsMoreInfo => "needs_more_info",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == value)
+    }
 }
 
 /// The caller as the queue sees them: a user with a role.
@@ -255,72 +298,138 @@ fn ensure_holder(
     Ok(())
 }
 
-/// A decision on a case the reviewer holds.
+/// What a reviewer asks for on a case they hold.
+pub struct Decision<'a> {
+    pub action: Action,
+    pub reason_codes: &'a [String],
+    pub reason: Option<&'a str>,
+    pub notes: Option<&'a str>,
+    /// For `hold`: when the case comes back to the queue.
+    pub hold_until: Option<DateTime<Utc>>,
+}
+
+/// The longest a case may be put on hold.
+const MAX_HOLD_DAYS: i64 = 90;
+
+/// An action on a case the reviewer holds. `approve`, `reject` and `return` are final, except
+/// under dual control, where they become a proposal waiting for a checker ([`check`]). `hold` and
+/// `needs_more_info` park the case (its SLA clock stops) until a time or until the submitter adds
+/// information ([`add_information`]); `escalate` sends it to supervisors.
 pub async fn decide(
     state: &AppState,
     reviewer: &Reviewer<'_>,
     id: &str,
-    verdict: Verdict,
-    reason: Option<&str>,
-    notes: Option<&str>,
+    decision: Decision<'_>,
 ) -> Result<CaseRow, CaseError> {
-    if matches!(verdict, Verdict::Reject | Verdict::Escalate) && reason.is_none() {
+    let action = decision.action;
+    if action != Action::Approve && decision.reason.is_none() && decision.reason_codes.is_empty() {
         return Err(CaseError::invalid(
             "reason",
-            "is required to reject or escalate",
+            format!("a reason or reason code is required to {}", action.as_str()),
         ));
     }
     let now = crate::clock::now();
+    match (action, decision.hold_until) {
+        (Action::Hold, None) => {
+            return Err(CaseError::invalid(
+                "hold_until",
+                "is required to hold a case",
+            ));
+        }
+        (Action::Hold, Some(until))
+            if until <= now || until > now + Duration::days(MAX_HOLD_DAYS) =>
+        {
+            return Err(CaseError::invalid(
+                "hold_until",
+                format!("must be in the future and at most {MAX_HOLD_DAYS} days ahead"),
+            ));
+        }
+        (Action::Hold, Some(_)) | (_, None) => {}
+        (_, Some(_)) => {
+            return Err(CaseError::invalid(
+                "hold_until",
+                "is only for the hold action",
+            ));
+        }
+    }
     let mut tx = state.store.begin().await?;
     let mut row = cases::lock(&mut tx, &state.store, &reviewer.principal.tenant_id, id).await?;
     let allowed = ensure_holder(&row, reviewer, now, "decided")
-        .and_then(|()| reviewer.refusal(&row).map_or(Ok(()), Err));
+        .and_then(|()| reviewer.refusal(&row).map_or(Ok(()), Err))
+        .and_then(|()| {
+            if row.state == "pending_dual_control" {
+                Err(CaseError::Conflict {
+                    code: "pending_dual_control",
+                    message:
+                        "A decision is proposed and waits for its checker; confirm or send it \
+                              back with POST /cases/{id}/check."
+                            .to_owned(),
+                    details: json!({ "state": row.state, "proposal": row.first_decision }),
+                })
+            } else {
+                Ok(())
+            }
+        });
     if let Err(refusal) = allowed {
         tx.rollback().await?;
         return Err(refusal);
     }
+    if let Err(refusal) = reason_codes::check(
+        &mut tx,
+        &row.tenant_id,
+        action,
+        decision.reason_codes,
+        decision.notes,
+        row.require_reason,
+    )
+    .await
+    {
+        tx.rollback().await?;
+        return Err(refusal);
+    }
     let from = row.state.clone();
-    let decision = match verdict {
-        Verdict::Approve => "approve",
-        Verdict::Reject => "reject",
-        Verdict::Escalate => "escalate",
-    };
     row.assignee_id = None;
     row.lease_expires_at = None;
     row.updated_at = now;
     let mut change = Change::new("decided", Some(&from), &reviewer.principal.actor);
-    change.decision = Some(decision);
-    change.reason = reason;
-    change.notes = notes;
-    match (verdict, from.as_str()) {
-        (Verdict::Escalate, _) => {
+    change.decision = Some(action.as_str());
+    change.reason_codes = decision.reason_codes;
+    change.reason = decision.reason;
+    change.notes = decision.notes;
+    match action {
+        Action::Escalate => {
             escalate(&mut row);
             change.action = "escalated";
         }
-        // The first of two reviews.
-        (_, "in_review") if row.dual_control => {
-            row.state = "awaiting_second_review".to_owned();
-            row.first_decision = Some(decision.to_owned());
+        Action::Hold => {
+            park(&mut row, "on_hold", now);
+            row.hold_until = decision.hold_until;
+            change.action = "held";
+            change.details = json!({ "hold_until": row.hold_until });
+        }
+        Action::NeedsMoreInfo => {
+            park(&mut row, "needs_more_info", now);
+            change.action = "information_requested";
+        }
+        // The maker's half of maker-checker: the case waits for a different person.
+        _ if row.dual_control => {
+            let proposal = Proposal {
+                action: action.as_str().to_owned(),
+                proposed_by: reviewer.actor(),
+                proposed_at: now,
+                reason_codes: decision.reason_codes.to_vec(),
+                reason: decision.reason.map(str::to_owned),
+                notes: decision.notes.map(str::to_owned),
+            };
+            row.resume_state = Some(resume_state(&from).to_owned());
+            row.state = "pending_dual_control".to_owned();
+            row.first_decision = Some(action.as_str().to_owned());
             row.first_decider = Some(reviewer.user_id.to_owned());
+            row.proposal = Some(json!(proposal).to_string());
+            change.action = "proposed";
+            change.details = json!({ "evidence": row.evidence() });
         }
-        // The second review disagrees with the first: a supervisor settles it.
-        (_, "awaiting_second_review") if row.first_decision.as_deref() != Some(decision) => {
-            escalate(&mut row);
-            change.action = "escalated";
-            change.details = json!({
-                "disagreement": { "first": row.first_decision, "first_by": row.first_decider, "second": decision }
-            });
-        }
-        _ => {
-            row.state = if verdict == Verdict::Approve {
-                "approved"
-            } else {
-                "rejected"
-            }
-            .to_owned();
-            row.decision = Some(decision.to_owned());
-            row.decided_at = Some(now);
-        }
+        _ => settle(&mut row, action, decision.reason_codes, now),
     }
     cases::save(&mut tx, &row).await?;
     let recorded =
@@ -328,6 +437,211 @@ pub async fn decide(
     tx.commit().await?;
     cases::announce(state, vec![recorded]);
     Ok(row)
+}
+
+/// The checker's verdict on a proposal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckVerdict {
+    /// Apply the proposed action.
+    Approve,
+    /// Send the case back to review with the checker's notes.
+    Reject,
+}
+
+/// The checker's half of maker-checker on a case they hold: approving applies the maker's
+/// proposal; rejecting sends the case back to review (notes required, so the next reviewer knows
+/// why). The checker must be a different person from the maker, with the case's required role.
+pub async fn check(
+    state: &AppState,
+    checker: &Reviewer<'_>,
+    id: &str,
+    verdict: CheckVerdict,
+    notes: Option<&str>,
+) -> Result<CaseRow, CaseError> {
+    if verdict == CheckVerdict::Reject && notes.is_none() {
+        return Err(CaseError::invalid(
+            "notes",
+            "are required to send a proposal back",
+        ));
+    }
+    let now = crate::clock::now();
+    let mut tx = state.store.begin().await?;
+    let mut row = cases::lock(&mut tx, &state.store, &checker.principal.tenant_id, id).await?;
+    let refusal = if row.state == "pending_dual_control" {
+        ensure_holder(&row, checker, now, "checked")
+            .err()
+            .or_else(|| checker.refusal(&row))
+    } else {
+        Some(CaseError::IllegalTransition {
+            current: row.state.clone(),
+            attempted: "checked",
+        })
+    };
+    let proposed = row
+        .proposal
+        .as_deref()
+        .and_then(|p| serde_json::from_str::<Proposal>(p).ok())
+        .and_then(|p| Action::parse(&p.action).map(|action| (p, action)));
+    let (proposal, action) = match (refusal, proposed) {
+        (None, Some(proposed)) => proposed,
+        (refusal, _) => {
+            tx.rollback().await?;
+            return Err(refusal.unwrap_or_else(|| CaseError::Conflict {
+                code: "no_proposal",
+                message: "This case holds no readable proposal to check.".to_owned(),
+                details: json!({ "state": row.state }),
+            }));
+        }
+    };
+    let from = row.state.clone();
+    row.assignee_id = None;
+    row.lease_expires_at = None;
+    row.updated_at = now;
+    let evidence = row.evidence();
+    let mut change = Change::new("confirmed", Some(&from), &checker.principal.actor);
+    change.notes = notes;
+    match verdict {
+        CheckVerdict::Approve => {
+            settle(&mut row, action, &proposal.reason_codes, now);
+            change.details = json!({ "proposal": proposal, "evidence": evidence });
+        }
+        CheckVerdict::Reject => {
+            row.state = row
+                .resume_state
+                .take()
+                .unwrap_or_else(|| "queued".to_owned());
+            row.first_decision = None;
+            row.first_decider = None;
+            row.proposal = None;
+            change.action = "sent_back";
+            change.details = json!({ "proposal": proposal, "evidence": evidence });
+        }
+    }
+    cases::save(&mut tx, &row).await?;
+    let recorded =
+        cases::record(&mut tx, state, Some(checker.principal), &row, change, now).await?;
+    tx.commit().await?;
+    cases::announce(state, vec![recorded]);
+    Ok(row)
+}
+
+/// Information the submitter adds to a case waiting for it.
+pub struct Information<'a> {
+    pub notes: &'a str,
+    /// Keys to add to (or replace in) the case's subject.
+    pub subject: Option<&'a serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The submitter (or a supervisor) answers a `needs_more_info` request: the notes go into the
+/// history, `subject` keys are merged into the case's subject, and the case returns to where it
+/// was, its SLA deadline moved on by the time it waited. Routing is not re-evaluated: the policy
+/// decided where the case goes when it arrived; the reviewer sees the new information.
+pub async fn add_information(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    information: Information<'_>,
+) -> Result<CaseRow, CaseError> {
+    let now = crate::clock::now();
+    let mut tx = state.store.begin().await?;
+    let mut row = cases::lock(&mut tx, &state.store, &principal.tenant_id, id).await?;
+    let supervises = principal
+        .role
+        .is_some_and(|r| r >= crate::auth::Role::Supervisor);
+    let refusal = if row.submitted_by != principal.actor.to_string() && !supervises {
+        Some(CaseError::forbidden(
+            "not_submitter",
+            "Only the submitter or a supervisor may add information to a case.",
+        ))
+    } else if row.state != "needs_more_info" {
+        Some(CaseError::IllegalTransition {
+            current: row.state.clone(),
+            attempted: "given information",
+        })
+    } else {
+        None
+    };
+    if let Some(refusal) = refusal {
+        tx.rollback().await?;
+        return Err(refusal);
+    }
+    let from = row.state.clone();
+    let mut keys = Vec::new();
+    if let Some(added) = information.subject {
+        let mut subject = row.subject();
+        if let Some(map) = subject.as_object_mut() {
+            for (key, value) in added {
+                map.insert(key.clone(), value.clone());
+                keys.push(key.clone());
+            }
+        }
+        row.subject = subject.to_string();
+        if row.subject.len() > 64 * 1024 {
+            tx.rollback().await?;
+            return Err(CaseError::invalid(
+                "subject",
+                "must stay within 64 KiB of JSON",
+            ));
+        }
+    }
+    unpark(&mut row, now);
+    row.updated_at = now;
+    cases::save(&mut tx, &row).await?;
+    let mut change = Change::new("information_added", Some(&from), &principal.actor);
+    change.notes = Some(information.notes);
+    change.details = json!({ "subject_keys": keys, "sla_due_at": row.sla_due_at });
+    let recorded = cases::record(&mut tx, state, Some(principal), &row, change, now).await?;
+    tx.commit().await?;
+    cases::announce(state, vec![recorded]);
+    Ok(row)
+}
+
+/// A final decision: the case leaves the review desk.
+fn settle(row: &mut CaseRow, action: Action, reason_codes: &[String], now: DateTime<Utc>) {
+    row.state = match action {
+        Action::Reject => "rejected",
+        Action::Return => "returned",
+        _ => "approved",
+    }
+    .to_owned();
+    row.decision = Some(action.as_str().to_owned());
+    row.reason_codes = json!(reason_codes).to_string();
+    row.decided_at = Some(now);
+    row.resume_state = None;
+}
+
+/// Where a case goes back to after a hold, a request for information or a proposal sent back:
+/// escalated cases stay with supervisors, everything else returns to the queue.
+fn resume_state(from: &str) -> &'static str {
+    if from == "escalated" {
+        "escalated"
+    } else {
+        "queued"
+    }
+}
+
+/// Takes a case out of the queue; its SLA clock stops until [`unpark`].
+fn park(row: &mut CaseRow, parked_state: &str, now: DateTime<Utc>) {
+    row.resume_state = Some(resume_state(&row.state).to_owned());
+    row.state = parked_state.to_owned();
+    row.parked_at = Some(now);
+}
+
+/// Puts a parked case back where it was, its SLA deadline moved on by the time it was parked
+/// (unless it had already been breached: a breach stays a breach).
+fn unpark(row: &mut CaseRow, now: DateTime<Utc>) {
+    if row.sla_breached_at.is_none()
+        && let Some(parked_at) = row.parked_at
+    {
+        row.sla_due_at += now - parked_at;
+    }
+    row.state = row
+        .resume_state
+        .take()
+        .unwrap_or_else(|| "queued".to_owned());
+    row.parked_at = None;
+    row.hold_until = None;
 }
 
 /// Gives an open case to another person, or back to the queue (`assignee_id` `None`): how a
@@ -464,6 +778,7 @@ fn escalate(row: &mut CaseRow) {
 pub struct Swept {
     pub breached: usize,
     pub leases_returned: usize,
+    pub holds_ended: usize,
 }
 
 /// Marks open cases past their SLA as breached (raising their priority one step) and returns
@@ -534,7 +849,40 @@ pub async fn sweep(state: &AppState, now: DateTime<Utc>) -> Result<Swept, sqlx::
     tx.commit().await?;
     swept.leases_returned = recorded.len();
     cases::announce(state, recorded);
+    swept.holds_ended = end_holds(state, now).await?;
     Ok(swept)
+}
+
+/// Brings held cases whose hold ended back to where they were.
+async fn end_holds(state: &AppState, now: DateTime<Utc>) -> Result<usize, sqlx::Error> {
+    let mut ended = 0;
+    loop {
+        let mut tx = state.store.begin().await?;
+        let sql = format!(
+            "SELECT {} FROM cases WHERE state = 'on_hold' AND hold_until <= $1 ORDER BY hold_until LIMIT 200 {}",
+            cases::COLUMNS,
+            state.store.skip_locked()
+        );
+        let due: Vec<CaseRow> = with_tx!(&mut tx, conn => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(now).fetch_all(conn).await
+        })?;
+        if due.is_empty() {
+            return Ok(ended);
+        }
+        let mut recorded = Vec::with_capacity(due.len());
+        for mut row in due {
+            let from = row.state.clone();
+            let mut change = Change::new("hold_ended", Some(&from), "system");
+            change.details = json!({ "hold_until": row.hold_until });
+            unpark(&mut row, now);
+            row.updated_at = now;
+            cases::save(&mut tx, &row).await?;
+            recorded.push(cases::record(&mut tx, state, None, &row, change, now).await?);
+        }
+        tx.commit().await?;
+        ended += recorded.len();
+        cases::announce(state, recorded);
+    }
 }
 
 /// Runs [`sweep`] every `SLA_SWEEP_INTERVAL` until shutdown (scheduler role).
@@ -551,6 +899,7 @@ pub async fn sweep_loop(state: AppState) {
                 tracing::info!(
                     breached = swept.breached,
                     leases_returned = swept.leases_returned,
+                    holds_ended = swept.holds_ended,
                     "review sweep"
                 );
             }

@@ -189,6 +189,12 @@ on_both_backends! {
         assert_eq!(added[0]["to_state"], case["state"]);
         assert_eq!(added[0]["actor"], format!("user:{}", rita.user_id));
         assert_eq!(added[0]["decision"], Value::Null);
+
+        // Each download and the case read above were recorded as views.
+        let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let (_, views) = app.call(Method::GET, &format!("/api/v1/cases/{case_id}/views"), &sue.access_token, None).await;
+        let seen: Vec<&Value> = views.as_array().unwrap().iter().map(|v| &v["attachment_id"]).collect();
+        assert_eq!(seen, [&Value::Null, &statement["id"], &front["id"]], "{views}");
     }
 
     async fn uploads_are_audited_with_their_hash(backend) {

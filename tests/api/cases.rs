@@ -1,4 +1,5 @@
-//! Cases, policy routing, the review queue, dual control and the SLA sweep, through the HTTP API.
+//! Cases, policy routing, the review queue, maker-checker dual control and the SLA sweep, through
+//! the HTTP API. The rest of the review desk (actions, reason codes, views) is in `review_desk.rs`.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -238,50 +239,94 @@ on_both_backends! {
         assert_eq!(verified["valid"], true, "{verified}");
     }
 
-    async fn dual_control_needs_two_different_people_who_agree(backend) {
+    async fn dual_control_is_maker_checker_with_two_different_people(backend) {
         let Some(app) = TestApp::spawn(backend).await else { return };
         let clerk = app.sign_in("acme", "carl@acme.test", Role::Reviewer).await;
         let ann = app.sign_in("acme", "ann@acme.test", Role::Reviewer).await;
         let bob = app.sign_in("acme", "bob@acme.test", Role::Reviewer).await;
         let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
 
-        // Agreement.
+        // The checker approves: the maker's proposal is applied.
         let case = submit(&app, &clerk, cheque("D-1", "7500.00")).await;
         assert_eq!(case["dual_control"], true);
         act(&app, &ann, &case, "claim", None).await;
-        let (status, first) = decide(&app, &ann, &case, "approve", None).await;
-        assert_eq!(status, StatusCode::OK, "{first}");
-        assert_eq!(first["state"], "awaiting_second_review");
-        assert_eq!(first["first_decision"]["decision"], "approve");
+        let (status, proposed) = decide(&app, &ann, &case, "reject", Some("signature differs")).await;
+        assert_eq!(status, StatusCode::OK, "{proposed}");
+        assert_eq!(proposed["state"], "pending_dual_control");
+        assert_eq!(proposed["decision"], Value::Null, "nothing is decided yet");
+        assert_eq!(proposed["proposal"]["action"], "reject");
+        assert_eq!(proposed["proposal"]["proposed_by"], format!("user:{}", ann.user_id));
+        assert_eq!(proposed["proposal"]["reason"], "signature differs");
         let (status, error) = act(&app, &ann, &case, "claim", None).await;
-        assert_eq!(status, StatusCode::FORBIDDEN, "the same person cannot decide twice");
+        assert_eq!(status, StatusCode::FORBIDDEN, "the maker cannot check their own proposal");
         assert_eq!(error["error"]["code"], "same_reviewer");
         let (status, _) = app.call(Method::POST, "/api/v1/reviews/next", &ann.access_token, None).await;
-        assert_eq!(status, StatusCode::NO_CONTENT, "next never offers your own second review");
+        assert_eq!(status, StatusCode::NO_CONTENT, "next never offers your own proposal");
         let (_, offered) = app.call(Method::POST, "/api/v1/reviews/next", &bob.access_token, None).await;
         assert_eq!(offered["id"], case["id"]);
-        let (status, done) = decide(&app, &bob, &case, "approve", Some("both checked")).await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(done["state"], "approved");
+        let (status, error) = decide(&app, &bob, &case, "approve", None).await;
+        assert_eq!(status, StatusCode::CONFLICT, "a proposal is checked, not decided again: {error}");
+        assert_eq!(error["error"]["code"], "pending_dual_control");
+        let (status, done) = act(&app, &bob, &case, "check", Some(json!({ "verdict": "approve" }))).await;
+        assert_eq!(status, StatusCode::OK, "{done}");
+        assert_eq!(done["state"], "rejected", "the proposed action is applied");
+        assert_eq!(done["decision"], "reject");
+        let (status, error) = act(&app, &sue, &case, "check", Some(json!({ "verdict": "approve" }))).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{error}");
+        assert_eq!(history_actions(&app, &sue, &case).await, ["created", "routed", "claimed", "proposed", "claimed", "confirmed"]);
 
-        // Disagreement goes to a supervisor.
+        // Both steps are audited with what each person saw.
+        let (_, audit) = app.call(Method::GET, "/api/v1/audit?limit=100", &sue.access_token, None).await;
+        for (action, actor) in [("case.proposed", &ann.user_id), ("case.confirmed", &bob.user_id)] {
+            let record = audit["items"].as_array().unwrap().iter()
+                .find(|r| r["action"] == action && r["target_id"] == case["id"])
+                .unwrap_or_else(|| panic!("{action} missing: {audit}")).clone();
+            assert_eq!(record["actor_id"], actor.as_str());
+            let summary: Value = serde_json::from_str(record["summary"].as_str().unwrap()).unwrap();
+            let evidence = &summary["details"]["evidence"];
+            assert_eq!(evidence["amount"], "7500.00", "{summary}");
+            assert_eq!(evidence["reference"], "D-1");
+            assert_eq!(evidence["subject"]["payee"], "Ann");
+            assert_eq!(evidence["policy_version"], 0);
+            assert!(evidence["policy_trace"]["fired"].is_array(), "{summary}");
+        }
+
+        // The checker rejects: back to review with the checker's notes; the maker may try again.
         let case = submit(&app, &clerk, cheque("D-2", "7500.00")).await;
         act(&app, &ann, &case, "claim", None).await;
         decide(&app, &ann, &case, "approve", None).await;
         act(&app, &bob, &case, "claim", None).await;
-        let (_, escalated) = decide(&app, &bob, &case, "reject", Some("amount differs from words")).await;
-        assert_eq!(escalated["state"], "escalated");
-        assert_eq!(escalated["required_role"], "supervisor");
-        let (status, _) = app.call(Method::POST, "/api/v1/reviews/next", &bob.access_token, None).await;
-        assert_eq!(status, StatusCode::NO_CONTENT, "reviewers cannot take escalated cases");
+        let (status, error) = act(&app, &bob, &case, "check", Some(json!({ "verdict": "reject" }))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "sending back needs notes: {error}");
+        assert_eq!(error["error"]["details"]["field"], "notes");
+        let (status, back) = act(&app, &bob, &case, "check", Some(json!({ "verdict": "reject", "notes": "words and figures differ" }))).await;
+        assert_eq!(status, StatusCode::OK, "{back}");
+        assert_eq!(back["state"], "queued");
+        assert_eq!(back["proposal"], Value::Null);
+        assert_eq!(back["decision"], Value::Null);
+        let (_, detail) = app.call(Method::GET, &format!("/api/v1/cases/{}", case["id"].as_str().unwrap()), &sue.access_token, None).await;
+        let sent_back = detail["history"].as_array().unwrap().iter().find(|h| h["action"] == "sent_back").unwrap().clone();
+        assert_eq!(sent_back["notes"], "words and figures differ");
+        assert_eq!(sent_back["details"]["proposal"]["action"], "approve");
+        let (_, again) = app.call(Method::POST, "/api/v1/reviews/next", &ann.access_token, None).await;
+        assert_eq!(again["id"], case["id"], "the maker may take it again after it was sent back");
+        let (_, proposed) = decide(&app, &ann, &case, "reject", Some("agreed with bob")).await;
+        assert_eq!(proposed["state"], "pending_dual_control");
+
+        // Escalated cases: the checker must be a supervisor too.
+        let case = submit(&app, &clerk, cheque("D-3", "7500.00")).await;
+        act(&app, &ann, &case, "claim", None).await;
+        decide(&app, &ann, &case, "escalate", Some("looks altered")).await;
+        act(&app, &sue, &case, "claim", None).await;
+        let (_, proposed) = decide(&app, &sue, &case, "approve", None).await;
+        assert_eq!(proposed["state"], "pending_dual_control");
         let (status, error) = act(&app, &bob, &case, "claim", None).await;
-        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(status, StatusCode::FORBIDDEN, "{error}");
         assert_eq!(error["error"]["code"], "role_required");
-        let (_, held) = app.call(Method::POST, "/api/v1/reviews/next", &sue.access_token, None).await;
-        assert_eq!(held["id"], case["id"]);
-        let (_, settled) = decide(&app, &sue, &case, "reject", Some("words and figures differ")).await;
-        assert_eq!(settled["state"], "rejected");
-        assert_eq!(history_actions(&app, &sue, &case).await, ["created", "routed", "claimed", "decided", "claimed", "escalated", "claimed", "decided"]);
+        let mia = app.sign_in("acme", "mia@acme.test", Role::Supervisor).await;
+        act(&app, &mia, &case, "claim", None).await;
+        let (_, back) = act(&app, &mia, &case, "check", Some(json!({ "verdict": "reject", "notes": "call the drawer first" }))).await;
+        assert_eq!(back["state"], "escalated", "sent back to supervisors, where it was");
     }
 
     async fn supervisors_reassign_cases_to_people_who_may_decide_them(backend) {

@@ -14,5 +14,6 @@ mod health;
 mod knowledge;
 mod observability;
 mod pipelines;
+mod review_desk;
 mod shutdown;
 mod tasks;
