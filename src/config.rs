@@ -132,6 +132,9 @@ pub struct Config {
     pub chroma_token: Option<Secret>,
     /// Embedding requests in flight per process.
     pub embedding_concurrency: usize,
+    /// Cosine similarity from which a retrieved chunk counts as relevant to a question
+    /// (`POST /collections/{id}/ask`); depends on the embedding model.
+    pub ask_min_similarity: f64,
     pub knowledge_chunk_tokens: usize,
     pub knowledge_chunk_overlap: usize,
     pub max_document_bytes: usize,
@@ -426,6 +429,17 @@ impl Config {
         let embedding_model = get("EMBEDDING_MODEL").unwrap_or_else(|| llm_embedding_model.clone());
         let embedding_concurrency =
             positive::<usize>("EMBEDDING_CONCURRENCY", get("EMBEDDING_CONCURRENCY"), 4)?;
+        let ask_min_similarity = parse_number::<f64>(
+            "KNOWLEDGE_ASK_MIN_SIMILARITY",
+            get("KNOWLEDGE_ASK_MIN_SIMILARITY"),
+            0.35,
+        )?;
+        if !(-1.0..=1.0).contains(&ask_min_similarity) {
+            return Err(ConfigError::new(
+                "KNOWLEDGE_ASK_MIN_SIMILARITY",
+                "must be between -1 and 1",
+            ));
+        }
         let chroma_url = http_url("CHROMA_URL")?;
         let chroma_token = get("CHROMA_TOKEN").map(Secret);
         let knowledge_chunk_tokens =
@@ -504,6 +518,7 @@ impl Config {
             embedding_api_key,
             embedding_model,
             embedding_concurrency,
+            ask_min_similarity,
             chroma_url,
             chroma_token,
             knowledge_chunk_tokens,
@@ -648,6 +663,7 @@ impl Config {
             format!("EMBEDDING_API_KEY={}", secret(&self.embedding_api_key)),
             format!("EMBEDDING_MODEL={}", self.embedding_model),
             format!("EMBEDDING_CONCURRENCY={}", self.embedding_concurrency),
+            format!("KNOWLEDGE_ASK_MIN_SIMILARITY={}", self.ask_min_similarity),
             format!(
                 "CHROMA_URL={}",
                 self.chroma_url

@@ -43,7 +43,7 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
-async fn collection_or_404(
+pub(super) async fn collection_or_404(
     state: &AppState,
     principal: &Principal,
     id: &str,

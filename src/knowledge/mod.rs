@@ -3,6 +3,7 @@
 //! PostgreSQL full-text ranking on PostgreSQL), by vector similarity, or both fused by reciprocal
 //! rank.
 
+pub mod ask;
 pub mod bench;
 pub mod chroma;
 pub mod chunk;
@@ -41,6 +42,8 @@ pub fn routes() -> OpenApiRouter<crate::app::AppState> {
         )
         .routes(routes!(http::get_document, http::delete_document))
         .routes(routes!(http::search))
+        .routes(routes!(ask::ask))
+        .routes(routes!(ask::get_settings, ask::put_settings))
 }
 
 pub fn register_handlers(registry: &mut crate::queue::worker::Registry) {

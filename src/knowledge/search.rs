@@ -54,6 +54,8 @@ pub struct SearchHit {
     pub lexical_rank: Option<usize>,
     /// 1-based rank in the vector results, if it was among them.
     pub vector_rank: Option<usize>,
+    /// Cosine similarity of the chunk to the query, if it was among the vector results.
+    pub similarity: Option<f64>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -75,7 +77,7 @@ pub enum SearchError {
 }
 
 /// Words of the query, lower-cased, for full-text queries and highlighting.
-fn terms(query: &str) -> Vec<String> {
+pub(super) fn terms(query: &str) -> Vec<String> {
     query
         .split(|c: char| !c.is_alphanumeric())
         .filter(|t| !t.is_empty())
@@ -214,6 +216,7 @@ struct Fused<'a> {
     score: f64,
     lexical_rank: Option<usize>,
     vector_rank: Option<usize>,
+    similarity: Option<f64>,
     snippet: Option<&'a str>,
 }
 
@@ -303,6 +306,7 @@ pub async fn search(
             _ => f64::from(hit.score),
         };
         entry.vector_rank = Some(rank + 1);
+        entry.similarity = Some(f64::from(hit.score));
     }
     let mut results: Vec<SearchHit> = scored
         .into_iter()
@@ -313,6 +317,7 @@ pub async fn search(
                     score,
                     lexical_rank,
                     vector_rank,
+                    similarity,
                     snippet,
                 },
             )| {
@@ -330,6 +335,7 @@ pub async fn search(
                     score,
                     lexical_rank,
                     vector_rank,
+                    similarity,
                 })
             },
         )

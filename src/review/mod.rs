@@ -366,6 +366,11 @@ pub async fn decide(
                             .to_owned(),
                     details: json!({ "state": row.state, "proposal": row.first_decision }),
                 })
+            } else if action == Action::Escalate && row.state == "escalated" {
+                Err(CaseError::IllegalTransition {
+                    current: row.state.clone(),
+                    attempted: "escalated",
+                })
             } else {
                 Ok(())
             }

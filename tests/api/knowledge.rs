@@ -376,3 +376,124 @@ on_both_backends! {
         assert!(failed["error"].as_str().unwrap().contains("model not found"), "{failed}");
     }
 }
+
+/// A stand-in for an OpenAI-compatible chat model that answers from the sources it is given,
+/// the way the question asks it to misbehave; it records every request.
+async fn answering_model() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
+    use axum::Json;
+    use axum::routing::post;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move |Json(request): Json<Value>| {
+            let log = log.clone();
+            async move {
+                log.lock().unwrap().push(request.clone());
+                let user = request["messages"][1]["content"].as_str().unwrap_or_default().to_owned();
+                let question = user.rsplit("Question: ").next().unwrap_or_default();
+                let reply = if question.contains("broken") {
+                    return (axum::http::StatusCode::BAD_REQUEST, Json(json!({ "error": { "message": "context too long" } })));
+                } else if question.contains("stranger") {
+                    json!({ "answer": "Ask the drawer [7].", "sources": [7] })
+                } else if question.contains("annual leave") && question.contains("cheque") {
+                    json!({ "answer": null, "sources": [] })
+                } else {
+                    let source = user.lines().find(|l| l.starts_with('[') && l.contains("Cheque handling")).map(|l| l[1..2].to_owned()).unwrap_or_default();
+                    json!({ "answer": format!("Two signatures and a supervisor check [{source}]."), "sources": [source] })
+                };
+                (axum::http::StatusCode::OK, Json(json!({
+                    "id": "chatcmpl-1", "object": "chat.completion", "model": request["model"],
+                    "choices": [{ "index": 0, "finish_reason": "stop", "message": { "role": "assistant", "content": reply.to_string() } }],
+                    "usage": { "prompt_tokens": 120, "completion_tokens": 12, "total_tokens": 132 }
+                })))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, seen)
+}
+
+on_both_backends! {
+    async fn questions_are_answered_only_from_retrieved_chunks_with_citations(backend) {
+        let (llm, seen) = answering_model().await;
+        let (embeddings, _) = embedding_server(0, false).await;
+        // Waiting for four documents polls the API more often than the default limit allows.
+        let env = [("LLM_BASE_URL", llm.as_str()), ("LLM_MODEL", "tiny"), ("EMBEDDING_BASE_URL", embeddings.as_str()),
+                   ("RATE_LIMIT_PER_MINUTE", "100000")];
+        let Some(app) = TestApp::spawn_with(backend, ProcessRole::All, &env).await else { return };
+        let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let viewer = app.sign_in("acme", "vic@acme.test", Role::Viewer).await;
+        let kb = collection(&app, &sue, "procedures").await;
+        for (title, team, text) in CORPUS {
+            let doc = add(&app, &sue, &kb, title, team, text).await;
+            wait_status(&app, &sue, &kb, &doc, "indexed").await;
+        }
+        let ask = |who: &Login, body: Value| {
+            let path = format!("/api/v1/collections/{kb}/ask");
+            let token = who.access_token.clone();
+            let app = &app;
+            async move { app.call(Method::POST, &path, &token, Some(body)).await }
+        };
+
+        let instructions = json!({ "instructions": "Answer in one sentence. Never give legal advice." });
+        let (status, _) = app.call(Method::PUT, "/api/v1/knowledge/settings", &viewer.access_token, Some(instructions.clone())).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, saved) = app.call(Method::PUT, "/api/v1/knowledge/settings", &sue.access_token, Some(instructions)).await;
+        assert_eq!(status, StatusCode::OK, "{saved}");
+        let (_, settings) = app.call(Method::GET, "/api/v1/knowledge/settings", &viewer.access_token, None).await;
+        assert_eq!(settings["instructions"], "Answer in one sentence. Never give legal advice.");
+
+        let (status, answer) = ask(&viewer, json!({ "question": "What do large cheques above 5000 need?", "k": 3 })).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["status"], "answered", "{answer}");
+        assert!(answer["answer"].as_str().unwrap().starts_with("Two signatures"), "{answer}");
+        let citation = &answer["citations"][0];
+        assert_eq!(citation["document_title"], "Cheque handling", "{answer}");
+        assert!(citation["chunk_id"].is_string() && citation["snippet"].as_str().unwrap().contains("<mark>"), "{answer}");
+        assert_eq!(answer["usage"]["total_tokens"], 132);
+        let request = seen.lock().unwrap().last().unwrap().clone();
+        let system = request["messages"][0]["content"].as_str().unwrap();
+        assert!(system.contains("ONLY the numbered sources") && system.contains("Never give legal advice"), "{system}");
+        let user = request["messages"][1]["content"].as_str().unwrap();
+        assert!(user.contains("two signatures and a supervisor check"), "the chunk text is the source: {user}");
+        assert!(!user.contains("fourteen characters"), "irrelevant chunks are not sent: {user}");
+        assert_eq!(request["response_format"]["type"], "json_object");
+
+        // Nothing relevant retrieved: no answer, and the model is not asked.
+        let calls = seen.lock().unwrap().len();
+        let (status, none) = ask(&viewer, json!({ "question": "Who won the football match yesterday?" })).await;
+        assert_eq!(status, StatusCode::OK, "{none}");
+        assert_eq!((none["status"].as_str(), none["answer"].as_str()), (Some("no_answer"), None));
+        assert_eq!(none["citations"], json!([]));
+        assert_eq!(seen.lock().unwrap().len(), calls, "the model was not called");
+
+        // The model finds no answer in the sources, or cites one it was not given.
+        let (_, none) = ask(&viewer, json!({ "question": "Can a cheque pay for annual leave?" })).await;
+        assert_eq!(none["status"], "no_answer", "{none}");
+        assert!(none["sources_considered"].as_u64().unwrap() >= 1, "{none}");
+        let (_, uncited) = ask(&viewer, json!({ "question": "What do large cheques need, stranger?" })).await;
+        assert_eq!(uncited["status"], "no_answer", "an answer citing no given source is not an answer: {uncited}");
+
+        let (status, error) = ask(&viewer, json!({ "question": "Why do large cheques need broken signatures?" })).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+        assert_eq!(error["error"]["code"], "model_failed");
+        for body in [json!({ "question": " " }), json!({ "question": "x", "k": 0 }), json!({ "question": "x", "k": 21 })] {
+            let (status, _) = ask(&viewer, body.clone()).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        }
+        let (status, _) = app.call(Method::POST, "/api/v1/collections/nope/ask", &viewer.access_token, Some(json!({ "question": "x" }))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    async fn asking_without_a_model_is_503(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let kb = collection(&app, &sue, "procedures").await;
+        let (status, error) = app.call(Method::POST, &format!("/api/v1/collections/{kb}/ask"), &sue.access_token, Some(json!({ "question": "x" }))).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
+        assert_eq!(error["error"]["code"], "llm_not_configured");
+    }
+}

@@ -176,6 +176,8 @@ on_both_backends! {
         assert_eq!(escalated["state"], "escalated");
         let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
         claim(&app, &sue, &case).await;
+        let (status, error) = decide(&app, &sue, &case, json!({ "decision": "escalate", "reason": "again" })).await;
+        assert_eq!(status, StatusCode::CONFLICT, "escalated cases are not escalated again: {error}");
         let (status, parked) = decide(&app, &sue, &case, json!({ "decision": "needs_more_info", "reason": "call the branch" })).await;
         assert_eq!(status, StatusCode::OK, "{parked}");
         let (_, back) = app.call(Method::POST, &path(&case, "information"), &sue.access_token, Some(json!({ "notes": "branch confirmed" }))).await;
