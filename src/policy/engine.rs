@@ -3319,10 +3319,21 @@ mod tests {
             "not_in",
             "exists",
             "contains",
+            "between",
+            "risk_level",
+            "require_reason",
+            "add_flag",
+            "UNUSUAL_AMOUNT",
+            "amount / subject.a",
+            "subject.a-b - 1",
+            "amount / 0",
+            "amount * -1.5",
             "low",
+            "medium",
             "normal",
             "high",
             "urgent",
+            "critical",
             "never",
             "approve",
             "reject",
@@ -3380,9 +3391,36 @@ mod tests {
             "subject.a.b",
             "subject.list",
             "subject.a.0",
+            "amount / subject.a",
+            "subject.a.b * -2",
+            "ai.confidence - subject.x",
+            "100 / subject.a.0",
         ];
         const OPS: &[&str] = &[
-            "==", "!=", "<", "<=", ">", ">=", "in", "not_in", "exists", "contains",
+            "==", "!=", "<", "<=", ">", ">=", "between", "in", "not_in", "exists", "contains",
+        ];
+
+        /// Pieces that glue into `field` texts, computed or not, well formed or not.
+        const FIELD_PIECES: &[&str] = &[
+            "amount",
+            "ai.confidence",
+            "currency",
+            "subject.",
+            "subject.a",
+            "subject.a-b",
+            "a",
+            ".",
+            "-",
+            "+",
+            "*",
+            "/",
+            " ",
+            "\t",
+            "0",
+            "1.50",
+            "-2",
+            "(",
+            "é",
         ];
 
         fn operand() -> impl Strategy<Value = Value> {
@@ -3431,41 +3469,59 @@ mod tests {
             })
         }
 
-        fn effects() -> impl Strategy<Value = Value> {
+        /// A `then` (with flags) or `defaults` (without: only rules add flags).
+        fn effects(with_flags: bool) -> impl Strategy<Value = Value> {
+            let flags = prop_oneof![
+                Just(None),
+                "[A-Z0-9_]{1,8}".prop_map(|f| Some(Value::from(f))),
+                prop::collection::vec("[A-C]", 1..4).prop_map(|f| Some(Value::from(f))),
+            ];
             (
+                (
+                    prop::option::of(prop::sample::select(
+                        &["low", "normal", "high", "urgent"][..],
+                    )),
+                    prop::option::of(any::<bool>()),
+                    prop::option::of(1u32..=MAX_SLA_HOURS),
+                    prop::option::of(prop::sample::select(
+                        &["never", "approve", "reject", "any"][..],
+                    )),
+                    prop::option::of("[a-z0-9._-]{1,10}"),
+                    prop::option::of(prop::sample::select(
+                        &["reviewer", "supervisor", "admin"][..],
+                    )),
+                ),
                 prop::option::of(prop::sample::select(
-                    &["low", "normal", "high", "urgent"][..],
+                    &["low", "medium", "high", "critical"][..],
                 )),
                 prop::option::of(any::<bool>()),
-                prop::option::of(1u32..=MAX_SLA_HOURS),
-                prop::option::of(prop::sample::select(
-                    &["never", "approve", "reject", "any"][..],
-                )),
-                prop::option::of("[a-z0-9._-]{1,10}"),
-                prop::option::of(prop::sample::select(
-                    &["reviewer", "supervisor", "admin"][..],
-                )),
+                flags,
             )
-                .prop_map(|(priority, dual, sla, auto, queue, role)| {
-                    let mut map = Map::new();
-                    let mut put = |key: &str, value: Option<Value>| {
-                        if let Some(value) = value {
-                            map.insert(key.to_owned(), value);
-                        }
-                    };
-                    put("priority", priority.map(Value::from));
-                    put("dual_control", dual.map(Value::from));
-                    put("sla_hours", sla.map(Value::from));
-                    put("auto_decision", auto.map(Value::from));
-                    put("queue", queue.map(Value::from));
-                    put("required_role", role.map(Value::from));
-                    Value::Object(map)
-                })
+                .prop_map(
+                    move |((priority, dual, sla, auto, queue, role), risk, reason, flags)| {
+                        let mut map = Map::new();
+                        let mut put = |key: &str, value: Option<Value>| {
+                            if let Some(value) = value {
+                                map.insert(key.to_owned(), value);
+                            }
+                        };
+                        put("priority", priority.map(Value::from));
+                        put("dual_control", dual.map(Value::from));
+                        put("sla_hours", sla.map(Value::from));
+                        put("auto_decision", auto.map(Value::from));
+                        put("queue", queue.map(Value::from));
+                        put("required_role", role.map(Value::from));
+                        put("risk_level", risk.map(Value::from));
+                        put("require_reason", reason.map(Value::from));
+                        put("add_flag", flags.filter(|_| with_flags));
+                        Value::Object(map)
+                    },
+                )
         }
 
         /// A policy document that validation accepts.
         fn valid_document() -> impl Strategy<Value = Value> {
-            let rule = (condition(), effects(), any::<bool>(), "[a-z ]{0,8}").prop_map(
+            let rule = (condition(), effects(true), any::<bool>(), "[a-z ]{0,8}").prop_map(
                 |(when, mut then, stop, name)| {
                     if then.as_object().is_some_and(Map::is_empty) {
                         then = json!({"queue": "fallback"});
@@ -3474,7 +3530,7 @@ mod tests {
                 },
             );
             (
-                effects(),
+                effects(false),
                 any::<bool>(),
                 0.0f64..=1.0,
                 prop::collection::vec(rule, 0..8),
@@ -3522,31 +3578,57 @@ mod tests {
                 (arb_json(), arb_json(), arb_json()).prop_map(|(a, b, list)| {
                     json!({"a": {"b": b, "0": a.clone()}, "list": list, "x": a})
                 }),
+                // Scalars (zero among them) where computed fields look.
+                (scalar(), scalar(), scalar())
+                    .prop_map(|(a, b, x)| { json!({"a": a, "x": x, "list": [b]}) }),
+                (scalar(), scalar()).prop_map(|(b, zero)| json!({"a": {"b": b, "0": zero}})),
             ]
         }
 
-        // Reference model for rule order: conditions are trees of amount comparisons with whole
-        // thresholds, effects are the four simplest keys.
+        // Reference model for rule order: conditions are trees of comparisons of the amount, or of
+        // `amount <+-*/> k`, with whole thresholds, computed with integers; effects are the simplest
+        // scalar keys, first-wins, and flags from a small alphabet, which accumulate.
         #[derive(Clone, Debug)]
         enum ModelCond {
             Cmp(&'static str, i64),
+            /// `amount <arith> k` compared with a threshold.
+            Computed(char, i64, &'static str, i64),
+            Between(i64, i64),
             All(Vec<ModelCond>),
             Any(Vec<ModelCond>),
             Not(Box<ModelCond>),
         }
 
+        fn compare(op: &str, order: Ordering) -> bool {
+            match op {
+                "==" => order == Ordering::Equal,
+                "!=" => order != Ordering::Equal,
+                "<" => order == Ordering::Less,
+                "<=" => order != Ordering::Greater,
+                ">" => order == Ordering::Greater,
+                ">=" => order != Ordering::Less,
+                _ => unreachable!(),
+            }
+        }
+
         impl ModelCond {
             fn holds(&self, amount: i64) -> bool {
                 match self {
-                    Self::Cmp(op, t) => match *op {
-                        "==" => amount == *t,
-                        "!=" => amount != *t,
-                        "<" => amount < *t,
-                        "<=" => amount <= *t,
-                        ">" => amount > *t,
-                        ">=" => amount >= *t,
-                        _ => unreachable!(),
-                    },
+                    Self::Cmp(op, t) => compare(op, amount.cmp(t)),
+                    Self::Computed(arith, k, op, t) => {
+                        let order = match arith {
+                            '+' => (amount + k).cmp(t),
+                            '-' => (amount - k).cmp(t),
+                            '*' => (amount * k).cmp(t),
+                            // amount / k against t, without dividing: multiply both sides by k,
+                            // which turns the order around when k is negative.
+                            '/' if *k > 0 => amount.cmp(&(t * k)),
+                            '/' => (t * k).cmp(&amount),
+                            _ => unreachable!(),
+                        };
+                        compare(op, order)
+                    }
+                    Self::Between(low, high) => (*low..=*high).contains(&amount),
                     Self::All(c) => c.iter().all(|c| c.holds(amount)),
                     Self::Any(c) => c.iter().any(|c| c.holds(amount)),
                     Self::Not(c) => !c.holds(amount),
@@ -3562,6 +3644,16 @@ mod tests {
                     Self::Cmp(op, t) => {
                         json!({"field": "amount", "op": op, "value": format!("{t}.00")})
                     }
+                    // Spacing alternates too: the operator needs none.
+                    Self::Computed(arith, k, op, t) if t % 2 == 0 => {
+                        json!({"field": format!("amount {arith} {k}"), "op": op, "value": t})
+                    }
+                    Self::Computed(arith, k, op, t) => {
+                        json!({"field": format!("amount{arith}{k}.0"), "op": op, "value": format!("{t}.0")})
+                    }
+                    Self::Between(low, high) => {
+                        json!({"field": "amount", "op": "between", "value": [low, format!("{high}.00")]})
+                    }
                     Self::All(c) => json!({"all": c.iter().map(Self::to_json).collect::<Vec<_>>()}),
                     Self::Any(c) => json!({"any": c.iter().map(Self::to_json).collect::<Vec<_>>()}),
                     Self::Not(c) => json!({"not": c.to_json()}),
@@ -3576,22 +3668,37 @@ mod tests {
             queue: Option<String>,
             sla_hours: Option<u32>,
             dual_control: Option<bool>,
+            risk_level: Option<&'static str>,
+            require_reason: Option<bool>,
+            flags: Vec<String>,
             stop: bool,
         }
 
         fn model_cond() -> impl Strategy<Value = ModelCond> {
-            (
-                prop::sample::select(&["==", "!=", "<", "<=", ">", ">="][..]),
-                -5i64..5,
-            )
-                .prop_map(|(op, t)| ModelCond::Cmp(op, t))
-                .prop_recursive(3, 16, 3, |inner| {
-                    prop_oneof![
-                        prop::collection::vec(inner.clone(), 1..4).prop_map(ModelCond::All),
-                        prop::collection::vec(inner.clone(), 1..4).prop_map(ModelCond::Any),
-                        inner.prop_map(|c| ModelCond::Not(Box::new(c))),
-                    ]
-                })
+            const OPS: &[&str] = &["==", "!=", "<", "<=", ">", ">="];
+            let op = || prop::sample::select(OPS);
+            prop_oneof![
+                (op(), -5i64..5).prop_map(|(op, t)| ModelCond::Cmp(op, t)),
+                (
+                    prop::sample::select(&['+', '-', '*', '/'][..]),
+                    -3i64..=3,
+                    op(),
+                    -5i64..5
+                )
+                    .prop_map(|(arith, k, op, t)| {
+                        // A literal divisor of zero is rejected by validation.
+                        let k = if arith == '/' && k == 0 { 1 } else { k };
+                        ModelCond::Computed(arith, k, op, t)
+                    }),
+                (-5i64..5, 0i64..4).prop_map(|(low, width)| ModelCond::Between(low, low + width)),
+            ]
+            .prop_recursive(3, 16, 3, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 1..4).prop_map(ModelCond::All),
+                    prop::collection::vec(inner.clone(), 1..4).prop_map(ModelCond::Any),
+                    inner.prop_map(|c| ModelCond::Not(Box::new(c))),
+                ]
+            })
         }
 
         fn model_rule() -> impl Strategy<Value = ModelRule> {
@@ -3603,26 +3710,49 @@ mod tests {
                 prop::option::of("[a-c]"),
                 prop::option::of(1u32..4),
                 prop::option::of(any::<bool>()),
+                prop::option::of(prop::sample::select(
+                    &["low", "medium", "high", "critical"][..],
+                )),
+                prop::option::of(any::<bool>()),
+                prop::collection::vec("[A-D]", 0..3),
                 prop::bool::weighted(0.2),
             )
-                .prop_map(|(when, priority, queue, sla_hours, dual_control, stop)| {
-                    let mut rule = ModelRule {
+                .prop_map(
+                    |(
                         when,
                         priority,
                         queue,
                         sla_hours,
                         dual_control,
+                        risk_level,
+                        require_reason,
+                        flags,
                         stop,
-                    };
-                    if rule.priority.is_none()
-                        && rule.queue.is_none()
-                        && rule.sla_hours.is_none()
-                        && rule.dual_control.is_none()
-                    {
-                        rule.sla_hours = Some(7);
-                    }
-                    rule
-                })
+                    )| {
+                        let mut rule = ModelRule {
+                            when,
+                            priority,
+                            queue,
+                            sla_hours,
+                            dual_control,
+                            risk_level,
+                            require_reason,
+                            flags,
+                            stop,
+                        };
+                        if rule.priority.is_none()
+                            && rule.queue.is_none()
+                            && rule.sla_hours.is_none()
+                            && rule.dual_control.is_none()
+                            && rule.risk_level.is_none()
+                            && rule.require_reason.is_none()
+                            && rule.flags.is_empty()
+                        {
+                            rule.sla_hours = Some(7);
+                        }
+                        rule
+                    },
+                )
         }
 
         fn model_document(rules: &[ModelRule]) -> Value {
@@ -3643,10 +3773,27 @@ mod tests {
                     if let Some(d) = r.dual_control {
                         then.insert("dual_control".into(), d.into());
                     }
+                    if let Some(level) = r.risk_level {
+                        then.insert("risk_level".into(), level.into());
+                    }
+                    if let Some(reason) = r.require_reason {
+                        then.insert("require_reason".into(), reason.into());
+                    }
+                    // One flag alternates between the string and the one-element list forms.
+                    match r.flags.as_slice() {
+                        [] => {}
+                        [flag] if i % 2 == 0 => {
+                            then.insert("add_flag".into(), flag.as_str().into());
+                        }
+                        flags => {
+                            then.insert("add_flag".into(), flags.into());
+                        }
+                    }
                     json!({"name": format!("r{i}"), "when": r.when.to_json(), "then": then, "stop": r.stop})
                 })
                 .collect();
-            json!({"defaults": {"priority": "low", "queue": "default", "sla_hours": 99, "dual_control": false},
+            json!({"defaults": {"priority": "low", "queue": "default", "sla_hours": 99, "dual_control": false,
+                                "risk_level": "medium", "require_reason": false},
                    "rules": rules})
         }
 
@@ -3695,11 +3842,44 @@ mod tests {
                     prop_assert!(pair[0].index < pair[1].index);
                     prop_assert!(rules[pair[0].index]["stop"] != json!(true));
                 }
+                // Flags are unique, valid and each comes from a rule that fired.
+                for (i, flag) in outcome.flags.iter().enumerate() {
+                    prop_assert!(is_flag_name(flag));
+                    prop_assert!(!outcome.flags[..i].contains(flag));
+                    let added = outcome.fired.iter().any(|f| match &f.effects["add_flag"] {
+                        Value::String(one) => one == flag,
+                        Value::Array(list) => list.iter().any(|v| v == flag.as_str()),
+                        _ => false,
+                    });
+                    prop_assert!(added, "{} was added by no fired rule", flag);
+                }
                 if outcome.auto_decision.is_some() {
                     prop_assert!(!outcome.dual_control);
                     let ai = ai.expect("auto decision needs an assessment");
                     prop_assert!(ai.validate().is_ok());
                     prop_assert_eq!(outcome.auto_decision, Some(ai.recommendation));
+                }
+            }
+
+            #[test]
+            fn field_texts_round_trip_and_evaluate(
+                pieces in prop::collection::vec(prop::sample::select(FIELD_PIECES), 1..8),
+                amount in amount(),
+                subject in subject(),
+            ) {
+                let field: String = pieces.concat();
+                let document = json!({"rules": [{"name": "r", "then": {"queue": "q"},
+                                                 "when": {"field": field, "op": ">", "value": 1}}]});
+                if let Ok(policy) = Policy::parse(&document) {
+                    prop_assert_eq!(Policy::parse(&policy.to_document()), Ok(policy.clone()));
+                    let _ = policy.evaluate(&CaseFacts {
+                        case_type: "payment",
+                        reference: "REF-1",
+                        amount,
+                        currency: "EUR",
+                        subject: &subject,
+                        ai: None,
+                    });
                 }
             }
 
@@ -3720,6 +3900,7 @@ mod tests {
                 });
 
                 let (mut priority, mut queue, mut sla, mut dual) = (None, None, None, None);
+                let (mut risk, mut reason, mut flags) = (None, None, Vec::<String>::new());
                 let mut fired = Vec::new();
                 for (index, rule) in rules.iter().enumerate() {
                     if !rule.when.holds(amount) {
@@ -3729,6 +3910,13 @@ mod tests {
                     queue = queue.or_else(|| rule.queue.clone());
                     sla = sla.or(rule.sla_hours);
                     dual = dual.or(rule.dual_control);
+                    risk = risk.or(rule.risk_level);
+                    reason = reason.or(rule.require_reason);
+                    for flag in &rule.flags {
+                        if !flags.contains(flag) {
+                            flags.push(flag.clone());
+                        }
+                    }
                     fired.push(index);
                     if rule.stop {
                         break;
@@ -3740,6 +3928,9 @@ mod tests {
                 prop_assert_eq!(outcome.queue, queue.unwrap_or_else(|| "default".to_owned()));
                 prop_assert_eq!(outcome.sla_hours, sla.unwrap_or(99));
                 prop_assert_eq!(outcome.dual_control, dual.unwrap_or(false));
+                prop_assert_eq!(outcome.risk_level.as_str(), risk.unwrap_or("medium"));
+                prop_assert_eq!(outcome.require_reason, reason.unwrap_or(false));
+                prop_assert_eq!(outcome.flags, flags);
                 prop_assert_eq!(outcome.required_role, "reviewer");
             }
         }
