@@ -1,8 +1,9 @@
 //! Policy documents: parsing, validation and evaluation.
 //!
 //! A policy is an ordered list of rules plus defaults. Evaluating it against the facts of a case
-//! yields where the case goes (priority, queue, SLA, who may decide, whether two people must) and
-//! whether an AI assessment may decide it on its own. Everything here is pure: no I/O, no clock, no
+//! yields where the case goes (priority, queue, SLA, who may decide, whether two people must and
+//! whether they must give a reason), how risky it is and what was found (flags), and whether an AI
+//! assessment may decide it on its own. Everything here is pure: no I/O, no clock, no
 //! database, so the same document always routes the same case the same way and can be simulated.
 //!
 //! Documents are validated by walking the JSON by hand rather than through `serde` derives alone,
