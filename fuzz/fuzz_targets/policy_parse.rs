@@ -1,5 +1,5 @@
 //! Policy documents: JSON → `Policy::parse` (validation); every accepted policy must round-trip
-//! through `to_document` and evaluate a few fixed cases without panicking.
+//! through `to_document` and evaluate a few fixed cases without panicking, with flags unique.
 #![no_main]
 
 use docket::policy::engine::{AiAssessment, CaseFacts, Policy, Recommendation};
@@ -16,7 +16,9 @@ fuzz_target!(|data: &[u8]| {
     let again = Policy::parse(&policy.to_document()).expect("to_document must parse again");
     assert_eq!(again, policy, "to_document must round-trip");
 
-    let subject = json!({"a": {"b": [1, "x", null]}, "amount": "12.5", "tags": ["x", "y"]});
+    // Numbers, zero, text and absence where computed fields such as `amount / subject.avg` look.
+    let subject = json!({"a": {"b": [1, "x", null]}, "amount": "12.5", "tags": ["x", "y"],
+                         "avg": 0, "tenure_days": 12, "max": "1e3"});
     let ai = AiAssessment {
         recommendation: Recommendation::Approve,
         confidence: 0.9,
@@ -24,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     };
     for amount in [0i64, 4999, 5000, 10_000, -3] {
         for ai in [None, Some(&ai)] {
-            let _ = policy.evaluate(&CaseFacts {
+            let outcome = policy.evaluate(&CaseFacts {
                 case_type: "payment",
                 reference: "INV-1",
                 amount: amount.into(),
@@ -32,6 +34,9 @@ fuzz_target!(|data: &[u8]| {
                 subject: &subject,
                 ai,
             });
+            for (i, flag) in outcome.flags.iter().enumerate() {
+                assert!(!outcome.flags[..i].contains(flag), "flags repeat");
+            }
         }
     }
 });

@@ -1,8 +1,9 @@
 //! Policy documents: parsing, validation and evaluation.
 //!
 //! A policy is an ordered list of rules plus defaults. Evaluating it against the facts of a case
-//! yields where the case goes (priority, queue, SLA, who may decide, whether two people must) and
-//! whether an AI assessment may decide it on its own. Everything here is pure: no I/O, no clock, no
+//! yields where the case goes (priority, queue, SLA, who may decide, whether two people must and
+//! whether they must give a reason), how risky it is and what was found (flags), and whether an AI
+//! assessment may decide it on its own. Everything here is pure: no I/O, no clock, no
 //! database, so the same document always routes the same case the same way and can be simulated.
 //!
 //! Documents are validated by walking the JSON by hand rather than through `serde` derives alone,
@@ -36,17 +37,23 @@ const MAX_NAME_CHARS: usize = 200;
 const MAX_QUEUE_CHARS: usize = 100;
 const MAX_FIELD_CHARS: usize = 200;
 const MAX_AI_REASONS: usize = 50;
+/// Flags one rule may add; flags name findings, so a rule with more is a list of findings in disguise.
+const MAX_RULE_FLAGS: usize = 20;
+const MAX_FLAG_CHARS: usize = 64;
 
 const TOP_KEYS: &[&str] = &["defaults", "ai", "rules"];
 const AI_KEYS: &[&str] = &["enabled", "confidence_threshold"];
 const RULE_KEYS: &[&str] = &["name", "when", "then", "stop"];
 const EFFECT_KEYS: &[&str] = &[
     "priority",
+    "risk_level",
     "dual_control",
+    "require_reason",
     "sla_hours",
     "auto_decision",
     "queue",
     "required_role",
+    "add_flag",
 ];
 const COMPARISON_KEYS: &[&str] = &["field", "op", "value"];
 const LOGICAL_KEYS: &[&str] = &["all", "any", "not"];
@@ -124,6 +131,60 @@ impl Priority {
     /// One step more urgent (used when an SLA is breached); urgent is the ceiling.
     pub fn raised(self) -> Self {
         Self::from_rank(self.rank() + 1).unwrap_or(Self::Urgent)
+    }
+}
+
+/// How risky a case looks, as the policy judges it. Unlike the priority it says nothing about
+/// urgency; reviewers and reports use it to tell routine cases from dangerous ones.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum RiskLevel {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl RiskLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+            Self::Critical => "critical",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "low" => Some(Self::Low),
+            "medium" => Some(Self::Medium),
+            "high" => Some(Self::High),
+            "critical" => Some(Self::Critical),
+            _ => None,
+        }
+    }
+
+    /// 0 (low) to 3 (critical), for storing beside the name so lists can sort and filter by it.
+    pub fn rank(self) -> i32 {
+        match self {
+            Self::Low => 0,
+            Self::Medium => 1,
+            Self::High => 2,
+            Self::Critical => 3,
+        }
     }
 }
 
@@ -211,13 +272,19 @@ fn location(path: &str) -> &str {
 #[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Outcome {
     pub priority: Priority,
+    pub risk_level: RiskLevel,
     pub dual_control: bool,
+    /// Whether the decision on this case must carry at least one reason code.
+    pub require_reason: bool,
     pub sla_hours: u32,
     pub queue: String,
     /// The lowest role allowed to decide: "reviewer", "supervisor" or "admin".
     pub required_role: String,
     /// Set only when the case is decided automatically, to the AI's recommendation.
     pub auto_decision: Option<Recommendation>,
+    /// Findings added by every rule that matched (not only the first), without repeats, in the
+    /// order they were first added.
+    pub flags: Vec<String>,
     /// Rules that matched, in evaluation order.
     pub fired: Vec<FiredRule>,
     /// One sentence saying why the case was decided automatically or sent to people.
@@ -288,7 +355,9 @@ impl AutoDecision {
 #[derive(Clone, Debug, PartialEq)]
 struct Defaults {
     priority: Priority,
+    risk_level: RiskLevel,
     dual_control: bool,
+    require_reason: bool,
     sla_hours: u32,
     auto_decision: AutoDecision,
     queue: String,
@@ -299,7 +368,9 @@ impl Default for Defaults {
     fn default() -> Self {
         Self {
             priority: Priority::Normal,
+            risk_level: RiskLevel::Low,
             dual_control: false,
+            require_reason: false,
             sla_hours: 4,
             auto_decision: AutoDecision::Never,
             queue: "default".to_owned(),
@@ -331,15 +402,20 @@ struct Rule {
     stop: bool,
 }
 
-/// A rule's `then` (all keys optional) or, fully resolved, the defaults.
+/// A rule's `then` (all keys optional), the `defaults` as written, or what the matching rules
+/// set between them.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Effects {
     priority: Option<Priority>,
+    risk_level: Option<RiskLevel>,
     dual_control: Option<bool>,
+    require_reason: Option<bool>,
     sla_hours: Option<u32>,
     auto_decision: Option<AutoDecision>,
     queue: Option<String>,
     required_role: Option<Role>,
+    /// Without repeats, in the order written.
+    flags: Vec<String>,
 }
 
 impl Effects {
@@ -347,16 +423,24 @@ impl Effects {
         *self == Self::default()
     }
 
-    /// Takes from `other` only the keys not set yet: the first rule to set a key wins.
+    /// Takes from `other` only the keys not set yet: the first rule to set a key wins. Flags are
+    /// the exception: they accumulate, since each matching rule reports its own finding.
     fn fill_from(&mut self, other: &Effects) {
         self.priority = self.priority.or(other.priority);
+        self.risk_level = self.risk_level.or(other.risk_level);
         self.dual_control = self.dual_control.or(other.dual_control);
+        self.require_reason = self.require_reason.or(other.require_reason);
         self.sla_hours = self.sla_hours.or(other.sla_hours);
         self.auto_decision = self.auto_decision.or(other.auto_decision);
         if self.queue.is_none() {
             self.queue.clone_from(&other.queue);
         }
         self.required_role = self.required_role.or(other.required_role);
+        for flag in &other.flags {
+            if !self.flags.contains(flag) {
+                self.flags.push(flag.clone());
+            }
+        }
     }
 
     fn to_json(&self) -> Value {
@@ -364,8 +448,14 @@ impl Effects {
         if let Some(p) = self.priority {
             map.insert("priority".into(), p.as_str().into());
         }
+        if let Some(r) = self.risk_level {
+            map.insert("risk_level".into(), r.as_str().into());
+        }
         if let Some(d) = self.dual_control {
             map.insert("dual_control".into(), d.into());
+        }
+        if let Some(r) = self.require_reason {
+            map.insert("require_reason".into(), r.into());
         }
         if let Some(h) = self.sla_hours {
             map.insert("sla_hours".into(), h.into());
@@ -378,6 +468,16 @@ impl Effects {
         }
         if let Some(r) = self.required_role {
             map.insert("required_role".into(), r.as_str().into());
+        }
+        // One flag is written as a string, as admins usually write it; several as a list.
+        match self.flags.as_slice() {
+            [] => {}
+            [flag] => {
+                map.insert("add_flag".into(), flag.as_str().into());
+            }
+            flags => {
+                map.insert("add_flag".into(), flags.into());
+            }
         }
         Value::Object(map)
     }
@@ -410,6 +510,8 @@ enum Field {
     AiConfidence,
     /// The path after `subject.`, split on dots.
     Subject(Vec<String>),
+    /// Arithmetic on two numbers, such as `amount / subject.avg_amount`.
+    Computed(Box<Computed>),
 }
 
 impl Field {
@@ -422,6 +524,71 @@ impl Field {
             Self::AiRecommendation => "ai.recommendation".into(),
             Self::AiConfidence => "ai.confidence".into(),
             Self::Subject(path) => format!("subject.{}", path.join(".")),
+            Self::Computed(c) => format!("{} {} {}", c.left.name(), c.op.symbol(), c.right.name()),
+        }
+    }
+}
+
+/// `left op right`, computed with exact decimal arithmetic when a case is evaluated.
+#[derive(Clone, Debug, PartialEq)]
+struct Computed {
+    left: Operand,
+    op: Arith,
+    right: Operand,
+}
+
+/// One side of a computed field.
+#[derive(Clone, Debug, PartialEq)]
+enum Operand {
+    /// `amount`, `ai.confidence` or a subject path; never another computed field.
+    Field(Field),
+    Number(Decimal),
+}
+
+impl Operand {
+    fn name(&self) -> String {
+        match self {
+            Self::Field(field) => field.name(),
+            Self::Number(n) => n.to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arith {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+impl Arith {
+    fn symbol(self) -> char {
+        match self {
+            Self::Add => '+',
+            Self::Sub => '-',
+            Self::Mul => '*',
+            Self::Div => '/',
+        }
+    }
+
+    fn from_char(c: char) -> Option<Self> {
+        Some(match c {
+            '+' => Self::Add,
+            '-' => Self::Sub,
+            '*' => Self::Mul,
+            '/' => Self::Div,
+            _ => return None,
+        })
+    }
+
+    /// None when the result does not fit a decimal, or for a division by zero.
+    fn apply(self, a: Decimal, b: Decimal) -> Option<Decimal> {
+        match self {
+            Self::Add => a.checked_add(b),
+            Self::Sub => a.checked_sub(b),
+            Self::Mul => a.checked_mul(b),
+            Self::Div => a.checked_div(b),
         }
     }
 }
@@ -438,9 +605,10 @@ enum Op {
     NotIn,
     Exists,
     Contains,
+    Between,
 }
 
-const OP_NAMES: &str = "==, !=, <, <=, >, >=, in, not_in, exists, contains";
+const OP_NAMES: &str = "==, !=, <, <=, >, >=, between, in, not_in, exists, contains";
 
 impl Op {
     fn as_str(self) -> &'static str {
@@ -455,6 +623,7 @@ impl Op {
             Self::NotIn => "not_in",
             Self::Exists => "exists",
             Self::Contains => "contains",
+            Self::Between => "between",
         }
     }
 
@@ -470,12 +639,17 @@ impl Op {
             "not_in" => Self::NotIn,
             "exists" => Self::Exists,
             "contains" => Self::Contains,
+            "between" => Self::Between,
             _ => return None,
         })
     }
 
+    /// Operators that need an order between values (`between` compares with both bounds).
     fn is_ordering(self) -> bool {
-        matches!(self, Self::Lt | Self::Le | Self::Gt | Self::Ge)
+        matches!(
+            self,
+            Self::Lt | Self::Le | Self::Gt | Self::Ge | Self::Between
+        )
     }
 }
 
@@ -559,6 +733,13 @@ impl Policy {
         let mut defaults = Defaults::default();
         if let Some(value) = root.get("defaults") {
             let set = parse_effects(value, "/defaults", "defaults")?;
+            if !set.flags.is_empty() {
+                // A flag reports what a rule found; one on every case would report nothing.
+                return Err(error(
+                    "/defaults/add_flag",
+                    "flags are added by rules, not by the defaults",
+                ));
+            }
             apply(&mut defaults, &set);
         }
 
@@ -597,7 +778,9 @@ impl Policy {
         json!({
             "defaults": {
                 "priority": d.priority.as_str(),
+                "risk_level": d.risk_level.as_str(),
                 "dual_control": d.dual_control,
+                "require_reason": d.require_reason,
                 "sla_hours": d.sla_hours,
                 "auto_decision": d.auto_decision.as_str(),
                 "queue": d.queue,
@@ -645,7 +828,9 @@ impl Policy {
         let (auto_decision, reason) = self.decide(ai, invalid_ai, dual_control, auto);
         Outcome {
             priority: set.priority.unwrap_or(d.priority),
+            risk_level: set.risk_level.unwrap_or(d.risk_level),
             dual_control,
+            require_reason: set.require_reason.unwrap_or(d.require_reason),
             sla_hours: set.sla_hours.unwrap_or(d.sla_hours),
             queue: set.queue.unwrap_or_else(|| d.queue.clone()),
             required_role: set
@@ -654,6 +839,7 @@ impl Policy {
                 .as_str()
                 .to_owned(),
             auto_decision,
+            flags: set.flags,
             fired,
             reason,
         }
@@ -712,8 +898,14 @@ fn apply(defaults: &mut Defaults, set: &Effects) {
     if let Some(p) = set.priority {
         defaults.priority = p;
     }
+    if let Some(r) = set.risk_level {
+        defaults.risk_level = r;
+    }
     if let Some(d) = set.dual_control {
         defaults.dual_control = d;
+    }
+    if let Some(r) = set.require_reason {
+        defaults.require_reason = r;
     }
     if let Some(h) = set.sla_hours {
         defaults.sla_hours = h;
@@ -871,7 +1063,15 @@ fn parse_effects(value: &Value, path: &str, what: &str) -> Result<Effects, Polic
                         .ok_or_else(|| error(&at, "must be one of low, normal, high, urgent"))?,
                 );
             }
+            "risk_level" => {
+                effects.risk_level = Some(
+                    RiskLevel::parse(text())
+                        .ok_or_else(|| error(&at, "must be one of low, medium, high, critical"))?,
+                );
+            }
             "dual_control" => effects.dual_control = Some(boolean(value, &at)?),
+            "require_reason" => effects.require_reason = Some(boolean(value, &at)?),
+            "add_flag" => effects.flags = parse_flags(value, &at)?,
             "sla_hours" => {
                 let hours = value
                     .as_u64()
@@ -919,6 +1119,49 @@ fn parse_effects(value: &Value, path: &str, what: &str) -> Result<Effects, Polic
         }
     }
     Ok(effects)
+}
+
+/// `add_flag`: one flag name or a list of them. Repeats collapse, as they would across rules.
+fn parse_flags(value: &Value, path: &str) -> Result<Vec<String>, PolicyError> {
+    let names: Vec<(String, &Value)> = match value {
+        Value::Array(items) => {
+            if items.is_empty() || items.len() > MAX_RULE_FLAGS {
+                return Err(error(
+                    path,
+                    format!("must list 1 to {MAX_RULE_FLAGS} flags"),
+                ));
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| (index_path(path, i), item))
+                .collect()
+        }
+        single => vec![(path.to_owned(), single)],
+    };
+    let mut flags = Vec::with_capacity(names.len());
+    for (at, item) in names {
+        let flag = item.as_str().filter(|f| is_flag_name(f)).ok_or_else(|| {
+            error(
+                &at,
+                format!(
+                    "a flag is 1 to {MAX_FLAG_CHARS} characters of A-Z, 0-9 and _, \
+                     such as \"UNUSUAL_AMOUNT\"; add_flag takes one or a list of them"
+                ),
+            )
+        })?;
+        if !flags.iter().any(|f| f == flag) {
+            flags.push(flag.to_owned());
+        }
+    }
+    Ok(flags)
+}
+
+fn is_flag_name(name: &str) -> bool {
+    (1..=MAX_FLAG_CHARS).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
 fn parse_condition(value: &Value, path: &str, depth: usize) -> Result<Condition, PolicyError> {
@@ -1009,12 +1252,17 @@ fn parse_field(value: &Value, path: &str) -> Result<Field, PolicyError> {
         error(
             path,
             format!(
-                "unknown field; allowed fields are {} and subject.<path>",
+                "unknown field; allowed fields are {}, subject.<path>, or two of amount, \
+                 ai.confidence, subject.<path> and decimal numbers joined by one of + - * /",
                 FIXED_FIELDS.join(", ")
             ),
         )
     };
     let name = value.as_str().ok_or_else(unknown)?;
+    let tokens = lex(name);
+    if tokens.iter().any(|t| matches!(t, Token::Operator(_))) {
+        return parse_computed(name, &tokens, path);
+    }
     Ok(match name {
         "amount" => Field::Amount,
         "currency" => Field::Currency,
@@ -1024,19 +1272,142 @@ fn parse_field(value: &Value, path: &str) -> Result<Field, PolicyError> {
         "ai.confidence" => Field::AiConfidence,
         _ => {
             let rest = name.strip_prefix("subject.").ok_or_else(unknown)?;
-            let segments: Vec<String> = rest.split('.').map(str::to_owned).collect();
-            if name.len() > MAX_FIELD_CHARS || segments.iter().any(String::is_empty) {
-                return Err(error(
-                    path,
-                    format!(
-                        "a subject field is subject.<key>[.<key>...] with non-empty keys, \
-                         at most {MAX_FIELD_CHARS} characters in all"
-                    ),
-                ));
-            }
-            Field::Subject(segments)
+            subject_path(rest)
+                .filter(|_| name.len() <= MAX_FIELD_CHARS)
+                .ok_or_else(|| {
+                    error(
+                        path,
+                        format!(
+                            "a subject field is subject.<key>[.<key>...] with non-empty keys, \
+                             at most {MAX_FIELD_CHARS} characters in all"
+                        ),
+                    )
+                })?
         }
     })
+}
+
+fn subject_path(rest: &str) -> Option<Field> {
+    let segments: Vec<String> = rest.split('.').map(str::to_owned).collect();
+    (!segments.iter().any(String::is_empty)).then_some(Field::Subject(segments))
+}
+
+/// A piece of a `field` text.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Token<'t> {
+    Operand(&'t str),
+    Operator(Arith),
+}
+
+/// Splits a `field` text into operands and arithmetic operators, ignoring whitespace around
+/// them. A `-` inside a subject path belongs to the key, because keys such as
+/// `subject.account-age` were valid fields before arithmetic existed (subtracting from a subject
+/// field therefore needs a space before the `-`); a `-` where an operand is due starts a number.
+fn lex(text: &str) -> Vec<Token<'_>> {
+    let mut tokens = Vec::new();
+    let mut rest = text.trim_start();
+    while let Some(first) = rest.chars().next() {
+        let operand_due = !matches!(tokens.last(), Some(Token::Operand(_)));
+        let signed_number = first == '-'
+            && operand_due
+            && rest[1..].starts_with(|c: char| c.is_ascii_digit() || c == '.');
+        if let Some(op) = Arith::from_char(first).filter(|_| !signed_number) {
+            tokens.push(Token::Operator(op));
+            rest = rest[1..].trim_start();
+            continue;
+        }
+        let end = rest
+            .char_indices()
+            .skip(1)
+            .find(|&(i, c)| {
+                c.is_whitespace()
+                    || matches!(c, '+' | '*' | '/')
+                    || (c == '-' && !rest[..i].starts_with("subject."))
+            })
+            .map_or(rest.len(), |(i, _)| i);
+        tokens.push(Token::Operand(&rest[..end]));
+        rest = rest[end..].trim_start();
+    }
+    tokens
+}
+
+const COMPUTED_SHAPE: &str = "a computed field is exactly two operands joined by one of + - * /, \
+                              such as \"amount / subject.avg_amount\"; an operand is amount, \
+                              ai.confidence, subject.<path> or a decimal number";
+
+fn parse_computed(text: &str, tokens: &[Token], path: &str) -> Result<Field, PolicyError> {
+    if text.contains(['(', ')']) {
+        return Err(error(
+            path,
+            format!("parentheses are not supported: {COMPUTED_SHAPE}"),
+        ));
+    }
+    let operators = tokens
+        .iter()
+        .filter(|t| matches!(t, Token::Operator(_)))
+        .count();
+    if operators > 1 {
+        return Err(error(
+            path,
+            format!(
+                "{operators} operators found but only one is supported: {COMPUTED_SHAPE}; \
+                 combine several comparisons with all or any instead"
+            ),
+        ));
+    }
+    let &[
+        Token::Operand(left),
+        Token::Operator(op),
+        Token::Operand(right),
+    ] = tokens
+    else {
+        return Err(error(path, COMPUTED_SHAPE));
+    };
+    let left = parse_operand(left, path)?;
+    let right = parse_operand(right, path)?;
+    if matches!((&left, &right), (Operand::Number(_), Operand::Number(_))) {
+        return Err(error(
+            path,
+            "both operands are numbers; a computed field needs at least one field",
+        ));
+    }
+    if op == Arith::Div && matches!(right, Operand::Number(n) if n.is_zero()) {
+        return Err(error(path, "division by zero"));
+    }
+    let field = Field::Computed(Box::new(Computed { left, op, right }));
+    // Measured on the canonical form, which is what `to_document` writes back.
+    if field.name().chars().count() > MAX_FIELD_CHARS {
+        return Err(error(
+            path,
+            format!("a computed field is at most {MAX_FIELD_CHARS} characters"),
+        ));
+    }
+    Ok(field)
+}
+
+fn parse_operand(token: &str, path: &str) -> Result<Operand, PolicyError> {
+    let field = match token {
+        "amount" => Field::Amount,
+        "ai.confidence" => Field::AiConfidence,
+        "currency" | "type" | "reference" | "ai.recommendation" => {
+            return Err(error(
+                path,
+                format!("{token} is not a number, so it cannot be computed with: {COMPUTED_SHAPE}"),
+            ));
+        }
+        _ => {
+            if let Some(n) = decimal_text(token) {
+                return Ok(Operand::Number(n));
+            }
+            token
+                .strip_prefix("subject.")
+                .and_then(subject_path)
+                .ok_or_else(|| {
+                    error(path, format!("unknown operand {token:?}: {COMPUTED_SHAPE}"))
+                })?
+        }
+    };
+    Ok(Operand::Field(field))
 }
 
 /// Rejects operators that can never be meaningful for a field, rather than letting the rule
@@ -1044,10 +1415,15 @@ fn parse_field(value: &Value, path: &str) -> Result<Field, PolicyError> {
 fn check_op(field: &Field, op: Op, path: &str) -> Result<(), PolicyError> {
     let allowed: &str = match field {
         Field::Amount | Field::AiConfidence if op == Op::Contains => {
-            "==, !=, <, <=, >, >=, in, not_in, exists"
+            "==, !=, <, <=, >, >=, between, in, not_in, exists"
         }
         Field::AiRecommendation if op.is_ordering() || op == Op::Contains => {
             "==, !=, in, not_in, exists"
+        }
+        // A computed field that cannot be computed makes every comparison false, so `exists`
+        // would only mislead; it can be asked of the operands.
+        Field::Computed(_) if matches!(op, Op::Exists | Op::Contains) => {
+            "==, !=, <, <=, >, >=, between, in, not_in"
         }
         _ => return Ok(()),
     };
@@ -1081,6 +1457,27 @@ fn check_operand(field: &Field, op: Op, value: &Value, path: &str) -> Result<(),
                 .enumerate()
                 .try_for_each(|(i, item)| check_scalar(field, op, item, &index_path(path, i)))
         }
+        Op::Between => {
+            let Some([low, high]) = value.as_array().map(Vec::as_slice) else {
+                return Err(error(
+                    path,
+                    "the value of between must be a JSON array of two bounds, [low, high]",
+                ));
+            };
+            check_scalar(field, op, low, &index_path(path, 0))?;
+            check_scalar(field, op, high, &index_path(path, 1))?;
+            match order(Datum::of(low), Datum::of(high)) {
+                Some(Ordering::Greater) => Err(error(
+                    path,
+                    "the low bound is greater than the high bound, so nothing could match",
+                )),
+                Some(_) => Ok(()),
+                None => Err(error(
+                    path,
+                    "the bounds must be two numbers or two strings, to have an order",
+                )),
+            }
+        }
         _ => check_scalar(field, op, value, path),
     }
 }
@@ -1088,7 +1485,9 @@ fn check_operand(field: &Field, op: Op, value: &Value, path: &str) -> Result<(),
 /// Checks one value that a field is compared with.
 fn check_scalar(field: &Field, op: Op, value: &Value, path: &str) -> Result<(), PolicyError> {
     let ok = match field {
-        Field::Amount | Field::AiConfidence => literal_decimal(value).is_some(),
+        Field::Amount | Field::AiConfidence | Field::Computed(_) => {
+            literal_decimal(value).is_some()
+        }
         Field::Currency | Field::Type | Field::Reference => value.is_string(),
         Field::AiRecommendation => value.as_str().and_then(Recommendation::parse).is_some(),
         Field::Subject(_) if op.is_ordering() => value.is_string() || value.is_number(),
@@ -1099,7 +1498,7 @@ fn check_scalar(field: &Field, op: Op, value: &Value, path: &str) -> Result<(), 
         return Ok(());
     }
     let expected = match field {
-        Field::Amount | Field::AiConfidence => {
+        Field::Amount | Field::AiConfidence | Field::Computed(_) => {
             "a decimal number, as a JSON number or a string such as \"5000.00\""
         }
         Field::Currency | Field::Type | Field::Reference => "a string",
@@ -1219,13 +1618,8 @@ impl Condition {
     fn eval(&self, context: &Context) -> (bool, Vec<String>) {
         match self {
             Self::Compare(comparison) => {
-                let actual = comparison.actual(context);
-                let held = comparison.holds(actual);
-                let text = comparison.describe(actual);
-                (
-                    held,
-                    vec![if held { text } else { format!("not ({text})") }],
-                )
+                let (held, text) = comparison.eval(context);
+                (held, vec![text])
             }
             Self::All(children) => {
                 let mut why = Vec::new();
@@ -1272,25 +1666,97 @@ impl Condition {
     }
 }
 
-impl Comparison {
-    fn actual<'a>(&self, context: &Context<'_, 'a>) -> Datum<'a> {
-        let facts = context.facts;
-        match &self.field {
-            Field::Amount => Datum::Num(facts.amount),
-            Field::Currency => Datum::Str(facts.currency),
-            Field::Type => Datum::Str(facts.case_type),
-            Field::Reference => Datum::Str(facts.reference),
-            Field::AiRecommendation => context
-                .ai
-                .map_or(Datum::Missing, |ai| Datum::Str(ai.recommendation.as_str())),
-            Field::AiConfidence => context
-                .ai
-                .and_then(|ai| f64_to_decimal(ai.confidence))
-                .map_or(Datum::Missing, Datum::Num),
-            Field::Subject(segments) => {
-                lookup(facts.subject, segments).map_or(Datum::Missing, Datum::of)
-            }
+/// The value of a plain (not computed) field for this case.
+fn datum<'a>(field: &Field, context: &Context<'_, 'a>) -> Datum<'a> {
+    let facts = context.facts;
+    match field {
+        Field::Amount => Datum::Num(facts.amount),
+        Field::Currency => Datum::Str(facts.currency),
+        Field::Type => Datum::Str(facts.case_type),
+        Field::Reference => Datum::Str(facts.reference),
+        Field::AiRecommendation => context
+            .ai
+            .map_or(Datum::Missing, |ai| Datum::Str(ai.recommendation.as_str())),
+        Field::AiConfidence => context
+            .ai
+            .and_then(|ai| f64_to_decimal(ai.confidence))
+            .map_or(Datum::Missing, Datum::Num),
+        Field::Subject(segments) => {
+            lookup(facts.subject, segments).map_or(Datum::Missing, Datum::of)
         }
+        // Validation never lets a computed field be an operand; should one get here, it has no
+        // plain value.
+        Field::Computed(_) => Datum::Missing,
+    }
+}
+
+impl Computed {
+    /// The result, or why there is none, with the inputs shown for the trace
+    /// ("amount 900.00 / subject.avg_amount 200").
+    fn value(&self, context: &Context) -> (Result<Decimal, String>, String) {
+        let (left, left_shown) = self.left.value(context);
+        let (right, right_shown) = self.right.value(context);
+        let shown = format!("{left_shown} {} {right_shown}", self.op.symbol());
+        let result = left.and_then(|a| {
+            let b = right?;
+            if self.op == Arith::Div && b.is_zero() {
+                return Err(format!("{} is 0 (division by zero)", self.right.name()));
+            }
+            self.op
+                .apply(a, b)
+                .ok_or_else(|| "the result is too large for a decimal".to_owned())
+        });
+        (result, shown)
+    }
+}
+
+impl Operand {
+    fn value(&self, context: &Context) -> (Result<Decimal, String>, String) {
+        let field = match self {
+            Self::Number(n) => return (Ok(*n), n.to_string()),
+            Self::Field(field) => field,
+        };
+        let name = field.name();
+        let value = datum(field, context);
+        let number = match value {
+            Datum::Missing => Err(format!("{name} is missing")),
+            _ => value
+                .numeric()
+                .ok_or_else(|| format!("{name} is not a number ({value})")),
+        };
+        (number, format!("{name} {value}"))
+    }
+}
+
+impl Comparison {
+    /// Whether the comparison holds, and the sentence for the trace: what was compared when it
+    /// holds, "not (...)" around it when it does not, so that under a `not` it still reads true.
+    /// A computed field that cannot be computed makes the comparison false, whatever the
+    /// operator, and the sentence says why.
+    fn eval(&self, context: &Context) -> (bool, String) {
+        let (actual, shown) = match &self.field {
+            Field::Computed(computed) => match computed.value(context) {
+                (Ok(n), inputs) => (Datum::Num(n), format!("{inputs} = {}", n.normalize())),
+                (Err(why), _) => {
+                    return (
+                        false,
+                        format!(
+                            "{} {} {} is false because {why}",
+                            self.field.name(),
+                            self.op.as_str(),
+                            self.operand_text()
+                        ),
+                    );
+                }
+            },
+            field => {
+                let actual = datum(field, context);
+                (actual, format!("{} {actual}", field.name()))
+            }
+        };
+        let held = self.holds(actual);
+        let text = self.describe(&shown);
+        (held, if held { text } else { format!("not ({text})") })
     }
 
     /// A missing field makes every comparison false except the ones that assert absence or
@@ -1328,11 +1794,24 @@ impl Comparison {
             Op::NotIn => !listed(),
             Op::Exists => self.value == Value::Bool(true),
             Op::Contains => contains(actual, operand),
+            Op::Between => match self.value.as_array().map(Vec::as_slice) {
+                Some([low, high]) => {
+                    matches!(
+                        order(actual, Datum::of(low)),
+                        Some(Ordering::Greater | Ordering::Equal)
+                    ) && matches!(
+                        order(actual, Datum::of(high)),
+                        Some(Ordering::Less | Ordering::Equal)
+                    )
+                }
+                _ => false,
+            },
         }
     }
 
-    /// "amount 7500.00 >= 5000", "currency EUR in [\"JPY\"]", "subject.vip exists".
-    fn describe(&self, actual: Datum) -> String {
+    /// "amount 7500.00 >= 5000", "currency EUR in [\"JPY\"]", "subject.vip exists", given the
+    /// field with its value as `shown` ("amount 7500.00").
+    fn describe(&self, shown: &str) -> String {
         let field = self.field.name();
         if self.op == Op::Exists {
             return if self.value == Value::Bool(true) {
@@ -1341,11 +1820,19 @@ impl Comparison {
                 format!("{field} is missing")
             };
         }
-        let operand = match &self.value {
+        format!("{shown} {} {}", self.op.as_str(), self.operand_text())
+    }
+
+    /// The operand as a reader would write it: text unquoted, `between`'s bounds as "low and high".
+    fn operand_text(&self) -> String {
+        let plain = |value: &Value| match value {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        format!("{field} {actual} {} {operand}", self.op.as_str())
+        match (self.op, self.value.as_array().map(Vec::as_slice)) {
+            (Op::Between, Some([low, high])) => format!("{} and {}", plain(low), plain(high)),
+            _ => plain(&self.value),
+        }
     }
 }
 
@@ -1485,7 +1972,8 @@ mod tests {
     fn example() -> Value {
         json!({
             "defaults": {"priority": "normal", "sla_hours": 4, "dual_control": false, "queue": "default",
-                         "required_role": "reviewer", "auto_decision": "never"},
+                         "required_role": "reviewer", "auto_decision": "never", "risk_level": "low",
+                         "require_reason": false},
             "ai": {"enabled": false, "confidence_threshold": 0.7},
             "rules": [
                 {"name": "large amounts", "when": {"field": "amount", "op": ">=", "value": "10000"},
@@ -1977,7 +2465,7 @@ mod tests {
                      "then": {"priority": "high"}}
                 ]}),
                 "/rules/1/when/all/0/op",
-                "allowed operators are ==, !=, <, <=, >, >=, in, not_in, exists, contains",
+                "allowed operators are ==, !=, <, <=, >, >=, between, in, not_in, exists, contains",
             ),
             (
                 when(json!({"field": "colour", "op": "==", "value": "red"})),
@@ -2330,6 +2818,446 @@ mod tests {
         assert_eq!(value["priority"], "high");
         assert_eq!(value["auto_decision"], Value::Null);
         assert_eq!(value["fired"][0]["because"][0], "amount 10000 >= 10000");
+        assert_eq!(value["risk_level"], "low");
+        assert_eq!(value["require_reason"], false);
+        assert_eq!(value["flags"], json!([]));
+    }
+
+    #[test]
+    fn risk_level_helpers() {
+        for (rank, level) in [
+            RiskLevel::Low,
+            RiskLevel::Medium,
+            RiskLevel::High,
+            RiskLevel::Critical,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            assert_eq!(level.rank(), i32::try_from(rank).expect("small"));
+            assert_eq!(RiskLevel::parse(level.as_str()), Some(level));
+            assert_eq!(
+                serde_json::to_value(level).expect("serialize"),
+                json!(level.as_str())
+            );
+        }
+        assert_eq!(RiskLevel::parse("High"), None);
+        assert_eq!(RiskLevel::parse("urgent"), None);
+        assert!(RiskLevel::Critical > RiskLevel::High);
+    }
+
+    /// The worked example of docs/policy.md.
+    fn unusual_amounts() -> Policy {
+        parse(json!({
+            "defaults": {"risk_level": "low"},
+            "rules": [
+                {"name": "new account", "when": {"field": "subject.tenure_days", "op": "<", "value": 30},
+                 "then": {"add_flag": "NEW_ACCOUNT", "risk_level": "high"}},
+                {"name": "unusual amount",
+                 "when": {"field": "amount / subject.avg_amount", "op": ">", "value": 3},
+                 "then": {"add_flag": "UNUSUAL_AMOUNT", "risk_level": "medium", "require_reason": true}},
+                {"name": "above the account's record",
+                 "when": {"field": "amount - subject.max_amount", "op": ">", "value": 0},
+                 "then": {"add_flag": ["UNUSUAL_AMOUNT", "ABOVE_MAX"]}},
+            ]
+        }))
+    }
+
+    #[test]
+    fn flags_accumulate_while_risk_and_require_reason_are_first_wins() {
+        let policy = unusual_amounts();
+        let account = |tenure: i64| json!({"tenure_days": tenure, "avg_amount": "200.00", "max_amount": 800, "recent_returns": 0});
+
+        let routine = Case::new("150").subject(account(400)).run(&policy);
+        assert_eq!(routine.risk_level, RiskLevel::Low, "the default");
+        assert!(routine.flags.is_empty());
+        assert!(!routine.require_reason);
+        assert!(routine.fired.is_empty());
+
+        let new_and_unusual = Case::new("900.00").subject(account(12)).run(&policy);
+        assert_eq!(
+            new_and_unusual.flags,
+            vec!["NEW_ACCOUNT", "UNUSUAL_AMOUNT", "ABOVE_MAX"],
+            "every matching rule adds its flags, repeats once, in order of first appearance"
+        );
+        assert_eq!(
+            new_and_unusual.risk_level,
+            RiskLevel::High,
+            "first rule wins"
+        );
+        assert!(new_and_unusual.require_reason);
+        assert_eq!(
+            new_and_unusual.fired[1].because,
+            vec!["amount 900.00 / subject.avg_amount 200.00 = 4.5 > 3".to_string()]
+        );
+        assert_eq!(
+            new_and_unusual.fired[2].because,
+            vec!["amount 900.00 - subject.max_amount 800 = 100 > 0".to_string()]
+        );
+        assert_eq!(
+            new_and_unusual.fired[2].effects,
+            json!({"add_flag": ["UNUSUAL_AMOUNT", "ABOVE_MAX"]})
+        );
+
+        let old_and_unusual = Case::new("700").subject(account(400)).run(&policy);
+        assert_eq!(old_and_unusual.flags, vec!["UNUSUAL_AMOUNT"]);
+        assert_eq!(old_and_unusual.risk_level, RiskLevel::Medium);
+
+        // `stop` still ends evaluation, flags included; an earlier `require_reason: false` wins.
+        let stopping = parse(json!({
+            "defaults": {"risk_level": "medium", "require_reason": true},
+            "rules": [
+                {"name": "a", "when": {"field": "amount", "op": ">", "value": 0},
+                 "then": {"add_flag": ["B", "A", "B"], "require_reason": false}},
+                {"name": "b", "when": {"field": "amount", "op": ">", "value": 0},
+                 "then": {"add_flag": "A", "risk_level": "critical"}, "stop": true},
+                {"name": "c", "when": {"field": "amount", "op": ">", "value": 0},
+                 "then": {"add_flag": "C", "risk_level": "low"}}
+            ]
+        }));
+        let outcome = Case::new("1").run(&stopping);
+        assert_eq!(outcome.flags, vec!["B", "A"]);
+        assert_eq!(outcome.risk_level, RiskLevel::Critical);
+        assert!(!outcome.require_reason);
+        let quiet = Case::new("0").run(&stopping);
+        assert_eq!(
+            quiet.risk_level,
+            RiskLevel::Medium,
+            "the default from defaults"
+        );
+        assert!(quiet.require_reason, "the default from defaults");
+        assert!(quiet.flags.is_empty());
+    }
+
+    #[test]
+    fn new_effects_round_trip() {
+        let written = json!({
+            "defaults": {"risk_level": "medium", "require_reason": true},
+            "rules": [
+                {"name": "one", "when": {"field": "amount / subject.avg_amount", "op": "between", "value": [3, "10.5"]},
+                 "then": {"add_flag": "UNUSUAL_AMOUNT", "risk_level": "critical", "require_reason": false}, "stop": false},
+                {"name": "two", "when": {"field": "subject.tenure_days", "op": "between", "value": [0, 29]},
+                 "then": {"add_flag": ["NEW_ACCOUNT", "X_1"]}, "stop": true},
+            ]
+        });
+        let policy = parse(written.clone());
+        let document = policy.to_document();
+        assert_eq!(document["rules"], written["rules"]);
+        assert_eq!(document["defaults"]["risk_level"], "medium");
+        assert_eq!(document["defaults"]["require_reason"], true);
+        assert_eq!(parse(document.clone()), policy);
+        assert_eq!(parse(document.clone()).to_document(), document);
+
+        // A one-element list and repeats are written back in the canonical form.
+        let canonical = parse(
+            json!({"rules": [{"name": "r", "when": {"field": "amount", "op": ">", "value": 0},
+                                                "then": {"add_flag": ["ONE", "ONE"]}}]}),
+        );
+        assert_eq!(
+            canonical.to_document()["rules"][0]["then"],
+            json!({"add_flag": "ONE"})
+        );
+        // Whitespace around the operator is free; the document keeps one canonical spelling.
+        for spelling in [
+            "amount/subject.avg_amount",
+            "  amount /subject.avg_amount ",
+            "amount\t/\tsubject.avg_amount",
+        ] {
+            let policy = parse(json!({"rules": [{"name": "r", "then": {"queue": "q"},
+                "when": {"field": spelling, "op": ">", "value": 3}}]}));
+            assert_eq!(
+                policy.to_document()["rules"][0]["when"]["field"],
+                "amount / subject.avg_amount",
+                "{spelling:?}"
+            );
+            assert_eq!(parse(policy.to_document()), policy);
+        }
+    }
+
+    #[test]
+    fn computed_fields_use_exact_decimal_arithmetic() {
+        let case = Case::new("900.00").subject(json!({
+            "avg_amount": 200, "text_avg": "300", "zero": 0, "zero_text": "0.00", "name": "bob",
+            "flag": true, "nothing": null, "limit": "0.1"
+        }));
+        let cmp = |field: &str, op: &str, value: Value| {
+            holds(json!({"field": field, "op": op, "value": value}), &case)
+        };
+        assert!(cmp("amount / subject.avg_amount", "==", json!("4.5")));
+        assert!(
+            cmp("amount / subject.text_avg", "==", json!(3)),
+            "numeric text"
+        );
+        assert!(cmp("amount + subject.avg_amount", "==", json!(1100)));
+        assert!(cmp("amount - subject.avg_amount", "==", json!("700.00")));
+        assert!(cmp("amount * subject.avg_amount", "==", json!(180_000)));
+        assert!(!cmp("subject.avg_amount * 3", ">", json!("600")));
+        assert!(cmp("subject.avg_amount * 3", "<=", json!("600.0")));
+        assert!(
+            cmp("1000 - amount", "==", json!(100)),
+            "a number on the left"
+        );
+        assert!(cmp("amount - -100", "==", json!(1000)), "a negative number");
+        assert!(cmp("amount-100", "==", json!(800)));
+        assert!(
+            cmp("subject.limit + 0.2", "==", json!("0.3")),
+            "no binary float error"
+        );
+        assert!(cmp("amount / 7", ">", json!("128.5714285714")));
+        assert!(cmp("amount / 7", "<", json!("128.5714285715")));
+        // in / not_in and between on numbers.
+        assert!(cmp("amount / subject.avg_amount", "in", json!([1, "4.50"])));
+        assert!(cmp("amount / subject.avg_amount", "not_in", json!([1, 2])));
+        assert!(!cmp(
+            "amount / subject.avg_amount",
+            "not_in",
+            json!(["4.5"])
+        ));
+        assert!(cmp(
+            "amount / subject.avg_amount",
+            "between",
+            json!([4.5, 5])
+        ));
+        assert!(cmp(
+            "amount / subject.avg_amount",
+            "between",
+            json!(["4", "4.5"])
+        ));
+        assert!(!cmp(
+            "amount / subject.avg_amount",
+            "between",
+            json!([4.51, 5])
+        ));
+
+        // Whatever cannot be computed makes every comparison false, even != and not_in (unlike a
+        // missing plain field), and never panics.
+        for field in [
+            "amount / subject.zero",
+            "amount / subject.zero_text",
+            "amount / subject.missing",
+            "subject.nothing * 2",
+            "amount + subject.name",
+            "subject.flag - 1",
+            "ai.confidence * 100",
+        ] {
+            for (op, value) in [
+                ("==", json!(0)),
+                ("!=", json!(0)),
+                (">", json!(0)),
+                ("<=", json!(0)),
+                ("in", json!([0])),
+                ("not_in", json!([0])),
+                ("between", json!([-1, 1])),
+            ] {
+                assert!(!cmp(field, op, value), "{field} {op}");
+            }
+        }
+        // Overflow of the decimal range is a failed computation too.
+        let huge = Case::new(&Decimal::MAX.to_string());
+        assert!(!holds(
+            json!({"field": "amount * 2", "op": "!=", "value": 0}),
+            &huge
+        ));
+        assert!(!holds(
+            json!({"field": "amount + 1", "op": ">", "value": 0}),
+            &huge
+        ));
+    }
+
+    #[test]
+    fn computed_field_failures_are_explained() {
+        let policy = parse(json!({"rules": [
+            {"name": "not unusual", "then": {"queue": "routine"},
+             "when": {"not": {"field": "amount / subject.avg_amount", "op": ">", "value": 3}}}]}));
+        let because = |subject: Value| {
+            let outcome = Case::new("900").subject(subject).run(&policy);
+            assert_eq!(outcome.queue, "routine");
+            outcome.fired[0].because.clone()
+        };
+        assert_eq!(
+            because(json!({"avg_amount": 0})),
+            vec![
+                "amount / subject.avg_amount > 3 is false because subject.avg_amount is 0 (division by zero)"
+                    .to_string()
+            ]
+        );
+        assert_eq!(
+            because(json!({})),
+            vec![
+                "amount / subject.avg_amount > 3 is false because subject.avg_amount is missing"
+                    .to_string()
+            ]
+        );
+        assert_eq!(
+            because(json!({"avg_amount": "lots"})),
+            vec![
+                "amount / subject.avg_amount > 3 is false because subject.avg_amount is not a number (lots)"
+                    .to_string()
+            ]
+        );
+        assert_eq!(
+            because(json!({"avg_amount": 450})),
+            vec!["not (amount 900 / subject.avg_amount 450 = 2 > 3)".to_string()]
+        );
+        let huge = Case::new(&Decimal::MAX.to_string()).run(&parse(json!({"rules": [
+            {"name": "n", "then": {"queue": "q"},
+             "when": {"not": {"field": "amount * 10", "op": ">", "value": 0}}}]})));
+        assert_eq!(
+            huge.fired[0].because,
+            vec![
+                "amount * 10 > 0 is false because the result is too large for a decimal"
+                    .to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn fields_with_operator_characters() {
+        // Subject keys with a hyphen were valid fields before arithmetic and still are.
+        let case = Case::new("10").subject(json!({
+            "account-age": 5, "first name": "Ann", "a": 7, "a-1": 100, "tenure_days": 3
+        }));
+        let cmp = |field: &str, op: &str, value: Value| {
+            holds(json!({"field": field, "op": op, "value": value}), &case)
+        };
+        assert!(cmp("subject.account-age", "==", json!(5)));
+        assert!(
+            cmp("subject.a-1", "==", json!(100)),
+            "the key a-1, not a - 1"
+        );
+        assert!(
+            cmp("subject.a - 1", "==", json!(6)),
+            "with a space it subtracts"
+        );
+        assert!(cmp("subject.a -1", "==", json!(6)));
+        assert!(cmp("amount-subject.a", "==", json!(3)));
+        assert!(cmp("amount - subject.account-age", "==", json!(5)));
+        assert!(
+            cmp("subject.first name", "==", json!("Ann")),
+            "no operator, a plain key"
+        );
+        let plain = parse(json!({"rules": [{"name": "r", "then": {"queue": "q"},
+            "when": {"field": "subject.a-1", "op": "==", "value": 1}}]}));
+        assert_eq!(
+            plain.to_document()["rules"][0]["when"]["field"],
+            "subject.a-1"
+        );
+    }
+
+    #[test]
+    fn between_is_inclusive_on_both_ends() {
+        let range = |field: &str, low: Value, high: Value| json!({"field": field, "op": "between", "value": [low, high]});
+        let amounts = range("amount", json!("5000"), json!(10000));
+        assert!(!holds(amounts.clone(), &Case::new("4999.99")));
+        assert!(holds(amounts.clone(), &Case::new("5000.00")));
+        assert!(holds(amounts.clone(), &Case::new("7500")));
+        assert!(holds(amounts.clone(), &Case::new("10000")));
+        assert!(!holds(amounts, &Case::new("10000.000000000000000001")));
+        assert!(holds(
+            range("amount", json!(5), json!(5)),
+            &Case::new("5.0")
+        ));
+        // Strings compare as text, numeric text as numbers, and a missing field never matches.
+        let case = Case::new("1").subject(json!({"name": "bob", "score": "87.5"}));
+        assert!(holds(
+            range("subject.name", json!("alice"), json!("carol")),
+            &case
+        ));
+        assert!(!holds(
+            range("subject.name", json!("carl"), json!("dave")),
+            &case
+        ));
+        assert!(holds(range("subject.score", json!(80), json!("90")), &case));
+        assert!(
+            !holds(range("subject.score", json!(9), json!(10)), &case),
+            "not text order"
+        );
+        assert!(holds(range("currency", json!("AAA"), json!("EUR")), &case));
+        assert!(!holds(range("subject.gone", json!(0), json!(1)), &case));
+        assert!(!holds(range("ai.confidence", json!(0), json!(1)), &case));
+        assert!(holds(
+            range("ai.confidence", json!(0.8), json!("0.9")),
+            &Case::new("1").ai(Recommendation::Approve, 0.9)
+        ));
+        // The trace names both bounds.
+        let policy = parse(json!({"rules": [{"name": "mid", "then": {"queue": "mid"},
+            "when": range("amount", json!("5000"), json!(10000))}]}));
+        assert_eq!(
+            Case::new("5000").run(&policy).fired[0].because,
+            vec!["amount 5000 between 5000 and 10000".to_string()]
+        );
+    }
+
+    #[test]
+    fn validation_error_paths_for_risk_flags_computed_fields_and_between() {
+        let rule = |when: Value, then: Value| json!({"rules": [{"name": "r", "when": when, "then": then}]});
+        let then = |then: Value| rule(json!({"field": "amount", "op": ">=", "value": "1"}), then);
+        let when = |when: Value| rule(when, json!({"queue": "q"}));
+        let field = |field: &str| when(json!({"field": field, "op": ">", "value": 1}));
+        // One case per line, so the table reads as a table.
+        #[rustfmt::skip]
+        let cases: Vec<(Value, &str, &str)> = vec![
+            (then(json!({"risk_level": "severe"})), "/rules/0/then/risk_level", "low, medium, high, critical"),
+            (json!({"defaults": {"risk_level": 2}}), "/defaults/risk_level", "low, medium, high, critical"),
+            (then(json!({"require_reason": "yes"})), "/rules/0/then/require_reason", "true or false"),
+            (json!({"defaults": {"require_reason": 1}}), "/defaults/require_reason", "true or false"),
+            (json!({"defaults": {"add_flag": "X"}}), "/defaults/add_flag", "added by rules"),
+            (then(json!({"add_flag": "unusual_amount"})), "/rules/0/then/add_flag", "A-Z, 0-9 and _"),
+            (then(json!({"add_flag": ""})), "/rules/0/then/add_flag", "1 to 64 characters"),
+            (then(json!({"add_flag": "A".repeat(65)})), "/rules/0/then/add_flag", "1 to 64 characters"),
+            (then(json!({"add_flag": "NEW ACCOUNT"})), "/rules/0/then/add_flag", "A-Z, 0-9 and _"),
+            (then(json!({"add_flag": "ÜBER"})), "/rules/0/then/add_flag", "A-Z, 0-9 and _"),
+            (then(json!({"add_flag": 7})), "/rules/0/then/add_flag", "A-Z, 0-9 and _"),
+            (then(json!({"add_flag": ["OK", "not-ok"]})), "/rules/0/then/add_flag/1", "A-Z, 0-9 and _"),
+            (then(json!({"add_flag": ["OK", ["NESTED"]]})), "/rules/0/then/add_flag/1", "A-Z, 0-9 and _"),
+            (then(json!({"add_flag": []})), "/rules/0/then/add_flag", "1 to 20 flags"),
+            (then(json!({"add_flag": vec!["F"; 21]})), "/rules/0/then/add_flag", "1 to 20 flags"),
+            (then(json!({})), "/rules/0/then", "risk_level, dual_control, require_reason"),
+            (field("amount / subject.avg / 2"), "/rules/0/when/field", "2 operators found but only one is supported"),
+            (field("amount + subject.a * 2"), "/rules/0/when/field", "only one is supported"),
+            (field("(amount / subject.avg)"), "/rules/0/when/field", "parentheses are not supported"),
+            (field("amount /"), "/rules/0/when/field", "exactly two operands"),
+            (field("/ amount"), "/rules/0/when/field", "exactly two operands"),
+            (field("amount subject.a / 2"), "/rules/0/when/field", "exactly two operands"),
+            (field("amount / 0"), "/rules/0/when/field", "division by zero"),
+            (field("amount / 0.00"), "/rules/0/when/field", "division by zero"),
+            (field("2 * 3"), "/rules/0/when/field", "needs at least one field"),
+            (field("amount / currency"), "/rules/0/when/field", "currency is not a number"),
+            (field("ai.recommendation * 2"), "/rules/0/when/field", "ai.recommendation is not a number"),
+            (field("amount / avg_amount"), "/rules/0/when/field", "unknown operand \"avg_amount\""),
+            (field("amount / subject."), "/rules/0/when/field", "unknown operand \"subject.\""),
+            (field("amount / subject.a..b"), "/rules/0/when/field", "unknown operand"),
+            (field("amount / 1e3"), "/rules/0/when/field", "unknown operand \"1e3\""),
+            (field(&format!("amount / subject.{}", "k".repeat(190))), "/rules/0/when/field", "at most 200 characters"),
+            (field("amount ^ 2"), "/rules/0/when/field", "allowed fields are"),
+            (when(json!({"field": "amount / subject.a", "op": "exists", "value": true})),
+             "/rules/0/when/op", "does not apply to amount / subject.a"),
+            (when(json!({"field": "amount * 2", "op": "contains", "value": "1"})),
+             "/rules/0/when/op", "does not apply to amount * 2"),
+            (when(json!({"field": "amount / subject.a", "op": "==", "value": "three"})),
+             "/rules/0/when/value", "decimal number"),
+            (when(json!({"field": "amount / subject.a", "op": "in", "value": [1, "x"]})),
+             "/rules/0/when/value/1", "decimal number"),
+            (when(json!({"field": "amount", "op": "between", "value": 5})), "/rules/0/when/value", "two bounds"),
+            (when(json!({"field": "amount", "op": "between", "value": [1]})), "/rules/0/when/value", "two bounds"),
+            (when(json!({"field": "amount", "op": "between", "value": [1, 2, 3]})), "/rules/0/when/value", "two bounds"),
+            (when(json!({"field": "amount", "op": "between", "value": [1, "lots"]})), "/rules/0/when/value/1", "decimal number"),
+            (when(json!({"field": "amount", "op": "between", "value": ["10", 9.99]})), "/rules/0/when/value", "low bound is greater"),
+            (when(json!({"field": "subject.x", "op": "between", "value": [1, "a"]})), "/rules/0/when/value", "two numbers or two strings"),
+            (when(json!({"field": "subject.x", "op": "between", "value": ["b", "a"]})), "/rules/0/when/value", "low bound is greater"),
+            (when(json!({"field": "subject.x", "op": "between", "value": [null, 1]})), "/rules/0/when/value/0", "a number or a string"),
+            (when(json!({"field": "ai.recommendation", "op": "between", "value": ["approve", "reject"]})),
+             "/rules/0/when/op", "does not apply to ai.recommendation"),
+        ];
+        for (document, path, message) in cases {
+            let err = error_of(document.clone());
+            assert_eq!(err.path, path, "{document}: {err}");
+            assert!(
+                err.message.contains(message),
+                "{document}: {:?} lacks {message:?}",
+                err.message
+            );
+        }
     }
 
     #[test]
@@ -2392,10 +3320,21 @@ mod tests {
             "not_in",
             "exists",
             "contains",
+            "between",
+            "risk_level",
+            "require_reason",
+            "add_flag",
+            "UNUSUAL_AMOUNT",
+            "amount / subject.a",
+            "subject.a-b - 1",
+            "amount / 0",
+            "amount * -1.5",
             "low",
+            "medium",
             "normal",
             "high",
             "urgent",
+            "critical",
             "never",
             "approve",
             "reject",
@@ -2453,9 +3392,36 @@ mod tests {
             "subject.a.b",
             "subject.list",
             "subject.a.0",
+            "amount / subject.a",
+            "subject.a.b * -2",
+            "ai.confidence - subject.x",
+            "100 / subject.a.0",
         ];
         const OPS: &[&str] = &[
-            "==", "!=", "<", "<=", ">", ">=", "in", "not_in", "exists", "contains",
+            "==", "!=", "<", "<=", ">", ">=", "between", "in", "not_in", "exists", "contains",
+        ];
+
+        /// Pieces that glue into `field` texts, computed or not, well formed or not.
+        const FIELD_PIECES: &[&str] = &[
+            "amount",
+            "ai.confidence",
+            "currency",
+            "subject.",
+            "subject.a",
+            "subject.a-b",
+            "a",
+            ".",
+            "-",
+            "+",
+            "*",
+            "/",
+            " ",
+            "\t",
+            "0",
+            "1.50",
+            "-2",
+            "(",
+            "é",
         ];
 
         fn operand() -> impl Strategy<Value = Value> {
@@ -2504,41 +3470,59 @@ mod tests {
             })
         }
 
-        fn effects() -> impl Strategy<Value = Value> {
+        /// A `then` (with flags) or `defaults` (without: only rules add flags).
+        fn effects(with_flags: bool) -> impl Strategy<Value = Value> {
+            let flags = prop_oneof![
+                Just(None),
+                "[A-Z0-9_]{1,8}".prop_map(|f| Some(Value::from(f))),
+                prop::collection::vec("[A-C]", 1..4).prop_map(|f| Some(Value::from(f))),
+            ];
             (
+                (
+                    prop::option::of(prop::sample::select(
+                        &["low", "normal", "high", "urgent"][..],
+                    )),
+                    prop::option::of(any::<bool>()),
+                    prop::option::of(1u32..=MAX_SLA_HOURS),
+                    prop::option::of(prop::sample::select(
+                        &["never", "approve", "reject", "any"][..],
+                    )),
+                    prop::option::of("[a-z0-9._-]{1,10}"),
+                    prop::option::of(prop::sample::select(
+                        &["reviewer", "supervisor", "admin"][..],
+                    )),
+                ),
                 prop::option::of(prop::sample::select(
-                    &["low", "normal", "high", "urgent"][..],
+                    &["low", "medium", "high", "critical"][..],
                 )),
                 prop::option::of(any::<bool>()),
-                prop::option::of(1u32..=MAX_SLA_HOURS),
-                prop::option::of(prop::sample::select(
-                    &["never", "approve", "reject", "any"][..],
-                )),
-                prop::option::of("[a-z0-9._-]{1,10}"),
-                prop::option::of(prop::sample::select(
-                    &["reviewer", "supervisor", "admin"][..],
-                )),
+                flags,
             )
-                .prop_map(|(priority, dual, sla, auto, queue, role)| {
-                    let mut map = Map::new();
-                    let mut put = |key: &str, value: Option<Value>| {
-                        if let Some(value) = value {
-                            map.insert(key.to_owned(), value);
-                        }
-                    };
-                    put("priority", priority.map(Value::from));
-                    put("dual_control", dual.map(Value::from));
-                    put("sla_hours", sla.map(Value::from));
-                    put("auto_decision", auto.map(Value::from));
-                    put("queue", queue.map(Value::from));
-                    put("required_role", role.map(Value::from));
-                    Value::Object(map)
-                })
+                .prop_map(
+                    move |((priority, dual, sla, auto, queue, role), risk, reason, flags)| {
+                        let mut map = Map::new();
+                        let mut put = |key: &str, value: Option<Value>| {
+                            if let Some(value) = value {
+                                map.insert(key.to_owned(), value);
+                            }
+                        };
+                        put("priority", priority.map(Value::from));
+                        put("dual_control", dual.map(Value::from));
+                        put("sla_hours", sla.map(Value::from));
+                        put("auto_decision", auto.map(Value::from));
+                        put("queue", queue.map(Value::from));
+                        put("required_role", role.map(Value::from));
+                        put("risk_level", risk.map(Value::from));
+                        put("require_reason", reason.map(Value::from));
+                        put("add_flag", flags.filter(|_| with_flags));
+                        Value::Object(map)
+                    },
+                )
         }
 
         /// A policy document that validation accepts.
         fn valid_document() -> impl Strategy<Value = Value> {
-            let rule = (condition(), effects(), any::<bool>(), "[a-z ]{0,8}").prop_map(
+            let rule = (condition(), effects(true), any::<bool>(), "[a-z ]{0,8}").prop_map(
                 |(when, mut then, stop, name)| {
                     if then.as_object().is_some_and(Map::is_empty) {
                         then = json!({"queue": "fallback"});
@@ -2547,7 +3531,7 @@ mod tests {
                 },
             );
             (
-                effects(),
+                effects(false),
                 any::<bool>(),
                 0.0f64..=1.0,
                 prop::collection::vec(rule, 0..8),
@@ -2595,31 +3579,57 @@ mod tests {
                 (arb_json(), arb_json(), arb_json()).prop_map(|(a, b, list)| {
                     json!({"a": {"b": b, "0": a.clone()}, "list": list, "x": a})
                 }),
+                // Scalars (zero among them) where computed fields look.
+                (scalar(), scalar(), scalar())
+                    .prop_map(|(a, b, x)| { json!({"a": a, "x": x, "list": [b]}) }),
+                (scalar(), scalar()).prop_map(|(b, zero)| json!({"a": {"b": b, "0": zero}})),
             ]
         }
 
-        // Reference model for rule order: conditions are trees of amount comparisons with whole
-        // thresholds, effects are the four simplest keys.
+        // Reference model for rule order: conditions are trees of comparisons of the amount, or of
+        // `amount <+-*/> k`, with whole thresholds, computed with integers; effects are the simplest
+        // scalar keys, first-wins, and flags from a small alphabet, which accumulate.
         #[derive(Clone, Debug)]
         enum ModelCond {
             Cmp(&'static str, i64),
+            /// `amount <arith> k` compared with a threshold.
+            Computed(char, i64, &'static str, i64),
+            Between(i64, i64),
             All(Vec<ModelCond>),
             Any(Vec<ModelCond>),
             Not(Box<ModelCond>),
         }
 
+        fn compare(op: &str, order: Ordering) -> bool {
+            match op {
+                "==" => order == Ordering::Equal,
+                "!=" => order != Ordering::Equal,
+                "<" => order == Ordering::Less,
+                "<=" => order != Ordering::Greater,
+                ">" => order == Ordering::Greater,
+                ">=" => order != Ordering::Less,
+                _ => unreachable!(),
+            }
+        }
+
         impl ModelCond {
             fn holds(&self, amount: i64) -> bool {
                 match self {
-                    Self::Cmp(op, t) => match *op {
-                        "==" => amount == *t,
-                        "!=" => amount != *t,
-                        "<" => amount < *t,
-                        "<=" => amount <= *t,
-                        ">" => amount > *t,
-                        ">=" => amount >= *t,
-                        _ => unreachable!(),
-                    },
+                    Self::Cmp(op, t) => compare(op, amount.cmp(t)),
+                    Self::Computed(arith, k, op, t) => {
+                        let order = match arith {
+                            '+' => (amount + k).cmp(t),
+                            '-' => (amount - k).cmp(t),
+                            '*' => (amount * k).cmp(t),
+                            // amount / k against t, without dividing: multiply both sides by k,
+                            // which turns the order around when k is negative.
+                            '/' if *k > 0 => amount.cmp(&(t * k)),
+                            '/' => (t * k).cmp(&amount),
+                            _ => unreachable!(),
+                        };
+                        compare(op, order)
+                    }
+                    Self::Between(low, high) => (*low..=*high).contains(&amount),
                     Self::All(c) => c.iter().all(|c| c.holds(amount)),
                     Self::Any(c) => c.iter().any(|c| c.holds(amount)),
                     Self::Not(c) => !c.holds(amount),
@@ -2635,6 +3645,16 @@ mod tests {
                     Self::Cmp(op, t) => {
                         json!({"field": "amount", "op": op, "value": format!("{t}.00")})
                     }
+                    // Spacing alternates too: the operator needs none.
+                    Self::Computed(arith, k, op, t) if t % 2 == 0 => {
+                        json!({"field": format!("amount {arith} {k}"), "op": op, "value": t})
+                    }
+                    Self::Computed(arith, k, op, t) => {
+                        json!({"field": format!("amount{arith}{k}.0"), "op": op, "value": format!("{t}.0")})
+                    }
+                    Self::Between(low, high) => {
+                        json!({"field": "amount", "op": "between", "value": [low, format!("{high}.00")]})
+                    }
                     Self::All(c) => json!({"all": c.iter().map(Self::to_json).collect::<Vec<_>>()}),
                     Self::Any(c) => json!({"any": c.iter().map(Self::to_json).collect::<Vec<_>>()}),
                     Self::Not(c) => json!({"not": c.to_json()}),
@@ -2649,22 +3669,37 @@ mod tests {
             queue: Option<String>,
             sla_hours: Option<u32>,
             dual_control: Option<bool>,
+            risk_level: Option<&'static str>,
+            require_reason: Option<bool>,
+            flags: Vec<String>,
             stop: bool,
         }
 
         fn model_cond() -> impl Strategy<Value = ModelCond> {
-            (
-                prop::sample::select(&["==", "!=", "<", "<=", ">", ">="][..]),
-                -5i64..5,
-            )
-                .prop_map(|(op, t)| ModelCond::Cmp(op, t))
-                .prop_recursive(3, 16, 3, |inner| {
-                    prop_oneof![
-                        prop::collection::vec(inner.clone(), 1..4).prop_map(ModelCond::All),
-                        prop::collection::vec(inner.clone(), 1..4).prop_map(ModelCond::Any),
-                        inner.prop_map(|c| ModelCond::Not(Box::new(c))),
-                    ]
-                })
+            const OPS: &[&str] = &["==", "!=", "<", "<=", ">", ">="];
+            let op = || prop::sample::select(OPS);
+            prop_oneof![
+                (op(), -5i64..5).prop_map(|(op, t)| ModelCond::Cmp(op, t)),
+                (
+                    prop::sample::select(&['+', '-', '*', '/'][..]),
+                    -3i64..=3,
+                    op(),
+                    -5i64..5
+                )
+                    .prop_map(|(arith, k, op, t)| {
+                        // A literal divisor of zero is rejected by validation.
+                        let k = if arith == '/' && k == 0 { 1 } else { k };
+                        ModelCond::Computed(arith, k, op, t)
+                    }),
+                (-5i64..5, 0i64..4).prop_map(|(low, width)| ModelCond::Between(low, low + width)),
+            ]
+            .prop_recursive(3, 16, 3, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 1..4).prop_map(ModelCond::All),
+                    prop::collection::vec(inner.clone(), 1..4).prop_map(ModelCond::Any),
+                    inner.prop_map(|c| ModelCond::Not(Box::new(c))),
+                ]
+            })
         }
 
         fn model_rule() -> impl Strategy<Value = ModelRule> {
@@ -2676,26 +3711,49 @@ mod tests {
                 prop::option::of("[a-c]"),
                 prop::option::of(1u32..4),
                 prop::option::of(any::<bool>()),
+                prop::option::of(prop::sample::select(
+                    &["low", "medium", "high", "critical"][..],
+                )),
+                prop::option::of(any::<bool>()),
+                prop::collection::vec("[A-D]", 0..3),
                 prop::bool::weighted(0.2),
             )
-                .prop_map(|(when, priority, queue, sla_hours, dual_control, stop)| {
-                    let mut rule = ModelRule {
+                .prop_map(
+                    |(
                         when,
                         priority,
                         queue,
                         sla_hours,
                         dual_control,
+                        risk_level,
+                        require_reason,
+                        flags,
                         stop,
-                    };
-                    if rule.priority.is_none()
-                        && rule.queue.is_none()
-                        && rule.sla_hours.is_none()
-                        && rule.dual_control.is_none()
-                    {
-                        rule.sla_hours = Some(7);
-                    }
-                    rule
-                })
+                    )| {
+                        let mut rule = ModelRule {
+                            when,
+                            priority,
+                            queue,
+                            sla_hours,
+                            dual_control,
+                            risk_level,
+                            require_reason,
+                            flags,
+                            stop,
+                        };
+                        if rule.priority.is_none()
+                            && rule.queue.is_none()
+                            && rule.sla_hours.is_none()
+                            && rule.dual_control.is_none()
+                            && rule.risk_level.is_none()
+                            && rule.require_reason.is_none()
+                            && rule.flags.is_empty()
+                        {
+                            rule.sla_hours = Some(7);
+                        }
+                        rule
+                    },
+                )
         }
 
         fn model_document(rules: &[ModelRule]) -> Value {
@@ -2716,10 +3774,27 @@ mod tests {
                     if let Some(d) = r.dual_control {
                         then.insert("dual_control".into(), d.into());
                     }
+                    if let Some(level) = r.risk_level {
+                        then.insert("risk_level".into(), level.into());
+                    }
+                    if let Some(reason) = r.require_reason {
+                        then.insert("require_reason".into(), reason.into());
+                    }
+                    // One flag alternates between the string and the one-element list forms.
+                    match r.flags.as_slice() {
+                        [] => {}
+                        [flag] if i % 2 == 0 => {
+                            then.insert("add_flag".into(), flag.as_str().into());
+                        }
+                        flags => {
+                            then.insert("add_flag".into(), flags.into());
+                        }
+                    }
                     json!({"name": format!("r{i}"), "when": r.when.to_json(), "then": then, "stop": r.stop})
                 })
                 .collect();
-            json!({"defaults": {"priority": "low", "queue": "default", "sla_hours": 99, "dual_control": false},
+            json!({"defaults": {"priority": "low", "queue": "default", "sla_hours": 99, "dual_control": false,
+                                "risk_level": "medium", "require_reason": false},
                    "rules": rules})
         }
 
@@ -2768,11 +3843,44 @@ mod tests {
                     prop_assert!(pair[0].index < pair[1].index);
                     prop_assert!(rules[pair[0].index]["stop"] != json!(true));
                 }
+                // Flags are unique, valid and each comes from a rule that fired.
+                for (i, flag) in outcome.flags.iter().enumerate() {
+                    prop_assert!(is_flag_name(flag));
+                    prop_assert!(!outcome.flags[..i].contains(flag));
+                    let added = outcome.fired.iter().any(|f| match &f.effects["add_flag"] {
+                        Value::String(one) => one == flag,
+                        Value::Array(list) => list.iter().any(|v| v == flag.as_str()),
+                        _ => false,
+                    });
+                    prop_assert!(added, "{} was added by no fired rule", flag);
+                }
                 if outcome.auto_decision.is_some() {
                     prop_assert!(!outcome.dual_control);
                     let ai = ai.expect("auto decision needs an assessment");
                     prop_assert!(ai.validate().is_ok());
                     prop_assert_eq!(outcome.auto_decision, Some(ai.recommendation));
+                }
+            }
+
+            #[test]
+            fn field_texts_round_trip_and_evaluate(
+                pieces in prop::collection::vec(prop::sample::select(FIELD_PIECES), 1..8),
+                amount in amount(),
+                subject in subject(),
+            ) {
+                let field: String = pieces.concat();
+                let document = json!({"rules": [{"name": "r", "then": {"queue": "q"},
+                                                 "when": {"field": field, "op": ">", "value": 1}}]});
+                if let Ok(policy) = Policy::parse(&document) {
+                    prop_assert_eq!(Policy::parse(&policy.to_document()), Ok(policy.clone()));
+                    let _ = policy.evaluate(&CaseFacts {
+                        case_type: "payment",
+                        reference: "REF-1",
+                        amount,
+                        currency: "EUR",
+                        subject: &subject,
+                        ai: None,
+                    });
                 }
             }
 
@@ -2793,6 +3901,7 @@ mod tests {
                 });
 
                 let (mut priority, mut queue, mut sla, mut dual) = (None, None, None, None);
+                let (mut risk, mut reason, mut flags) = (None, None, Vec::<String>::new());
                 let mut fired = Vec::new();
                 for (index, rule) in rules.iter().enumerate() {
                     if !rule.when.holds(amount) {
@@ -2802,6 +3911,13 @@ mod tests {
                     queue = queue.or_else(|| rule.queue.clone());
                     sla = sla.or(rule.sla_hours);
                     dual = dual.or(rule.dual_control);
+                    risk = risk.or(rule.risk_level);
+                    reason = reason.or(rule.require_reason);
+                    for flag in &rule.flags {
+                        if !flags.contains(flag) {
+                            flags.push(flag.clone());
+                        }
+                    }
                     fired.push(index);
                     if rule.stop {
                         break;
@@ -2813,6 +3929,9 @@ mod tests {
                 prop_assert_eq!(outcome.queue, queue.unwrap_or_else(|| "default".to_owned()));
                 prop_assert_eq!(outcome.sla_hours, sla.unwrap_or(99));
                 prop_assert_eq!(outcome.dual_control, dual.unwrap_or(false));
+                prop_assert_eq!(outcome.risk_level.as_str(), risk.unwrap_or("medium"));
+                prop_assert_eq!(outcome.require_reason, reason.unwrap_or(false));
+                prop_assert_eq!(outcome.flags, flags);
                 prop_assert_eq!(outcome.required_role, "reviewer");
             }
         }

@@ -1,5 +1,6 @@
-//! Decision policy: a tenant's versioned, ordered rules that route each case (priority, dual
-//! control, SLA, queue, required role, AI auto-decision). Until an admin stores one, the default
+//! Decision policy: a tenant's versioned, ordered rules that route each case (priority, risk
+//! level, flags, dual control, required reason, SLA, queue, required role, AI auto-decision).
+//! The language is described in docs/policy.md. Until an admin stores one, the default
 //! built from the environment (`DUAL_CONTROL_THRESHOLD`, `HIGH_PRIORITY_THRESHOLD`, …) applies as
 //! version 0. Every change is a new version; cases record the version that routed them.
 

@@ -14,6 +14,7 @@ mod health;
 mod knowledge;
 mod observability;
 mod pipelines;
+mod policy;
 mod review_desk;
 mod shutdown;
 mod tasks;
