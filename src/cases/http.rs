@@ -205,6 +205,9 @@ pub async fn submit(
     row.required_role = outcome.required_role.clone();
     row.required_rank = role_rank(&outcome.required_role);
     row.dual_control = outcome.dual_control;
+    row.risk_level = outcome.risk_level.as_str().to_owned();
+    row.flags = json!(outcome.flags).to_string();
+    row.require_reason = outcome.require_reason;
     row.sla_hours = i32::try_from(outcome.sla_hours).unwrap_or(i32::MAX);
     row.sla_due_at = now + Duration::hours(i64::from(outcome.sla_hours));
     row.policy_trace = json!({ "fired": outcome.fired, "reason": outcome.reason }).to_string();
@@ -214,10 +217,14 @@ pub async fn submit(
         "policy_version": policy.version,
         "fired": outcome.fired.iter().map(|r| &r.name).collect::<Vec<_>>(),
         "reason": outcome.reason,
+        "risk_level": outcome.risk_level,
+        "flags": outcome.flags,
     });
     match outcome.auto_decision {
         Some(recommendation) => {
             let decision = recommendation.as_str();
+            // Recorded as the system's decision, so reports count automatic decisions too.
+            routed.decision = Some(decision);
             row.state = format!("auto_{decision}d");
             row.decision = Some(decision.to_owned());
             row.decided_at = Some(now);

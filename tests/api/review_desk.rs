@@ -310,3 +310,64 @@ on_both_backends! {
         assert_eq!(status, StatusCode::NOT_FOUND);
     }
 }
+
+on_both_backends! {
+    async fn policies_on_account_context_set_risk_flags_and_required_reasons(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let admin = app.sign_in("acme", "ada@acme.test", Role::Admin).await;
+        let clerk = app.sign_in("acme", "carl@acme.test", Role::Reviewer).await;
+        let rita = app.sign_in("acme", "rita@acme.test", Role::Reviewer).await;
+        add_codes(&app, &admin).await;
+        let policy = json!({
+            "defaults": { "risk_level": "low" },
+            "rules": [
+                { "name": "new account", "when": { "field": "subject.tenure_days", "op": "<", "value": 30 },
+                  "then": { "add_flag": "NEW_ACCOUNT", "risk_level": "high" } },
+                { "name": "unusual amount", "when": { "field": "amount / subject.avg_amount", "op": ">", "value": 3 },
+                  "then": { "add_flag": "UNUSUAL_AMOUNT", "risk_level": "medium", "require_reason": true } },
+                { "name": "returns", "when": { "field": "subject.recent_returns", "op": "between", "value": [2, 5] },
+                  "then": { "add_flag": "RECENT_RETURNS" } },
+                { "name": "watched payees", "when": { "field": "subject.payee", "op": "in", "value": ["Mallory", "Trudy"] },
+                  "then": { "risk_level": "critical" } }
+            ]
+        });
+        let (status, body) = app.call(Method::PUT, "/api/v1/policy", &admin.access_token, Some(policy)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+
+        let submit_with = |reference: &str, amount: &str, subject: Value| {
+            let body = json!({ "type": "cheque", "reference": reference, "amount": amount, "currency": "USD", "subject": subject });
+            let app = &app;
+            let token = clerk.access_token.clone();
+            async move {
+                let (status, case) = app.call(Method::POST, "/api/v1/cases", &token, Some(body)).await;
+                assert_eq!(status, StatusCode::CREATED, "{case}");
+                case
+            }
+        };
+        // 4,000 is 4× the average: unusual; tenure 10 days: new account, which set the risk first.
+        let both = submit_with("P-1", "4000.00", json!({ "tenure_days": 10, "avg_amount": "1000", "recent_returns": 2 })).await;
+        assert_eq!(both["flags"], json!(["NEW_ACCOUNT", "UNUSUAL_AMOUNT", "RECENT_RETURNS"]), "{both}");
+        assert_eq!(both["risk_level"], "high", "the first rule to set it wins");
+        assert_eq!(both["require_reason"], true);
+        // Exactly 3× is not more than 3×; no average means the ratio cannot be computed: no flag.
+        let plain = submit_with("P-2", "3000.00", json!({ "tenure_days": 400, "avg_amount": "1000", "recent_returns": 6 })).await;
+        assert_eq!((plain["flags"].clone(), plain["risk_level"].clone(), plain["require_reason"].clone()), (json!([]), json!("low"), json!(false)), "{plain}");
+        let unknown = submit_with("P-3", "9000.00", json!({ "tenure_days": 400, "avg_amount": "0" })).await;
+        assert_eq!(unknown["flags"], json!([]), "division by zero fires nothing: {unknown}");
+        let watched = submit_with("P-4", "10.00", json!({ "payee": "Mallory", "tenure_days": 400 })).await;
+        assert_eq!(watched["risk_level"], "critical");
+
+        // require_reason: a decision without a reason code is refused, with one it is taken.
+        claim(&app, &rita, &both).await;
+        let (status, error) = decide(&app, &rita, &both, json!({ "decision": "reject", "reason": "free text is not enough" })).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+        assert_eq!(error["error"]["details"]["field"], "reason_codes");
+        let (status, error) = decide(&app, &rita, &both, json!({ "decision": "approve" })).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "approvals too: {error}");
+        let (status, decided) = decide(&app, &rita, &both, json!({ "decision": "reject", "reason_codes": ["NSF"] })).await;
+        assert_eq!(status, StatusCode::OK, "{decided}");
+        claim(&app, &rita, &plain).await;
+        let (status, _) = decide(&app, &rita, &plain, json!({ "decision": "approve" })).await;
+        assert_eq!(status, StatusCode::OK, "no reason required where the policy does not ask");
+    }
+}
