@@ -14,5 +14,6 @@ mod health;
 mod knowledge;
 mod observability;
 mod pipelines;
+mod reports;
 mod shutdown;
 mod tasks;
