@@ -11,7 +11,7 @@ pub mod http;
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, NaiveDate, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use futures_util::TryStreamExt;
 use serde::Serialize;
@@ -31,8 +31,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// The look-back when the caller names no `from`.
 pub const DEFAULT_DAYS: i64 = 30;
-/// The longest window a report covers: decisions are bucketed into days in this process, so the
-/// rows read per report must stay bounded.
+/// The longest window a report covers: grouped by day, a report runs one query per day of the
+/// window, so their number must stay bounded.
 pub const MAX_DAYS: i64 = 366;
 
 /// Final states a person's decision leads to (the SLA report's "decided"). Automatic decisions
@@ -243,38 +243,37 @@ pub struct DecisionReport {
     pub total: i64,
 }
 
-/// The decision rows in the window, counted into groups as they stream from the database.
+/// The grouped decision counts the database returns, merged into the report's groups: reason
+/// codes are split (and the same set written in another order merged) here.
 struct Tally<'a> {
     group_by: &'a [Dimension],
-    tz: Tz,
     /// Keyed by the group's values in `group_by` order, so the map's order is the report's.
     counts: BTreeMap<Vec<Option<String>>, i64>,
     total: i64,
 }
 
+/// One group as the database returns it: actor, decision and reason codes (JSON array text),
+/// each `None` unless grouped by, and the count.
+type Group = (Option<String>, Option<String>, Option<String>, i64);
+
 impl<'a> Tally<'a> {
-    fn new(group_by: &'a [Dimension], tz: Tz) -> Self {
+    fn new(group_by: &'a [Dimension]) -> Self {
         Self {
             group_by,
-            tz,
             counts: BTreeMap::new(),
             total: 0,
         }
     }
 
-    /// Adds `count` decisions of `actor` with `decision`, `reason_codes` (JSON array text) and,
-    /// when the report is grouped by day, the time they were made.
-    fn add(
-        &mut self,
-        actor: String,
-        decision: String,
-        reason_codes: Option<&str>,
-        at: Option<DateTime<Utc>>,
-        count: i64,
-    ) {
+    /// Adds a group of decisions; `day` is the day they were made on, when grouped by day.
+    fn add(&mut self, day: Option<&str>, (actor, decision, reason_codes, count): Group) {
+        if count == 0 {
+            // A day without decisions (the query has nothing else to group by).
+            return;
+        }
         self.total += count;
         let codes: Vec<Option<String>> = if self.group_by.contains(&Dimension::ReasonCode) {
-            let codes = parse_codes(reason_codes);
+            let codes = parse_codes(reason_codes.as_deref());
             if codes.is_empty() {
                 vec![None]
             } else {
@@ -283,16 +282,15 @@ impl<'a> Tally<'a> {
         } else {
             vec![None]
         };
-        let day = at.map(|at| at.with_timezone(&self.tz).format("%Y-%m-%d").to_string());
         for code in codes {
             let key = self
                 .group_by
                 .iter()
                 .map(|dimension| match dimension {
-                    Dimension::Reviewer => Some(actor.clone()),
-                    Dimension::Action => Some(decision.clone()),
+                    Dimension::Reviewer => actor.clone(),
+                    Dimension::Action => decision.clone(),
                     Dimension::ReasonCode => code.clone(),
-                    Dimension::Day => day.clone(),
+                    Dimension::Day => day.map(str::to_owned),
                 })
                 .collect();
             *self.counts.entry(key).or_insert(0) += count;
@@ -324,6 +322,85 @@ impl<'a> Tally<'a> {
     }
 }
 
+/// A calendar day of the report's time zone: its name and the part of the window it covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Day {
+    name: String,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+}
+
+/// The days of `tz` that overlap `window`, in order and contiguous. A day in a time zone is no
+/// portable SQL expression, but its bounds are: the database groups by these ranges.
+fn days_in(window: Window, tz: Tz) -> Vec<Day> {
+    let mut days = Vec::new();
+    let mut date = window.from.with_timezone(&tz).date_naive();
+    loop {
+        let start = start_of_day(date, tz).max(window.from);
+        let Some(next) = date.succ_opt() else { break };
+        if start >= window.to {
+            break;
+        }
+        days.push(Day {
+            name: date.format("%Y-%m-%d").to_string(),
+            start,
+            end: start_of_day(next, tz).min(window.to),
+        });
+        date = next;
+    }
+    days
+}
+
+/// When `date` begins in `tz`: midnight, or where a clock change skips midnight, the first hour
+/// that exists.
+fn start_of_day(date: NaiveDate, tz: Tz) -> DateTime<Utc> {
+    (0..24)
+        .find_map(|hour| {
+            let local = date.and_hms_opt(hour, 0, 0)?;
+            tz.from_local_datetime(&local).earliest()
+        })
+        .map_or_else(
+            || date.and_time(NaiveTime::MIN).and_utc(),
+            |t| t.with_timezone(&Utc),
+        )
+}
+
+/// The query counting the tenant's (`$1`) decisions in `[$2, $3)` by the grouped columns (days
+/// aside); columns not grouped by are `NULL`.
+fn decisions_sql(group_by: &[Dimension]) -> String {
+    const COLUMNS: [(Dimension, &str); 3] = [
+        (Dimension::Reviewer, "actor"),
+        (Dimension::Action, "decision"),
+        (Dimension::ReasonCode, "reason_codes"),
+    ];
+    let grouped = |dimension: &Dimension| group_by.contains(dimension);
+    let select: Vec<&str> = COLUMNS
+        .iter()
+        .map(|(d, column)| {
+            if grouped(d) {
+                column
+            } else {
+                "CAST(NULL AS TEXT)"
+            }
+        })
+        .collect();
+    let keys: Vec<&str> = COLUMNS
+        .iter()
+        .filter(|(d, _)| grouped(d))
+        .map(|(_, column)| *column)
+        .collect();
+    let group = if keys.is_empty() {
+        String::new()
+    } else {
+        format!(" GROUP BY {}", keys.join(", "))
+    };
+    format!(
+        "SELECT {}, COUNT(*) FROM case_history \
+         WHERE tenant_id = $1 AND decision IS NOT NULL AND created_at >= $2 AND created_at < $3{group}",
+        select.join(", ")
+    )
+}
+
 /// The distinct codes of a `reason_codes` JSON array. Text that is not such an array counts as no
 /// code: a report should not fail over one damaged row.
 fn parse_codes(text: Option<&str>) -> BTreeSet<String> {
@@ -343,36 +420,29 @@ pub async fn decisions(
     group_by: &[Dimension],
     tz: Tz,
 ) -> Result<DecisionReport, ReportError> {
-    let mut tally = Tally::new(group_by, tz);
-    if group_by.contains(&Dimension::Day) {
-        // A day in a time zone is not a portable SQL expression: the narrow rows are read (the
-        // window is bounded) and bucketed here, without holding them all.
+    // Grouped by day, each day of the zone is counted over its own range of the
+    // `case_history_decisions` index: a plan both databases run alike, whatever their statistics
+    // (a join against the list of days can turn into every decision compared with every day).
+    let ranges: Vec<(Option<String>, DateTime<Utc>, DateTime<Utc>)> =
+        if group_by.contains(&Dimension::Day) {
+            days_in(window, tz)
+                .into_iter()
+                .map(|day| (Some(day.name), day.start, day.end))
+                .collect()
+        } else {
+            vec![(None, window.from, window.to)]
+        };
+    let sql = decisions_sql(group_by);
+    let mut tally = Tally::new(group_by);
+    for (day, start, end) in &ranges {
         with_pool!(store, pool => {
-            let mut rows = sqlx::query_as::<_, (String, String, Option<String>, DateTime<Utc>)>(
-                "SELECT actor, decision, reason_codes, created_at FROM case_history \
-                 WHERE tenant_id = $1 AND decision IS NOT NULL AND created_at >= $2 AND created_at < $3",
-            )
-            .bind(tenant_id)
-            .bind(window.from)
-            .bind(window.to)
-            .fetch(pool);
-            while let Some((actor, decision, codes, at)) = rows.try_next().await? {
-                tally.add(actor, decision, codes.as_deref(), Some(at), 1);
-            }
-        });
-    } else {
-        with_pool!(store, pool => {
-            let mut rows = sqlx::query_as::<_, (String, String, Option<String>, i64)>(
-                "SELECT actor, decision, reason_codes, COUNT(*) FROM case_history \
-                 WHERE tenant_id = $1 AND decision IS NOT NULL AND created_at >= $2 AND created_at < $3 \
-                 GROUP BY actor, decision, reason_codes",
-            )
-            .bind(tenant_id)
-            .bind(window.from)
-            .bind(window.to)
-            .fetch(pool);
-            while let Some((actor, decision, codes, count)) = rows.try_next().await? {
-                tally.add(actor, decision, codes.as_deref(), None, count);
+            let mut rows = sqlx::query_as::<_, Group>(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(tenant_id)
+                .bind(start)
+                .bind(end)
+                .fetch(pool);
+            while let Some(group) = rows.try_next().await? {
+                tally.add(day.as_deref(), group);
             }
         });
     }
@@ -565,20 +635,27 @@ mod tests {
         assert!(parse_tz(Some("Mars/Olympus")).is_err());
     }
 
+    fn group(actor: &str, decision: &str, codes: Option<&str>, count: i64) -> Group {
+        (
+            Some(actor.to_owned()),
+            Some(decision.to_owned()),
+            codes.map(str::to_owned),
+            count,
+        )
+    }
+
     #[test]
     fn codes_split_a_decision_only_when_grouped_by_them() {
         let group_by = [Dimension::ReasonCode, Dimension::Action];
-        let mut tally = Tally::new(&group_by, Tz::UTC);
+        let mut tally = Tally::new(&group_by);
         tally.add(
-            "user:a".into(),
-            "reject".into(),
-            Some(r#"["NSF","SIG","NSF"]"#),
             None,
-            2,
+            group("user:a", "reject", Some(r#"["NSF","SIG","NSF"]"#), 2),
         );
-        tally.add("user:b".into(), "approve".into(), None, None, 1);
-        tally.add("user:b".into(), "reject".into(), Some("not json"), None, 1);
-        assert_eq!(tally.total, 4, "each decision once");
+        tally.add(None, group("user:a", "reject", Some(r#"["SIG","NSF"]"#), 1));
+        tally.add(None, group("user:b", "approve", None, 1));
+        tally.add(None, group("user:b", "reject", Some("not json"), 1));
+        assert_eq!(tally.total, 5, "each decision once");
         let rows: Vec<(Option<Option<String>>, Option<String>, i64)> = tally
             .rows()
             .into_iter()
@@ -590,20 +667,14 @@ mod tests {
             [
                 (code(None), Some("approve".into()), 1),
                 (code(None), Some("reject".into()), 1),
-                (code(Some("NSF")), Some("reject".into()), 2),
-                (code(Some("SIG")), Some("reject".into()), 2),
+                (code(Some("NSF")), Some("reject".into()), 3),
+                (code(Some("SIG")), Some("reject".into()), 3),
             ]
         );
 
         let group_by = [Dimension::Reviewer];
-        let mut tally = Tally::new(&group_by, Tz::UTC);
-        tally.add(
-            "user:a".into(),
-            "reject".into(),
-            Some(r#"["NSF","SIG"]"#),
-            None,
-            1,
-        );
+        let mut tally = Tally::new(&group_by);
+        tally.add(None, group("user:a", "reject", Some(r#"["NSF","SIG"]"#), 1));
         let rows = tally.rows();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].count, 1);
@@ -612,50 +683,100 @@ mod tests {
 
     #[test]
     fn days_are_calendar_days_in_the_time_zone() {
-        let group_by = [Dimension::Day];
-        let mut paris = Tally::new(&group_by, Tz::Europe__Paris);
-        let mut utc = Tally::new(&group_by, Tz::UTC);
-        for tally in [&mut paris, &mut utc] {
-            tally.add(
-                "system".into(),
-                "approve".into(),
-                None,
-                Some(at("2026-01-10T23:30:00Z")),
-                1,
-            );
-            tally.add(
-                "system".into(),
-                "approve".into(),
-                None,
-                Some(at("2026-07-10T21:59:59Z")),
-                1,
-            );
-            tally.add(
-                "system".into(),
-                "approve".into(),
-                None,
-                Some(at("2026-07-10T22:00:00Z")),
-                1,
-            );
-        }
-        let days = |t: Tally| {
-            t.rows()
-                .into_iter()
-                .map(|r| (r.day.unwrap(), r.count))
+        let window = |from: &str, to: &str| Window {
+            from: at(from),
+            to: at(to),
+        };
+        let named = |days: &[Day]| {
+            days.iter()
+                .map(|d| (d.name.clone(), d.start, d.end))
                 .collect::<Vec<_>>()
         };
-        assert_eq!(
-            days(paris),
-            [
-                ("2026-01-11".to_owned(), 1),
-                ("2026-07-10".to_owned(), 1),
-                ("2026-07-11".to_owned(), 1)
-            ],
-            "CET is +1 in winter and CEST +2 in summer"
+        // Paris moves to summer time on 29 March 2026: that day has 23 hours.
+        let days = days_in(
+            window("2026-03-28T00:00:00Z", "2026-03-31T00:00:00Z"),
+            Tz::Europe__Paris,
         );
         assert_eq!(
-            days(utc),
-            [("2026-01-10".to_owned(), 1), ("2026-07-10".to_owned(), 2)]
+            named(&days),
+            [
+                (
+                    "2026-03-28".to_owned(),
+                    at("2026-03-28T00:00:00Z"),
+                    at("2026-03-28T23:00:00Z")
+                ),
+                (
+                    "2026-03-29".to_owned(),
+                    at("2026-03-28T23:00:00Z"),
+                    at("2026-03-29T22:00:00Z")
+                ),
+                (
+                    "2026-03-30".to_owned(),
+                    at("2026-03-29T22:00:00Z"),
+                    at("2026-03-30T22:00:00Z")
+                ),
+                (
+                    "2026-03-31".to_owned(),
+                    at("2026-03-30T22:00:00Z"),
+                    at("2026-03-31T00:00:00Z")
+                ),
+            ]
+        );
+        // 23:30 UTC in winter is the next day in Paris.
+        let days = days_in(
+            window("2026-01-10T00:00:00Z", "2026-01-12T00:00:00Z"),
+            Tz::Europe__Paris,
+        );
+        let late = at("2026-01-10T23:30:00Z");
+        let day = days
+            .iter()
+            .find(|d| d.start <= late && late < d.end)
+            .unwrap();
+        assert_eq!(day.name, "2026-01-11");
+        let utc = days_in(
+            window("2026-01-10T00:00:00Z", "2026-01-12T00:00:00Z"),
+            Tz::UTC,
+        );
+        assert_eq!(
+            utc.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
+            ["2026-01-10", "2026-01-11"]
+        );
+        // Santiago skips midnight on 6 September 2026: that day starts at 01:00 local time.
+        let days = days_in(
+            window("2026-09-05T12:00:00Z", "2026-09-07T12:00:00Z"),
+            Tz::America__Santiago,
+        );
+        assert_eq!(days[1].name, "2026-09-06");
+        assert_eq!(days[1].start, at("2026-09-06T04:00:00Z"));
+        // A year: contiguous days, covering the window exactly.
+        let year = window("2025-01-01T00:00:00Z", "2026-01-02T00:00:00Z");
+        let days = days_in(year, Tz::Asia__Kathmandu);
+        assert_eq!(days.len(), 367);
+        assert_eq!(
+            (days[0].start, days[days.len() - 1].end),
+            (year.from, year.to)
+        );
+        assert!(
+            days.windows(2)
+                .all(|w| w[0].end == w[1].start && w[0].start < w[0].end)
+        );
+    }
+
+    #[test]
+    fn the_query_groups_only_by_what_is_asked() {
+        let sql = decisions_sql(&[Dimension::Action, Dimension::Day]);
+        assert!(sql.starts_with("SELECT CAST(NULL AS TEXT), decision, CAST(NULL AS TEXT), COUNT(*) FROM case_history "), "{sql}");
+        assert!(sql.ends_with("created_at < $3 GROUP BY decision"), "{sql}");
+        let sql = decisions_sql(&[Dimension::Day]);
+        assert!(sql.ends_with("created_at < $3"), "no GROUP BY: {sql}");
+        let mut tally = Tally::new(&[Dimension::Day]);
+        tally.add(Some("2026-01-01"), (None, None, None, 0));
+        tally.add(Some("2026-01-02"), (None, None, None, 3));
+        let rows = tally.rows();
+        assert_eq!(rows.len(), 1, "days without decisions have no row");
+        assert_eq!(
+            (rows[0].day.as_deref(), rows[0].count),
+            (Some("2026-01-02"), 3)
         );
     }
 
