@@ -21,6 +21,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod policy;
 pub mod queue;
+pub mod reports;
 pub mod review;
 pub mod runs;
 pub mod scheduler;

@@ -28,6 +28,7 @@ pub const SCOPES: &[&str] = &[
     "events:write",
     "knowledge:read",
     "knowledge:write",
+    "reports:read",
     "runs:read",
     "tasks:read",
     "tasks:write",

@@ -174,6 +174,10 @@ permission!(
     ReadReviewStats { const MIN_ROLE: Option<Role> = Some(Role::Supervisor); const SCOPE: Option<&'static str> = Some("cases:read"); }
 );
 permission!(
+    /// Decision and SLA reports.
+    ReadReports { const MIN_ROLE: Option<Role> = Some(Role::Supervisor); const SCOPE: Option<&'static str> = Some("reports:read"); }
+);
+permission!(
     /// Reading, changing and simulating the decision policy.
     ManagePolicy {
         const MIN_ROLE: Option<Role> = Some(Role::Admin);

@@ -29,6 +29,11 @@ const NAV: &[NavItem] = &[
         min_role: Role::Supervisor,
     },
     NavItem {
+        href: "/console/reports",
+        label: "Reports",
+        min_role: Role::Supervisor,
+    },
+    NavItem {
         href: "/console/tasks",
         label: "Tasks",
         min_role: Role::Viewer,

@@ -28,6 +28,7 @@ pub fn routes(state: AppState, api: InternalApi) -> Router<AppState> {
         .route("/console/logout", post(pages::auth::logout))
         .merge(pages::review::routes())
         .merge(pages::supervise::routes())
+        .merge(pages::reports::routes())
         .merge(pages::operate::routes())
         .merge(pages::admin::routes())
         .route(assets::CSS_PATH, get(assets::css))

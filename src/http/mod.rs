@@ -37,6 +37,7 @@ use error::ApiError;
         (name = "cases", description = "Items that need a decision, their history and attachments"),
         (name = "reviews", description = "The review queue: claiming, deciding, dual control, statistics"),
         (name = "policy", description = "The decision policy: versions, validation and simulation"),
+        (name = "reports", description = "Decision counts and SLA compliance, as JSON or CSV"),
         (name = "knowledge", description = "Document collections, ingestion and search")
     ),
     modifiers(&BearerAuth)
@@ -101,6 +102,7 @@ pub fn router(state: AppState, role: Role) -> Router {
             .merge(crate::events::routes())
             .merge(crate::cases::routes())
             .merge(crate::review::routes())
+            .merge(crate::reports::routes())
             .merge(crate::policy::routes())
             .merge(crate::pipeline::routes())
             .merge(crate::knowledge::routes());

@@ -1153,3 +1153,59 @@ on_both_backends! {
         assert!(refused.body.contains("Rate limit of 40 requests per minute"), "{}", refused.body);
     }
 }
+
+on_both_backends! {
+    async fn the_reports_page_shows_decisions_and_sla_and_offers_csv(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let tenant = seed::tenant(&app, "acme").await;
+        seed::user(&app, &tenant, "rita@acme.test", "Rita Reviewer", "reviewer").await;
+        seed::user(&app, &tenant, "sam@acme.test", "Sam Supervisor", "supervisor").await;
+        let case = seed::case(&app, &tenant, "CHQ-1", "120.50", "Ann").await;
+        let case_id = case["id"].as_str().unwrap();
+        let (_, login) = app.login(json!({ "email": "rita@acme.test", "password": PASSWORD })).await;
+        let rita_token = login["access_token"].as_str().unwrap();
+        for action in ["claim", "decision"] {
+            let body = (action == "decision").then(|| json!({ "decision": "approve" }));
+            let (status, body) = app.call(Method::POST, &format!("/api/v1/cases/{case_id}/{action}"), rita_token, body).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+
+        let mut sam = Browser::signed_in(&app, "sam@acme.test").await;
+        let page = sam.get("/console/reports").await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        page.assert_well_formed("reports");
+        assert!(page.body.contains("href=\"/console/reports\""), "in the navigation");
+        let decisions = page.text_of("decisions");
+        assert!(decisions.contains("Rita Reviewer") && decisions.contains("approve"), "{decisions}");
+        let sla = page.text_of("sla");
+        assert!(sla.contains("default") && sla.contains("100.0 %"), "{sla}");
+
+        // The CSV links download the API's CSV for the same days.
+        let link = html::by_id(&page.body, "decisions-csv").unwrap().attr("href").unwrap().to_owned();
+        let csv = sam.get(&html::decode(&link)).await;
+        assert_eq!(csv.status, StatusCode::OK, "{}", csv.body);
+        assert_eq!(csv.header("content-type"), "text/csv; charset=utf-8");
+        assert!(csv.header("content-disposition").starts_with("attachment; filename=\"docket-decisions-"));
+        assert!(csv.body.starts_with("reviewer,action,reason_code,day,count\r\n"), "{}", csv.body);
+        let link = html::by_id(&page.body, "sla-csv").unwrap().attr("href").unwrap().to_owned();
+        let csv = sam.get(&html::decode(&link)).await;
+        assert!(csv.body.contains("\r\ndefault,normal,1,1,100.0,0,0\r\n"), "{}", csv.body);
+
+        // Other days: nothing decided.
+        let page = sam.get("/console/reports?from=2020-01-01&to=2020-01-07").await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(!page.has("decisions") && page.body.contains("No decisions in these days."));
+        let reply = sam.get("/console/reports?from=2020-01-08&to=2020-01-07").await;
+        assert_eq!(reply.status, StatusCode::SEE_OTHER);
+        let page = sam.follow(reply).await;
+        assert_eq!(page.flash().as_deref(), Some("The first day must not be after the last."));
+
+        // Reviewers are refused, as the API refuses them.
+        let mut rita = Browser::signed_in(&app, "rita@acme.test").await;
+        let desk = rita.get("/console/review").await;
+        assert!(!desk.body.contains("href=\"/console/reports\""));
+        let reply = rita.get("/console/reports").await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
+        assert_eq!(rita.get("/console/reports/sla.csv").await.status, StatusCode::FORBIDDEN);
+    }
+}

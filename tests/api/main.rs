@@ -15,6 +15,7 @@ mod knowledge;
 mod observability;
 mod pipelines;
 mod policy;
+mod reports;
 mod review_desk;
 mod shutdown;
 mod tasks;

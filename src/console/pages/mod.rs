@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth;
 pub mod operate;
+pub mod reports;
 pub mod review;
 pub mod supervise;
 
