@@ -64,6 +64,11 @@ const NAV: &[NavItem] = &[
         min_role: Role::Admin,
     },
     NavItem {
+        href: "/console/reason-codes",
+        label: "Reason codes",
+        min_role: Role::Admin,
+    },
+    NavItem {
         href: "/console/audit",
         label: "Audit log",
         min_role: Role::Supervisor,

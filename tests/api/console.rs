@@ -714,13 +714,6 @@ fn form_secret(page: &Reply) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// The name a field with `id` is sent under.
-fn field_name(page: &Reply, id: &str) -> String {
-    html::by_id(&page.body, id)
-        .and_then(|t| t.attr("name").map(str::to_owned))
-        .unwrap_or_else(|| panic!("#{id} has no name"))
-}
-
 /// The ids of the rows of the review queue table.
 fn queue_ids(page: &Reply) -> Vec<String> {
     let Some(table) = html::by_id(&page.body, "queue") else {
@@ -735,16 +728,40 @@ fn queue_ids(page: &Reply) -> Vec<String> {
     .collect()
 }
 
-/// A decision through the case page's form (`button` is `approve`, `reject` or `escalate`); returns
-/// the page it leads to.
-async fn decide(browser: &mut Browser<'_>, case_id: &str, button: &str, reason: &str) -> Reply {
+/// Submits the case page's form with the button `button` (its id) after filling `fields`; a
+/// `reason_codes` field ticks that code's box (several may be ticked). Returns the reply to the post.
+async fn act(
+    browser: &mut Browser<'_>,
+    case_id: &str,
+    button: &str,
+    fields: &[(&str, &str)],
+) -> Reply {
     let page = browser.get(&format!("/console/cases/{case_id}")).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     let mut form = page.form(button);
-    form.set(&field_name(&page, "decision-reason"), reason);
+    for (name, value) in fields {
+        if *name == "reason_codes" {
+            form.add(name, value);
+        } else {
+            form.set(name, value);
+        }
+    }
     let reply = browser.submit(&form).await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
+    reply
+}
+
+/// An action through the case page's form with a reason; returns the page it leads to.
+async fn decide(browser: &mut Browser<'_>, case_id: &str, button: &str, reason: &str) -> Reply {
+    let reply = act(browser, case_id, button, &[("reason", reason)]).await;
     browser.follow(reply).await
+}
+
+/// The text of the console's flash after following `reply`, and whether it is an error.
+async fn flash_after(browser: &mut Browser<'_>, reply: Reply) -> (String, bool) {
+    let page = browser.follow(reply).await;
+    let error = page.body.contains("class=\"flash error\"");
+    (page.flash().unwrap_or_default(), error)
 }
 
 on_both_backends! {
@@ -777,11 +794,15 @@ on_both_backends! {
         assert_console_csp(&page, "case page");
         assert!(page.text_of("case-status").to_lowercase().replace('_', " ").contains("in review"), "{}", page.text_of("case-status"));
         assert!(!page.has("dual-control"), "a small amount needs one reviewer");
-        for button in ["approve", "reject", "escalate", "release"] {
+        for button in ["approve", "reject", "return", "hold", "escalate", "needs-more-info", "release"] {
             let tag = html::by_id(&page.body, button).unwrap_or_else(|| panic!("#{button}"));
             assert_eq!(tag.name, "button", "#{button} is a button");
         }
         assert_eq!(html::by_id(&page.body, "decision-reason").unwrap().name, "textarea");
+        assert_eq!(html::by_id(&page.body, "hold-until").unwrap().attr("type"), Some("datetime-local"));
+        let hold_label = html::select(&page.body, |t| t.name == "label" && t.attr("for") == Some("hold-until"));
+        assert!(html::text(html::inner_html(&page.body, &hold_label[0])).contains("UTC"), "the hold time's zone is named");
+        assert!(page.body.contains("low risk"), "the risk level is shown");
         assert!(page.has("history"));
         let claimed = seed::case_now(&app, &tenant, &case_id).await;
         assert_eq!(claimed["state"], "in_review");
@@ -805,7 +826,7 @@ on_both_backends! {
 }
 
 on_both_backends! {
-    async fn dual_control_needs_a_second_different_reviewer(backend) {
+    async fn dual_control_is_maker_checker_in_the_console(backend) {
         let Some(app) = TestApp::spawn(backend).await else { return };
         let tenant = seed::tenant(&app, "acme").await;
         seed::dual_control_policy(&app, &tenant).await;
@@ -815,51 +836,247 @@ on_both_backends! {
         let case_id = case["id"].as_str().unwrap().to_owned();
         assert_eq!(case["dual_control"], true);
 
+        // Rita, the maker, proposes.
         let mut rita = Browser::signed_in(&app, "rita@acme.test").await;
         let desk = rita.get("/console/review").await;
         let reply = rita.submit(&desk.form("next-case")).await;
         assert_eq!(reply.location(), Some(format!("/console/cases/{case_id}").as_str()));
         let page = rita.follow(reply).await;
-        assert!(page.text_of("dual-control").contains("0 of 2"), "{}", page.text_of("dual-control"));
+        assert!(page.text_of("dual-control").contains("No proposal yet"), "{}", page.text_of("dual-control"));
         assert!(page.body.contains("7,500.00"), "the amount is shown exactly, grouped");
         let desk = decide(&mut rita, &case_id, "approve", "Looks right.").await;
         let flash = desk.flash().unwrap_or_default();
-        assert!(flash.contains("1 of 2"), "{flash}");
+        assert!(flash.starts_with("Proposed: approve"), "{flash}");
+        assert_eq!(seed::case_now(&app, &tenant, &case_id).await["state"], "pending_dual_control");
         let page = rita.get(&format!("/console/cases/{case_id}")).await;
-        assert!(page.text_of("dual-control").contains("1 of 2"));
-        assert!(page.text_of("dual-control").contains("Rita Reviewer"), "who decided first is named: {}", page.text_of("dual-control"));
-        assert_eq!(seed::case_now(&app, &tenant, &case_id).await["state"], "awaiting_second_review");
+        page.assert_well_formed("case pending dual control");
+        let summary = page.text_of("dual-control");
+        assert!(summary.contains("Proposed: approve by Rita Reviewer (you) — waiting for a checker"), "{summary}");
+        let proposal = page.text_of("proposal");
+        assert!(proposal.contains("Looks right.") && proposal.contains("approve"), "{proposal}");
+        assert!(!page.has("confirm") && !page.has("claim"), "nothing to check for the maker");
+        assert!(page.text_of("check-refused").contains("You proposed this decision"), "{}", page.text_of("check-refused"));
 
-        // Rita cannot be her own second reviewer: the API refuses and the page says why.
-        let mut form = page.form("approve");
-        form.set(&field_name(&page, "decision-reason"), "Approving again.");
-        let reply = rita.submit(&form).await;
-        assert_eq!(reply.status, StatusCode::SEE_OTHER);
-        assert_eq!(reply.location(), Some(format!("/console/cases/{case_id}").as_str()), "back to the case");
-        let page = rita.follow(reply).await;
-        assert!(page.body.contains("class=\"flash error\""), "an error is shown: {:?}", page.flash());
-        assert_eq!(seed::case_now(&app, &tenant, &case_id).await["state"], "awaiting_second_review", "nothing changed");
+        // Her own check, forged, is refused by the API and changes nothing.
+        let csrf = rita.csrf();
+        let forged = rita.post(&format!("/console/cases/{case_id}/check"), &[
+            ("_csrf".to_owned(), csrf), ("verdict".to_owned(), "approve".to_owned()),
+        ]).await;
+        assert_eq!(forged.status, StatusCode::SEE_OTHER);
+        let (_, error) = flash_after(&mut rita, forged).await;
+        assert!(error, "an error is shown");
+        assert_eq!(seed::case_now(&app, &tenant, &case_id).await["state"], "pending_dual_control", "nothing changed");
         let desk = rita.get("/console/review").await;
         let reply = rita.submit(&desk.form("next-case")).await;
-        assert_eq!(reply.location(), Some("/console/review"), "the case is not offered to her again");
+        assert_eq!(reply.location(), Some("/console/review"), "her own proposal is not offered to her");
 
+        // Rob, the checker, sends it back: notes are required.
         let mut rob = Browser::signed_in(&app, "rob@acme.test").await;
         let desk = rob.get("/console/review").await;
-        assert_eq!(queue_ids(&desk), std::slice::from_ref(&case_id), "waiting for a second reviewer");
+        assert_eq!(queue_ids(&desk), std::slice::from_ref(&case_id), "waiting for a checker");
+        assert!(desk.text_of("queue").contains("Waiting for a checker"), "{}", desk.text_of("queue"));
         let reply = rob.submit(&desk.form("next-case")).await;
         assert_eq!(reply.location(), Some(format!("/console/cases/{case_id}").as_str()));
-        rob.follow(reply).await;
-        let desk = decide(&mut rob, &case_id, "approve", "Agreed.").await;
-        let flash = desk.flash().unwrap_or_default();
-        assert!(flash.contains("2 of 2"), "{flash}");
+        let page = rob.follow(reply).await;
+        page.assert_well_formed("check form");
+        assert!(page.has("confirm") && page.has("send-back"), "the checker's buttons");
+        assert!(!page.has("approve"), "a proposal is checked, not decided again");
+        let reply = act(&mut rob, &case_id, "send-back", &[]).await;
+        let (flash, error) = flash_after(&mut rob, reply).await;
+        assert!(error && flash.contains("notes"), "{flash}");
+        assert_eq!(seed::case_now(&app, &tenant, &case_id).await["state"], "pending_dual_control");
+        let reply = act(&mut rob, &case_id, "send-back", &[("notes", "The amount in words differs.")]).await;
+        let (flash, error) = flash_after(&mut rob, reply).await;
+        assert!(!error, "{flash}");
+        assert_eq!(flash, "Sent back: the case is in the queue again.");
+        let back = seed::case_now(&app, &tenant, &case_id).await;
+        assert_eq!(back["state"], "queued", "{back}");
+        assert!(back["history"].as_array().unwrap().iter().any(|h| h["action"] == "sent_back" && h["notes"] == "The amount in words differs."));
+
+        // Rita proposes again; Rob confirms from the case page, which claims it for him first.
+        let desk = rita.get("/console/review").await;
+        let reply = rita.submit(&desk.form("next-case")).await;
+        assert_eq!(reply.location(), Some(format!("/console/cases/{case_id}").as_str()));
+        let desk = decide(&mut rita, &case_id, "reject", "Words and figures differ.").await;
+        assert!(desk.flash().unwrap_or_default().starts_with("Proposed: reject"), "{:?}", desk.flash());
+        let page = rob.get(&format!("/console/cases/{case_id}")).await;
+        assert!(page.text_of("decide-heading").contains("Decision"));
+        assert!(page.body.contains("claims the case for you first"));
+        let reply = act(&mut rob, &case_id, "confirm", &[("notes", "Agreed.")]).await;
+        let (flash, _) = flash_after(&mut rob, reply).await;
+        assert_eq!(flash, "Confirmed: case rejected.");
         let decided = seed::case_now(&app, &tenant, &case_id).await;
-        assert_eq!(decided["state"], "approved", "{decided}");
-        let deciders: std::collections::HashSet<&str> = decided["history"].as_array().unwrap().iter()
-            .filter(|h| h["action"] == "decided").filter_map(|h| h["actor"].as_str()).collect();
-        assert_eq!(deciders.len(), 2, "{decided}");
-        assert!(queue_ids(&desk).is_empty());
+        assert_eq!(decided["state"], "rejected", "{decided}");
+        let page = rob.get(&format!("/console/cases/{case_id}")).await;
+        let summary = page.text_of("dual-control");
+        assert!(summary.contains("Confirmed by Rob Reviewer (you)"), "{summary}");
+        assert!(summary.contains("sent it back: The amount in words differs."), "each step is listed: {summary}");
+        let actors: std::collections::HashSet<&str> = decided["history"].as_array().unwrap().iter()
+            .filter(|h| h["action"] == "proposed" || h["action"] == "confirmed").filter_map(|h| h["actor"].as_str()).collect();
+        assert_eq!(actors.len(), 2, "maker and checker are two people: {decided}");
+        assert!(queue_ids(&rob.get("/console/review").await).is_empty());
     }
 
+    async fn returns_holds_and_requests_for_information_go_through_the_case_form(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let tenant = seed::tenant(&app, "acme").await;
+        seed::reason_codes(&app, &tenant).await;
+        seed::user(&app, &tenant, "rita@acme.test", "Rita Reviewer", "reviewer").await;
+        seed::user(&app, &tenant, "sam@acme.test", "Sam Supervisor", "supervisor").await;
+        let returned = seed::case(&app, &tenant, "CHQ-R", "120.00", "Ann").await["id"].as_str().unwrap().to_owned();
+        let held = seed::case(&app, &tenant, "CHQ-H", "130.00", "Bob").await["id"].as_str().unwrap().to_owned();
+        let asked = seed::case(&app, &tenant, "CHQ-I", "140.00", "Cy").await["id"].as_str().unwrap().to_owned();
+        seed::set_risk(&app, &returned, "high", &["UNUSUAL_AMOUNT"]).await;
+
+        let mut rita = Browser::signed_in(&app, "rita@acme.test").await;
+        let desk = rita.get("/console/review").await;
+        desk.assert_well_formed("review desk");
+        let queue = desk.text_of("queue");
+        assert!(queue.contains("Risk") && queue.contains("high risk") && queue.contains("UNUSUAL_AMOUNT"), "{queue}");
+        assert!(queue.contains("low risk"), "{queue}");
+
+        // The picker lists the tenant's codes, with their actions and whether they need notes.
+        let page = rita.get(&format!("/console/cases/{returned}")).await;
+        page.assert_well_formed("case with reason codes");
+        for code in ["NSF", "SIG", "CLEARING", "ID"] {
+            let tag = html::by_id(&page.body, &format!("code-{code}")).unwrap_or_else(|| panic!("code-{code}"));
+            assert_eq!((tag.attr("type"), tag.attr("name")), (Some("checkbox"), Some("reason_codes")));
+        }
+        let picker = html::select(&page.body, |t| t.name == "fieldset" && t.has_class("reason-codes"));
+        let picker = html::text(html::inner_html(&page.body, &picker[0]));
+        assert!(picker.contains("Insufficient funds for reject, return"), "{picker}");
+        assert!(picker.contains("Signature differs") && picker.contains("notes required"), "{picker}");
+        assert!(page.body.contains("high risk") && page.body.contains("UNUSUAL_AMOUNT"), "risk and flags on the case page");
+
+        // A code that requires notes, without notes: refused, nothing decided.
+        let reply = act(&mut rita, &returned, "return", &[("reason_codes", "SIG")]).await;
+        let (flash, error) = flash_after(&mut rita, reply).await;
+        assert!(error && flash.contains("SIG"), "{flash}");
+        assert_ne!(seed::case_now(&app, &tenant, &returned).await["state"], "returned");
+        // A return with its code.
+        let reply = act(&mut rita, &returned, "return", &[("reason_codes", "NSF")]).await;
+        assert_eq!(reply.location(), Some("/console/review"));
+        let (flash, _) = flash_after(&mut rita, reply).await;
+        assert_eq!(flash, "Case returned.");
+        let now = seed::case_now(&app, &tenant, &returned).await;
+        assert_eq!(now["state"], "returned", "{now}");
+        assert_eq!(now["reason_codes"], json!(["NSF"]));
+        let page = rita.get(&format!("/console/cases/{returned}")).await;
+        assert_eq!(page.text_of("case-reason-codes"), "NSF (Insufficient funds)");
+        assert!(page.text_of("history").contains("NSF (Insufficient funds)"), "{}", page.text_of("history"));
+
+        // A hold needs its time, read as UTC.
+        let reply = act(&mut rita, &held, "hold", &[("reason_codes", "CLEARING")]).await;
+        let (flash, error) = flash_after(&mut rita, reply).await;
+        assert!(error && flash.contains("UTC"), "{flash}");
+        assert_eq!(seed::case_now(&app, &tenant, &held).await["state"], "queued", "refused before anything was claimed");
+        let until = (chrono::Utc::now() + chrono::Duration::days(2)).format("%Y-%m-%dT%H:%M").to_string();
+        let reply = act(&mut rita, &held, "hold", &[("reason_codes", "CLEARING"), ("hold_until", &until)]).await;
+        let (flash, error) = flash_after(&mut rita, reply).await;
+        assert!(!error, "{flash}");
+        let now = seed::case_now(&app, &tenant, &held).await;
+        assert_eq!(now["state"], "on_hold", "{now}");
+        let stored: chrono::DateTime<chrono::Utc> = now["hold_until"].as_str().unwrap().parse().unwrap();
+        assert_eq!(stored.format("%Y-%m-%dT%H:%M").to_string(), until, "the typed time is UTC");
+        assert_eq!(flash, format!("Case on hold until {}.", stored.format("%Y-%m-%d %H:%M UTC")));
+        let page = rita.get(&format!("/console/cases/{held}")).await;
+        assert!(page.text_of("parked").contains("On hold until"), "{}", page.text_of("parked"));
+        assert!(!page.has("decision"), "nothing to decide while on hold");
+        assert!(!queue_ids(&rita.get("/console/review").await).contains(&held), "held cases leave the queue");
+
+        // Needs more information; a supervisor adds it on the submitter's behalf.
+        let reply = act(&mut rita, &asked, "needs-more-info", &[("reason_codes", "ID")]).await;
+        let (flash, _) = flash_after(&mut rita, reply).await;
+        assert_eq!(flash, "Case waiting for information from the submitter.");
+        assert_eq!(seed::case_now(&app, &tenant, &asked).await["state"], "needs_more_info");
+        let page = rita.get(&format!("/console/cases/{asked}")).await;
+        assert!(page.text_of("parked").contains("Waiting for information"));
+        assert!(!page.has("information") && !page.has("views"), "reviewers neither answer for the submitter nor see views");
+
+        let mut sam = Browser::signed_in(&app, "sam@acme.test").await;
+        let page = sam.get(&format!("/console/cases/{asked}")).await;
+        page.assert_well_formed("case waiting for information");
+        let views = page.text_of("views");
+        assert!(views.contains("Rita Reviewer") && views.contains("Sam Supervisor (you)"), "this very view is listed: {views}");
+        let reply = act(&mut sam, &asked, "add-information", &[("notes", "Passport copy received by email.")]).await;
+        let (flash, _) = flash_after(&mut sam, reply).await;
+        assert_eq!(flash, "Information added; the case is in the queue again.");
+        let now = seed::case_now(&app, &tenant, &asked).await;
+        assert_eq!(now["state"], "queued", "{now}");
+        assert!(now["history"].as_array().unwrap().iter().any(|h| h["action"] == "information_added" && h["notes"] == "Passport copy received by email."));
+    }
+
+    async fn admins_manage_reason_codes_in_the_console(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let tenant = seed::tenant(&app, "acme").await;
+        seed::user(&app, &tenant, "rita@acme.test", "Rita Reviewer", "reviewer").await;
+        let mut ada = Browser::admin(&app, &tenant).await;
+        let page = ada.get("/console/reason-codes").await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        page.assert_well_formed("reason codes");
+        assert!(page.body.contains("href=\"/console/reason-codes\""), "in the admin navigation");
+
+        let mut form = page.form("create-reason-code");
+        form.set("code", "NSF").set("label", "Insufficient funds").set("requires_notes", "true");
+        form.add("actions", "return").add("actions", "reject");
+        let reply = ada.submit(&form).await;
+        let (flash, error) = flash_after(&mut ada, reply).await;
+        assert!(!error, "{flash}");
+        assert_eq!(flash, "Reason code NSF added.");
+        let codes = seed::reason_codes_now(&app, &tenant).await;
+        assert_eq!(codes.len(), 1, "{codes:?}");
+        assert_eq!((codes[0]["label"].as_str(), codes[0]["requires_notes"].as_bool()), (Some("Insufficient funds"), Some(true)));
+        assert_eq!(codes[0]["actions"], json!(["reject", "return"]));
+
+        // The same code twice: the API's refusal is shown.
+        let reply = ada.submit(&form).await;
+        let (flash, error) = flash_after(&mut ada, reply).await;
+        assert!(error && flash.contains("already exists"), "{flash}");
+
+        // Edit: a new label, reject no longer, notes optional.
+        let page = ada.get("/console/reason-codes").await;
+        let mut edit = page.form("edit-NSF-save");
+        assert_eq!(edit.get("label"), Some("Insufficient funds"));
+        edit.set("label", "Not sufficient funds").remove("actions", "reject").remove("requires_notes", "true");
+        let reply = ada.submit(&edit).await;
+        let (flash, _) = flash_after(&mut ada, reply).await;
+        assert_eq!(flash, "Reason code NSF saved.");
+        let codes = seed::reason_codes_now(&app, &tenant).await;
+        assert_eq!(codes[0]["label"], "Not sufficient funds");
+        assert_eq!(codes[0]["actions"], json!(["return"]));
+        assert_eq!(codes[0]["requires_notes"], false);
+
+        // Deactivate, then bring it back.
+        let page = ada.get("/console/reason-codes").await;
+        let reply = ada.submit(&page.form("deactivate-NSF")).await;
+        let (flash, _) = flash_after(&mut ada, reply).await;
+        assert_eq!(flash, "Reason code NSF deactivated.");
+        assert_eq!(seed::reason_codes_now(&app, &tenant).await[0]["active"], false);
+        let page = ada.get("/console/reason-codes").await;
+        assert!(page.text_of("reason-codes").contains("inactive"));
+        assert!(!page.has("deactivate-NSF"));
+        let reply = ada.submit(&page.form("activate-NSF")).await;
+        let (flash, _) = flash_after(&mut ada, reply).await;
+        assert_eq!(flash, "Reason code NSF reactivated.");
+        assert_eq!(seed::reason_codes_now(&app, &tenant).await[0]["active"], true);
+
+        // Reviewers read the list but change nothing.
+        let mut rita = Browser::signed_in(&app, "rita@acme.test").await;
+        let page = rita.get("/console/reason-codes").await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(page.text_of("reason-codes").contains("Not sufficient funds"));
+        assert!(!page.has("new-reason-code") && !page.has("edit-NSF-save"), "no forms for what the API would refuse");
+        let desk = rita.get("/console/review").await;
+        assert!(!desk.body.contains("href=\"/console/reason-codes\""), "not in a reviewer's navigation");
+        let csrf = rita.csrf();
+        let forged = rita.post("/console/reason-codes/NSF", &[("_csrf".to_owned(), csrf), ("active".to_owned(), "false".to_owned())]).await;
+        let (_, error) = flash_after(&mut rita, forged).await;
+        assert!(error, "the API refuses a reviewer");
+        assert_eq!(seed::reason_codes_now(&app, &tenant).await[0]["active"], true);
+    }
+}
+
+on_both_backends! {
     async fn the_supervision_page_marks_breached_and_due_soon_cases(backend) {
         let Some(app) = TestApp::spawn(backend).await else { return };
         let tenant = seed::tenant(&app, "acme").await;

@@ -270,6 +270,18 @@ impl Form {
         self
     }
 
+    /// Adds one more value under `name`, as a checked checkbox of a group does.
+    pub fn add(&mut self, name: &str, value: &str) -> &mut Self {
+        self.fields.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Drops `name=value`, as unchecking that checkbox does.
+    pub fn remove(&mut self, name: &str, value: &str) -> &mut Self {
+        self.fields.retain(|(k, v)| k != name || v != value);
+        self
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         self.fields
             .iter()

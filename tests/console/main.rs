@@ -1,5 +1,5 @@
-//! The web console end to end in headless Chromium: people signing in, reviewing under dual
-//! control in two browsers, creating and running a task while its page updates live, and a session
+//! The web console end to end in headless Chromium: people signing in, maker and checker under
+//! dual control in two browsers, a return with a reason code and a hold, creating and running a task while its page updates live, and a session
 //! that ends while a reason is being typed. Data is seeded through the JSON API; the browser only
 //! uses the console. With `DOCKET_SCREENSHOTS=1` the main pages are saved to `docs/screenshots/`.
 //!
@@ -57,7 +57,7 @@ fn id(value: &Value) -> String {
     value["id"].as_str().expect("id").to_owned()
 }
 
-/// A status as people read it: "awaiting_second_review" and "Awaiting second review" alike.
+/// A status as people read it: "pending_dual_control" and "Pending dual control" alike.
 fn normalised(text: &str) -> String {
     text.to_lowercase().replace(['_', '-'], " ")
 }
@@ -132,7 +132,7 @@ async fn dual_control_takes_two_reviewers_in_two_browsers() {
         );
         assert!(normalised(&rita.text("#case-status").await).contains("in review"));
         assert!(
-            rita.text("#dual-control").await.contains("of 2"),
+            rita.text("#dual-control").await.contains("No proposal yet"),
             "dual control is shown"
         );
         rita.wait_until(
@@ -163,51 +163,83 @@ async fn dual_control_takes_two_reviewers_in_two_browsers() {
         );
         let flash = rita.flash().await.unwrap_or_default();
         assert!(
-            flash.contains("1 of 2"),
+            flash.starts_with("Proposed: approve"),
             "the outcome is confirmed: {flash}"
         );
         rita.goto(&format!("/console/cases/{large_id}")).await;
-        assert!(normalised(&rita.text("#case-status").await).contains("awaiting second review"));
-        assert!(
-            rita.text("#dual-control").await.contains("1 of 2"),
-            "{}",
-            rita.text("#dual-control").await
-        );
+        assert!(normalised(&rita.text("#case-status").await).contains("pending dual control"));
+        let summary = rita.text("#dual-control").await;
+        assert!(summary.contains("waiting for a checker"), "{summary}");
+        assert!(!rita.exists("#confirm").await, "the maker cannot check");
         assert_eq!(
             seed::case_now(&app, &tenant, &large_id).await["state"],
-            "awaiting_second_review"
+            "pending_dual_control"
         );
 
-        // A second, different reviewer, signed in elsewhere, takes it from the queue.
+        // A different reviewer, signed in elsewhere, takes it from the queue and sends it back.
         rob.sign_in("rob@acme.test", None).await;
         assert!(
             queue_ids(rob).await.contains(&large_id),
-            "waiting for a second reviewer"
+            "waiting for a checker"
         );
         rob.click_and_wait("#next-case").await;
         assert_eq!(rob.path().await, format!("/console/cases/{large_id}"));
-        assert!(rob.text("#dual-control").await.contains("1 of 2"));
-        rob.fill("#decision-reason", "Agree: verified with the branch.")
-            .await;
-        rob.click_and_wait("#approve").await;
+        assert!(
+            rob.text("#proposal")
+                .await
+                .contains("Signature and payee match")
+        );
+        rob.click_and_wait("#send-back").await;
+        assert_eq!(rob.path().await, format!("/console/cases/{large_id}"));
         let flash = rob.flash().await.unwrap_or_default();
-        assert!(flash.contains("2 of 2"), "{flash}");
+        assert!(flash.contains("notes"), "sending back needs notes: {flash}");
+        rob.fill(
+            "#check-notes",
+            "Please compare the signature with the card on file.",
+        )
+        .await;
+        rob.click_and_wait("#send-back").await;
+        assert_eq!(
+            rob.flash().await.as_deref(),
+            Some("Sent back: the case is in the queue again.")
+        );
+        assert_eq!(
+            seed::case_now(&app, &tenant, &large_id).await["state"],
+            "queued"
+        );
+
+        // Rita proposes again; Rob confirms from the case page.
+        rita.goto("/console/review").await;
+        rita.click_and_wait("#next-case").await;
+        assert_eq!(rita.path().await, format!("/console/cases/{large_id}"));
+        rita.fill("#decision-reason", "Signature matches the card on file.")
+            .await;
+        rita.click_and_wait("#approve").await;
+        rob.goto(&format!("/console/cases/{large_id}")).await;
+        rob.fill("#check-notes", "Agree: verified with the branch.")
+            .await;
+        rob.click_and_wait("#confirm").await;
+        assert_eq!(
+            rob.flash().await.as_deref(),
+            Some("Confirmed: case approved.")
+        );
         rob.goto(&format!("/console/cases/{large_id}")).await;
         assert!(normalised(&rob.text("#case-status").await).contains("approved"));
-        assert!(rob.text("#dual-control").await.contains("2 of 2"));
+        let summary = rob.text("#dual-control").await;
+        assert!(summary.contains("Confirmed by Rob Reviewer"), "{summary}");
         let decided = seed::case_now(&app, &tenant, &large_id).await;
         assert_eq!(decided["state"], "approved", "{decided}");
-        let deciders: std::collections::HashSet<&str> = decided["history"]
+        let people: std::collections::HashSet<&str> = decided["history"]
             .as_array()
             .unwrap()
             .iter()
-            .filter(|h| h["action"] == "decided")
+            .filter(|h| h["action"] == "proposed" || h["action"] == "confirmed")
             .filter_map(|h| h["actor"].as_str())
             .collect();
-        assert_eq!(deciders.len(), 2, "two different people decided: {decided}");
+        assert_eq!(people.len(), 2, "maker and checker differ: {decided}");
         let history = rob.text("#history").await;
         assert!(
-            history.contains("Signature and payee match") && history.contains("Agree: verified"),
+            history.contains("Signature matches the card") && history.contains("Agree: verified"),
             "{history}"
         );
 
@@ -216,6 +248,55 @@ async fn dual_control_takes_two_reviewers_in_two_browsers() {
         let waiting = queue_ids(rita).await;
         assert!(!waiting.contains(&large_id), "{waiting:?}");
         assert!(waiting.contains(&id(&small)));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_return_with_a_reason_code_and_a_hold_until_a_time() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    if browser::chromedriver().is_none() {
+        return;
+    }
+    let Some(app) = spawn().await else { return };
+    let tenant = seed::tenant(&app, "acme").await;
+    seed::reason_codes(&app, &tenant).await;
+    seed::user(&app, &tenant, "rita@acme.test", "Rita Reviewer", "reviewer").await;
+    let returned = id(&seed::case(&app, &tenant, "CHQ-4001", "310.00", "Ida Moss").await);
+    let held = id(&seed::case(&app, &tenant, "CHQ-4002", "95.00", "Jon Reed").await);
+
+    with_browsers(&app, 1, async |browsers: &[Browser]| {
+        let rita = &browsers[0];
+        rita.sign_in("rita@acme.test", None).await;
+        rita.goto(&format!("/console/cases/{returned}")).await;
+        rita.click("#code-NSF").await;
+        rita.click_and_wait("#return").await;
+        assert_eq!(rita.flash().await.as_deref(), Some("Case returned."));
+        let case = seed::case_now(&app, &tenant, &returned).await;
+        assert_eq!(case["state"], "returned", "{case}");
+        assert_eq!(case["reason_codes"], json!(["NSF"]));
+
+        rita.goto(&format!("/console/cases/{held}")).await;
+        rita.click("#code-CLEARING").await;
+        let until = (chrono::Utc::now() + chrono::Duration::days(3))
+            .format("%Y-%m-%dT%H:%M")
+            .to_string();
+        // Typing into a datetime-local field depends on the browser's locale; setting it does not.
+        rita.js(
+            "document.querySelector('#hold-until').value = arguments[0]; return true;",
+            vec![json!(until)],
+        )
+        .await;
+        rita.click_and_wait("#hold").await;
+        let flash = rita.flash().await.unwrap_or_default();
+        assert!(flash.starts_with("Case on hold until"), "{flash}");
+        let case = seed::case_now(&app, &tenant, &held).await;
+        assert_eq!(case["state"], "on_hold", "{case}");
+        let stored: chrono::DateTime<chrono::Utc> =
+            case["hold_until"].as_str().unwrap().parse().unwrap();
+        assert_eq!(stored.format("%Y-%m-%dT%H:%M").to_string(), until);
+        rita.goto(&format!("/console/cases/{held}")).await;
+        assert!(rita.text("#parked").await.contains("On hold until"));
     })
     .await;
 }
@@ -472,6 +553,18 @@ async fn supervisors_and_admins_see_their_pages() {
         )
         .await;
         ada.screenshot("policy").await;
+
+        ada.goto("/console/reason-codes").await;
+        ada.fill("#code-code", "NSF").await;
+        ada.fill("#code-label", "Insufficient funds").await;
+        ada.click("#new-code-return").await;
+        ada.click_and_wait("#create-reason-code").await;
+        assert_eq!(ada.flash().await.as_deref(), Some("Reason code NSF added."));
+        assert!(
+            ada.text("#reason-codes")
+                .await
+                .contains("Insufficient funds")
+        );
 
         ada.goto("/console/audit").await;
         assert!(

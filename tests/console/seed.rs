@@ -178,6 +178,57 @@ pub async fn set_sla_due(app: &TestApp, case_id: &str, due: chrono::DateTime<chr
     .expect("update the SLA deadline");
 }
 
+/// The reason codes the console tests give: `NSF` (return, reject), `SIG` (reject, return; notes
+/// required), `CLEARING` (hold) and `ID` (needs more information).
+pub async fn reason_codes(app: &TestApp, tenant: &Tenant) {
+    for code in [
+        json!({ "code": "NSF", "label": "Insufficient funds", "actions": ["return", "reject"] }),
+        json!({ "code": "SIG", "label": "Signature differs", "actions": ["reject", "return"], "requires_notes": true }),
+        json!({ "code": "CLEARING", "label": "Funds clearing", "actions": ["hold"] }),
+        json!({ "code": "ID", "label": "Identity document needed", "actions": ["needs_more_info"] }),
+    ] {
+        let (status, body) = app
+            .call(
+                Method::POST,
+                "/api/v1/reason-codes",
+                &tenant.admin.access_token,
+                Some(code),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+}
+
+/// Sets a case's risk level and flags straight in the database, as a policy that assigns them
+/// would have.
+pub async fn set_risk(app: &TestApp, case_id: &str, level: &str, flags: &[&str]) {
+    let flags = json!(flags).to_string();
+    docket::with_pool!(&app.state.store, pool => {
+        sqlx::query("UPDATE cases SET risk_level = $1, flags = $2 WHERE id = $3")
+            .bind(level)
+            .bind(&flags)
+            .bind(case_id)
+            .execute(pool)
+            .await
+            .map(|_| ())
+    })
+    .expect("update the risk level");
+}
+
+/// The tenant's reason codes, inactive ones included, by code.
+pub async fn reason_codes_now(app: &TestApp, tenant: &Tenant) -> Vec<Value> {
+    let (status, codes) = app
+        .call(
+            Method::GET,
+            "/api/v1/reason-codes?include_inactive=true",
+            &tenant.admin.access_token,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{codes}");
+    codes.as_array().expect("a list").clone()
+}
+
 /// Ends the API session an access token belongs to, as signing out elsewhere would.
 pub async fn revoke_session(app: &TestApp, access_token: &str) {
     let (status, body) = app

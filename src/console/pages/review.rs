@@ -1,15 +1,17 @@
 //! The reviewer's pages: the review desk (next case, the cases they hold, the waiting queue) and
-//! the case page (amount, subject, routing, AI assessment, attachments, history, dual control and
-//! the decision form). Also the small pieces the supervision pages share: the case as the API
-//! shows it, SLA classes, amounts and people's names.
+//! the case page (amount, risk, subject, routing, AI assessment, attachments, history, who viewed
+//! it, maker-checker dual control and the decision form with the tenant's reason codes). Also the
+//! small pieces the supervision pages share: the case as the API shows it, SLA classes, risk and
+//! flag badges, amounts and people's names.
 
 use std::collections::HashMap;
 
 use axum::Router;
-use axum::extract::{Form, Path};
+use axum::extract::Path;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use axum_extra::extract::Form;
 use chrono::{DateTime, Duration, Utc};
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -29,6 +31,8 @@ pub fn routes() -> Router<AppState> {
         .route("/console/cases/{id}", get(case_page))
         .route("/console/cases/{id}/claim", post(claim))
         .route("/console/cases/{id}/decision", post(decide))
+        .route("/console/cases/{id}/check", post(check))
+        .route("/console/cases/{id}/information", post(add_information))
         .route("/console/cases/{id}/release", post(release))
         .route(
             "/console/cases/{id}/attachments/{attachment_id}",
@@ -61,10 +65,15 @@ pub(super) struct Case {
     #[serde(default)]
     pub policy_trace: Value,
     pub submitted_by: String,
-    pub first_decision: Option<FirstDecision>,
+    pub risk_level: String,
+    pub flags: Vec<String>,
+    pub require_reason: bool,
+    pub proposal: Option<Proposal>,
+    pub hold_until: Option<DateTime<Utc>>,
     pub assignee_id: Option<String>,
     pub lease_expires_at: Option<DateTime<Utc>>,
     pub decision: Option<String>,
+    pub reason_codes: Vec<String>,
     pub decided_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }
@@ -76,6 +85,11 @@ impl Case {
 
     pub fn is_open(&self) -> bool {
         OPEN_STATES.contains(&self.state.as_str())
+    }
+
+    /// Waiting outside the queue: for a time (`on_hold`) or for information (`needs_more_info`).
+    pub fn is_parked(&self) -> bool {
+        matches!(self.state.as_str(), "on_hold" | "needs_more_info")
     }
 
     pub fn sla(&self, now: DateTime<Utc>) -> Sla {
@@ -90,12 +104,66 @@ impl Case {
     pub fn required(&self) -> Role {
         Role::parse(&self.required_role).unwrap_or(Role::Reviewer)
     }
+
+    /// Whether `user_id` made the proposal this case waits on (and so may not check it).
+    pub fn proposed_by(&self, user_id: &str) -> bool {
+        self.proposal
+            .as_ref()
+            .is_some_and(|p| p.proposed_by == format!("user:{user_id}"))
+    }
 }
 
+/// The maker's proposal under dual control, while the case is `pending_dual_control`.
 #[derive(Debug, Clone, Deserialize)]
-pub(super) struct FirstDecision {
-    pub decision: String,
-    pub by: String,
+pub(super) struct Proposal {
+    pub action: String,
+    /// `user:<id>`.
+    pub proposed_by: String,
+    pub proposed_at: DateTime<Utc>,
+    #[serde(default)]
+    pub reason_codes: Vec<String>,
+    pub reason: Option<String>,
+    pub notes: Option<String>,
+}
+
+/// A reason code of the tenant (`GET /reason-codes`).
+#[derive(Debug, Clone, Deserialize)]
+pub(super) struct ReasonCode {
+    pub code: String,
+    pub label: String,
+    pub actions: Vec<String>,
+    pub requires_notes: bool,
+    pub active: bool,
+}
+
+/// One view of a case (`GET /cases/{id}/views`).
+#[derive(Debug, Deserialize)]
+struct CaseView {
+    actor: String,
+    attachment_id: Option<String>,
+    viewed_at: DateTime<Utc>,
+}
+
+/// The actions a reviewer may take on a case they hold, as the API names them, with the words
+/// the console uses for them.
+pub(super) const ACTIONS: [(&str, &str); 6] = [
+    ("approve", "Approve"),
+    ("reject", "Reject"),
+    ("return", "Return"),
+    ("hold", "Hold"),
+    ("escalate", "Escalate"),
+    ("needs_more_info", "Needs more info"),
+];
+
+/// An action's name as people read it ("needs more info" rather than `needs_more_info`).
+pub(super) fn action_label(action: &str) -> String {
+    ACTIONS
+        .iter()
+        .find(|(name, _)| *name == action)
+        .map_or_else(
+            || action.replace('_', " "),
+            |(_, label)| label.to_lowercase(),
+        )
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,6 +188,8 @@ pub(super) struct HistoryEntry {
     pub to_state: String,
     pub actor: String,
     pub decision: Option<String>,
+    #[serde(default)]
+    pub reason_codes: Vec<String>,
     pub reason: Option<String>,
     pub notes: Option<String>,
     #[serde(default)]
@@ -151,7 +221,7 @@ pub(super) struct Page<T> {
 
 /// States in which a case waits for, or is with, a person.
 pub(super) const OPEN_STATES: [&str; 4] =
-    ["queued", "in_review", "awaiting_second_review", "escalated"];
+    ["queued", "in_review", "pending_dual_control", "escalated"];
 
 /// How many cases of one state a page asks the API for.
 pub(super) const LIST_LIMIT: u32 = 200;
@@ -213,6 +283,14 @@ pub(super) fn sla_cell(case: &Case, now: DateTime<Utc>) -> Markup {
         (layout::time(&case.sla_due_at))
         " "
         span class=[class] { "(" (sla.label()) ")" }
+    }
+}
+
+/// The case's risk level (from the policy) and the policy's flags, as badges.
+pub(super) fn risk_badges(case: &Case) -> Markup {
+    html! {
+        span class={ "badge risk risk-" (case.risk_level) } { (case.risk_level) " risk" }
+        @for flag in &case.flags { " " span.badge.flag { (flag) } }
     }
 }
 
@@ -414,7 +492,7 @@ pub(super) async fn cases_in(
 
 /// The states a user's waiting queue shows: escalated cases only to those who may decide them.
 fn waiting_states(console: &Console) -> Vec<&'static str> {
-    let mut states = vec!["queued", "awaiting_second_review"];
+    let mut states = vec!["queued", "pending_dual_control"];
     if console.user.at_least(Role::Supervisor) {
         states.push("escalated");
     }
@@ -427,12 +505,8 @@ fn cannot_take(case: &Case, user_id: &str, role: Role) -> Option<String> {
         Some(format!("Needs a {}", case.required_role))
     } else if case.submitted_by == format!("user:{user_id}") {
         Some("You submitted it".to_owned())
-    } else if case
-        .first_decision
-        .as_ref()
-        .is_some_and(|f| f.by == user_id)
-    {
-        Some("You made the first decision".to_owned())
+    } else if case.proposed_by(user_id) {
+        Some("You proposed this decision".to_owned())
     } else {
         None
     }
@@ -486,7 +560,8 @@ async fn desk(console: Console) -> Response {
             }
         }
         p.shortcuts { "Press " (kbd("n")) " for the next case; on a case, " (kbd("a")) " approves, "
-            (kbd("r")) " rejects, " (kbd("e")) " escalates and " (kbd("t")) " types the reason." }
+            (kbd("r")) " rejects, " (kbd("u")) " returns, " (kbd("e")) " escalates and " (kbd("t"))
+            " types the reason." }
         h2 { "Cases you hold" }
         @if mine.is_empty() {
             p.muted { "You hold no cases. Take the next one from the queue." }
@@ -494,7 +569,8 @@ async fn desk(console: Console) -> Response {
             table #my-cases {
                 thead { tr {
                     th scope="col" { "Case" } th scope="col" { "State" } th scope="col" { "Priority" }
-                    th scope="col" { "Amount" } th scope="col" { "SLA due" } th scope="col" { "Yours until" }
+                    th scope="col" { "Risk" } th scope="col" { "Amount" } th scope="col" { "SLA due" }
+                    th scope="col" { "Yours until" }
                 } }
                 tbody {
                     @for case in &mine {
@@ -502,6 +578,7 @@ async fn desk(console: Console) -> Response {
                             td { a href=(case.href()) { (case.reference) } " " span.muted { (case.case_type) } }
                             td { (badge(&case.state)) }
                             td { (badge(&case.priority)) }
+                            td { (risk_badges(case)) }
                             td { (case.amount_text()) }
                             td { (sla_cell(case, now)) }
                             td { (layout::optional_time(case.lease_expires_at.as_ref())) }
@@ -540,8 +617,9 @@ async fn queue_fragment(console: Console) -> Response {
 /// The header cells every case table starts with (the desk's queue, the supervision overview).
 pub(super) fn case_columns() -> Markup {
     html! {
-        th scope="col" { "Case" } th scope="col" { "Priority" } th scope="col" { "State" }
-        th scope="col" { "Amount" } th scope="col" { "Queue" } th scope="col" { "SLA due" }
+        th scope="col" { "Case" } th scope="col" { "Priority" } th scope="col" { "Risk" }
+        th scope="col" { "State" } th scope="col" { "Amount" } th scope="col" { "Queue" }
+        th scope="col" { "SLA due" }
     }
 }
 
@@ -550,6 +628,7 @@ pub(super) fn case_cells(case: &Case, now: DateTime<Utc>) -> Markup {
     html! {
         td { a href=(case.href()) { (case.reference) } " " span.muted { (case.case_type) } }
         td { (badge(&case.priority)) }
+        td { (risk_badges(case)) }
         td { (badge(&case.state)) }
         td { (case.amount_text()) }
         td { (case.queue) }
@@ -575,6 +654,8 @@ fn queue_table(console: &Console, waiting: &[Case], more: bool, now: DateTime<Ut
                         td {
                             @if let Some(why) = cannot_take(case, &console.user.id, console.user.role) {
                                 span.muted { (why) }
+                            } @else if case.state == "pending_dual_control" {
+                                "Waiting for a checker"
                             } @else if case.dual_control {
                                 "Dual control"
                             }
@@ -582,7 +663,7 @@ fn queue_table(console: &Console, waiting: &[Case], more: bool, now: DateTime<Ut
                     }
                 }
                 @if waiting.is_empty() {
-                    tr { td colspan="7" { span.muted { "No cases waiting." } } }
+                    tr { td colspan="8" { span.muted { "No cases waiting." } } }
                 }
             }
         }
@@ -629,10 +710,25 @@ async fn case_page(console: Console, Path(id): Path<String>) -> Response {
         (format!("/cases/{id}"), format!("/cases/{id}/attachments"));
     let detail = console.api.get::<CaseDetail>(&case_path);
     let attachments = console.api.get::<Attachments>(&attachments_path);
-    let (detail, attachments, people) = tokio::join!(detail, attachments, People::load(&console));
-    let (CaseDetail { case, history }, attachments) = match (detail, attachments) {
-        (Ok(detail), Ok(attachments)) => (detail, attachments.items),
-        (Err(failure), _) | (_, Err(failure)) => return console.fail(&failure),
+    let codes = console.api.get::<Vec<ReasonCode>>("/reason-codes");
+    let (detail, attachments, codes, people) =
+        tokio::join!(detail, attachments, codes, People::load(&console));
+    let (CaseDetail { case, history }, attachments, codes) = match (detail, attachments, codes) {
+        (Ok(detail), Ok(attachments), Ok(codes)) => (detail, attachments.items, codes),
+        (Err(failure), _, _) | (_, Err(failure), _) | (_, _, Err(failure)) => {
+            return console.fail(&failure);
+        }
+    };
+    // Asked after reading the case, which recorded this view, so the list includes it. Views are
+    // for supervisors and admins (the API's `ReadAudit`); others get no section.
+    let views = if console.user.at_least(Role::Supervisor) {
+        let path = format!("/cases/{id}/views?limit={VIEWS_SHOWN}");
+        match console.api.get::<Vec<CaseView>>(&path).await {
+            Ok(views) => Some(views),
+            Err(failure) => return console.fail(&failure),
+        }
+    } else {
+        None
     };
     let now = crate::clock::now();
     let title = format!("Case {}", case.reference);
@@ -640,8 +736,11 @@ async fn case_page(console: Console, Path(id): Path<String>) -> Response {
         h1 { "Case " (case.reference) " " span.muted { (case.case_type) } }
         p {
             "Status: " strong #case-status { (case.state) } " "
-            (badge(&case.priority))
+            (badge(&case.priority)) " " (risk_badges(&case))
             @if let Some(decision) = &case.decision { " · decision: " (decision) }
+            @if !case.reason_codes.is_empty() {
+                " · reason codes: " span #case-reason-codes { (codes_text(&case.reason_codes, &codes)) }
+            }
         }
         div.grid {
             section.panel aria-labelledby="amount-heading" {
@@ -660,7 +759,7 @@ async fn case_page(console: Console, Path(id): Path<String>) -> Response {
                 }
             }
         }
-        (actions(&console, &case, &people, now))
+        (actions(&console, &case, &codes, &people, now))
         div.grid {
             section.panel aria-labelledby="subject-heading" {
                 h2 #subject-heading { "Subject" }
@@ -681,17 +780,33 @@ async fn case_page(console: Console, Path(id): Path<String>) -> Response {
         }
         section aria-labelledby="history-heading" {
             h2 #history-heading { "History" }
-            (history_table(&history, &people))
+            (history_table(&history, &codes, &people))
+        }
+        @if let Some(views) = &views {
+            section aria-labelledby="views-heading" {
+                h2 #views-heading { "Viewed by" }
+                (views_table(views, &attachments, &people))
+            }
         }
     };
     layout::page(&console, &title, "/console/review", content)
 }
+
+/// How many of a case's most recent views its page lists.
+const VIEWS_SHOWN: u32 = 50;
 
 fn holder_line(case: &Case, people: &People, now: DateTime<Utc>) -> Markup {
     html! {
         @match (&case.assignee_id, case.lease_expires_at) {
             (Some(holder), Some(until)) if until > now => {
                 p { "Held by " strong { (people.user(holder)) } " until " (layout::time(&until)) "." }
+            }
+            _ if case.state == "on_hold" => {
+                p #parked { "On hold until " (layout::optional_time(case.hold_until.as_ref()))
+                    "; it comes back to the queue then." }
+            }
+            _ if case.state == "needs_more_info" => {
+                p #parked { "Waiting for information from the submitter; it comes back to the queue when they add it." }
             }
             _ if case.is_open() => { p.muted { "Nobody holds this case." } }
             _ => {
@@ -705,9 +820,15 @@ fn routing(case: &Case, now: DateTime<Utc>) -> Markup {
     html! {
         dl.facts {
             dt { "Priority" } dd { (badge(&case.priority)) }
+            dt { "Risk" } dd { (risk_badges(case)) }
             dt { "Queue" } dd { (case.queue) }
             dt { "Decided by" } dd { "a " (case.required_role) " or above" }
-            dt { "Dual control" } dd { @if case.dual_control { "yes: two different people must agree" } @else { "no" } }
+            dt { "Dual control" } dd {
+                @if case.dual_control { "yes: one person proposes, a different person confirms" } @else { "no" }
+            }
+            @if case.require_reason {
+                dt { "Reason codes" } dd { "required: every decision needs at least one" }
+            }
             dt { "SLA" } dd { (case.sla_hours) " h, due " (sla_cell(case, now)) }
             @if let Some(at) = &case.sla_breached_at {
                 dt { "Breached" } dd { (layout::time(at)) }
@@ -717,77 +838,93 @@ fn routing(case: &Case, now: DateTime<Utc>) -> Markup {
     }
 }
 
-/// Where dual control stands: the tally of agreeing decisions and the people who decided.
+/// Reason codes with their labels where the tenant's active codes know them: `NSF (Insufficient
+/// funds), SIG`.
+fn codes_text(given: &[String], codes: &[ReasonCode]) -> String {
+    given
+        .iter()
+        .map(|code| match codes.iter().find(|c| c.code == *code) {
+            Some(known) => format!("{code} ({})", known.label),
+            None => code.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Where maker-checker stands: a one-line summary and each step so far, oldest first.
 #[derive(Debug, PartialEq, Eq)]
 struct DualControl {
     summary: String,
-    /// (decision, actor) of each reviewer's decision so far, oldest first.
-    decisions: Vec<(String, String)>,
+    steps: Vec<String>,
 }
 
-fn decision_noun(decision: &str) -> &'static str {
-    if decision == "reject" {
-        "rejections"
-    } else {
-        "approvals"
-    }
-}
-
-fn dual_control(case: &Case, history: &[HistoryEntry]) -> DualControl {
-    let decided: Vec<&HistoryEntry> = history
+fn dual_control(case: &Case, history: &[HistoryEntry], people: &People) -> DualControl {
+    let steps = history
         .iter()
-        .filter(|h| h.decision.is_some() && matches!(h.action.as_str(), "decided" | "escalated"))
+        .filter_map(|entry| {
+            let who = people.actor(&entry.actor);
+            match (entry.action.as_str(), &entry.notes) {
+                ("proposed", _) => Some(format!(
+                    "{who} proposed: {}",
+                    action_label(entry.decision.as_deref().unwrap_or("decide"))
+                )),
+                ("confirmed", _) => Some(format!("{who} confirmed")),
+                ("sent_back", Some(notes)) => Some(format!("{who} sent it back: {notes}")),
+                ("sent_back", None) => Some(format!("{who} sent it back")),
+                _ => None,
+            }
+        })
         .collect();
-    let first = case.first_decision.as_ref();
-    let summary = match case.state.as_str() {
-        "awaiting_second_review" => {
-            let decision = first.map_or("approve", |f| f.decision.as_str());
-            format!(
-                "1 of 2 {}: a different reviewer must agree",
-                decision_noun(decision)
-            )
-        }
-        "escalated" => "Escalated: a supervisor decides".to_owned(),
-        "approved" | "rejected" => {
-            let after_escalation = decided
-                .last()
-                .is_some_and(|h| h.from_state.as_deref() == Some("escalated"));
-            if after_escalation {
-                "Decided by a supervisor after escalation".to_owned()
-            } else {
-                let decision = case.decision.as_deref().unwrap_or("approve");
-                format!("2 of 2 {}", decision_noun(decision))
+    let confirmed = history.iter().rev().find(|h| h.action == "confirmed");
+    let summary = match (&case.proposal, confirmed) {
+        (Some(proposal), _) if case.state == "pending_dual_control" => format!(
+            "Proposed: {} by {} — waiting for a checker",
+            action_label(&proposal.action),
+            people.actor(&proposal.proposed_by)
+        ),
+        (_, Some(entry)) if case.decision.is_some() => {
+            let proposal = entry.details.get("proposal");
+            let field = |name: &str| proposal.and_then(|p| p.get(name)).and_then(Value::as_str);
+            match (field("action"), field("proposed_by")) {
+                (Some(action), Some(maker)) => format!(
+                    "Confirmed by {}: {} proposed by {}",
+                    people.actor(&entry.actor),
+                    action_label(action),
+                    people.actor(maker)
+                ),
+                _ => format!("Confirmed by {}", people.actor(&entry.actor)),
             }
         }
-        "queued" | "in_review" => "0 of 2 approvals".to_owned(),
-        _ => "No reviewer decided this case".to_owned(),
+        _ if case.state == "escalated" => {
+            "Escalated: a supervisor proposes, a different supervisor confirms".to_owned()
+        }
+        _ if case.is_open() || case.is_parked() => {
+            "No proposal yet: one person proposes, a different person confirms".to_owned()
+        }
+        _ => "No decision was confirmed".to_owned(),
     };
-    DualControl {
-        summary,
-        decisions: decided
-            .iter()
-            .filter_map(|h| Some((h.decision.clone()?, h.actor.clone())))
-            .collect(),
-    }
+    DualControl { summary, steps }
 }
 
 fn dual_control_panel(case: &Case, history: &[HistoryEntry], people: &People) -> Markup {
-    let tally = dual_control(case, history);
+    let tally = dual_control(case, history, people);
     html! {
         div #dual-control {
             p { strong { (tally.summary) } }
-            @if !tally.decisions.is_empty() {
-                ul {
-                    @for (decision, actor) in &tally.decisions {
-                        li { (people.actor(actor)) ": " (decision) }
-                    }
-                }
+            @if !tally.steps.is_empty() {
+                ol { @for step in &tally.steps { li { (step) } } }
             }
         }
     }
 }
 
-fn actions(console: &Console, case: &Case, people: &People, now: DateTime<Utc>) -> Markup {
+fn actions(
+    console: &Console,
+    case: &Case,
+    codes: &[ReasonCode],
+    people: &People,
+    now: DateTime<Utc>,
+) -> Markup {
     let holder = case
         .lease_expires_at
         .filter(|until| *until > now)
@@ -795,44 +932,34 @@ fn actions(console: &Console, case: &Case, people: &People, now: DateTime<Utc>) 
     let mine = holder == Some(console.user.id.as_str());
     let held_by_other = holder.is_some() && !mine;
     let reviews = console.user.at_least(Role::Reviewer);
+    let refusal = cannot_take(case, &console.user.id, console.user.role);
     let back = case.href();
     html! {
         section.panel aria-labelledby="decide-heading" {
             h2 #decide-heading { "Decision" }
-            @if !case.is_open() {
+            @if case.state == "on_hold" {
+                p.muted { "This case is on hold until " (layout::optional_time(case.hold_until.as_ref()))
+                    "; there is nothing to decide until then." }
+            } @else if case.state == "needs_more_info" {
+                p.muted { "This case waits for information from the submitter; there is nothing to decide until they add it." }
+                @if console.user.at_least(Role::Supervisor) { (information_form(&console.csrf, &back)) }
+            } @else if !case.is_open() {
                 p.muted { "This case is " (case.state) "; there is nothing left to decide." }
             } @else if !reviews {
                 p.muted { "Your role may read cases but not decide them." }
             } @else if held_by_other {
                 p { "Another reviewer holds this case; it is theirs to decide until their lease ends." }
+            } @else if case.state == "pending_dual_control" {
+                @if let Some(proposal) = &case.proposal { (proposal_facts(proposal, codes, people)) }
+                @match &refusal {
+                    Some(why) => p #check-refused { (why) ". Someone else must confirm this proposal or send it back." },
+                    None => (check_form(&console.csrf, case, mine)),
+                }
             } @else {
-                @if let Some(why) = cannot_take(case, &console.user.id, console.user.role) {
+                @if let Some(why) = &refusal {
                     p.field-error { (why) ": the API will refuse your decision." }
                 }
-                form.stack method="post" action=(format!("{back}/decision")) {
-                    (csrf_input(&console.csrf))
-                    div {
-                        label for="decision-reason" {
-                            "Reason"
-                            span.hint { "Required to reject or escalate; recorded in the history and the audit log." }
-                        }
-                        textarea #decision-reason name="reason" maxlength="2000" data-shortcut="t" {}
-                    }
-                    div {
-                        label for="decision-notes" { "Notes" span.hint { "Optional." } }
-                        textarea #decision-notes name="notes" maxlength="10000" {}
-                    }
-                    @if !mine {
-                        p.muted { "Deciding claims the case for you first." }
-                    }
-                    div.actions {
-                        button #approve .approve type="submit" name="decision" value="approve" data-shortcut="a" { "Approve" }
-                        button #reject .danger type="submit" name="decision" value="reject" data-shortcut="r" { "Reject" }
-                        @if case.state != "escalated" {
-                            button #escalate .secondary type="submit" name="decision" value="escalate" data-shortcut="e" { "Escalate" }
-                        }
-                    }
-                }
+                (decision_form(&console.csrf, case, codes, mine))
             }
             @if reviews { div.actions {
                 @if case.is_open() && mine {
@@ -840,7 +967,7 @@ fn actions(console: &Console, case: &Case, people: &People, now: DateTime<Utc>) 
                         (csrf_input(&console.csrf))
                         button #release .secondary type="submit" { "Release to the queue" }
                     }
-                } @else if case.is_open() && holder.is_none() {
+                } @else if case.is_open() && holder.is_none() && refusal.is_none() {
                     form.inline method="post" action=(format!("{back}/claim")) {
                         (csrf_input(&console.csrf))
                         button #claim .secondary type="submit" { "Claim" }
@@ -855,9 +982,141 @@ fn actions(console: &Console, case: &Case, people: &People, now: DateTime<Utc>) 
                 (super::supervise::reassign_form(&console.csrf, case, people, &back))
             }
             p.shortcuts {
-                "Keys: " (kbd("a")) " approve · " (kbd("r")) " reject · " (kbd("e")) " escalate · "
-                (kbd("t")) " reason · " (kbd("n")) " next case"
+                "Keys: " (kbd("a")) " approve · " (kbd("r")) " reject · " (kbd("u")) " return · "
+                (kbd("e")) " escalate · " (kbd("t")) " reason · " (kbd("n")) " next case"
             }
+        }
+    }
+}
+
+/// The form for a case open for a decision: the tenant's reason codes, reason, notes, the hold
+/// time, and one button per action.
+fn decision_form(csrf: &str, case: &Case, codes: &[ReasonCode], mine: bool) -> Markup {
+    html! {
+        form #decision .stack method="post" action=(format!("{}/decision", case.href())) {
+            (csrf_input(csrf))
+            @if !codes.is_empty() {
+                fieldset.reason-codes {
+                    legend { "Reason codes" }
+                    @if case.require_reason {
+                        p.muted { "This case's policy requires at least one." }
+                    }
+                    @for code in codes {
+                        @let field = format!("code-{}", code.code);
+                        label for=(field) {
+                            input id=(field) type="checkbox" name="reason_codes" value=(code.code);
+                            " " strong { (code.code) } " " (code.label)
+                            span.hint {
+                                "for " (code.actions.iter().map(|a| action_label(a)).collect::<Vec<_>>().join(", "))
+                                @if code.requires_notes { " · " span.needs-notes { "notes required" } }
+                            }
+                        }
+                    }
+                }
+            } @else if case.require_reason {
+                p.field-error { "This case's policy requires a reason code, and the tenant has none: ask an admin to add them." }
+            }
+            div {
+                label for="decision-reason" {
+                    "Reason"
+                    span.hint { "Every action but approve needs a reason or a reason code; recorded in the history and the audit log." }
+                }
+                textarea #decision-reason name="reason" maxlength="2000" data-shortcut="t" {}
+            }
+            div {
+                label for="decision-notes" { "Notes" span.hint { "Optional, unless a reason code requires them." } }
+                textarea #decision-notes name="notes" maxlength="10000" {}
+            }
+            div {
+                label for="hold-until" {
+                    "Hold until (UTC)"
+                    span.hint { "For Hold only: the case comes back to the queue then, at most 90 days ahead." }
+                }
+                input #hold-until type="datetime-local" name="hold_until";
+            }
+            @if !mine {
+                p.muted { "Deciding claims the case for you first." }
+            }
+            @if case.dual_control {
+                p.muted { "Dual control: approve, reject and return become a proposal that a different person confirms." }
+            }
+            div.actions {
+                button #approve .approve type="submit" name="decision" value="approve" data-shortcut="a" { "Approve" }
+                button #reject .danger type="submit" name="decision" value="reject" data-shortcut="r" { "Reject" }
+                button #return .danger type="submit" name="decision" value="return" data-shortcut="u" { "Return" }
+                button #hold .secondary type="submit" name="decision" value="hold" { "Hold" }
+                @if case.state != "escalated" {
+                    button #escalate .secondary type="submit" name="decision" value="escalate" data-shortcut="e" { "Escalate" }
+                }
+                button #needs-more-info .secondary type="submit" name="decision" value="needs_more_info" { "Needs more info" }
+            }
+        }
+    }
+}
+
+/// What the maker proposed, for the checker to weigh.
+fn proposal_facts(proposal: &Proposal, codes: &[ReasonCode], people: &People) -> Markup {
+    html! {
+        div #proposal {
+            p {
+                "Proposed: " strong { (action_label(&proposal.action)) } " by "
+                (people.actor(&proposal.proposed_by)) ", " (layout::time(&proposal.proposed_at)) "."
+            }
+            dl.facts {
+                dt { "Reason codes" }
+                dd {
+                    @if proposal.reason_codes.is_empty() { span.muted { "none" } }
+                    @else { (codes_text(&proposal.reason_codes, codes)) }
+                }
+                dt { "Reason" }
+                dd { @match &proposal.reason { Some(reason) => (reason), None => span.muted { "none" } } }
+                dt { "Notes" }
+                dd { @match &proposal.notes { Some(notes) => (notes), None => span.muted { "none" } } }
+            }
+        }
+    }
+}
+
+/// The checker's half of maker-checker: confirm the proposal, or send it back with notes.
+fn check_form(csrf: &str, case: &Case, mine: bool) -> Markup {
+    let action = case
+        .proposal
+        .as_ref()
+        .map_or_else(String::new, |p| action_label(&p.action));
+    html! {
+        form #check .stack method="post" action=(format!("{}/check", case.href())) {
+            (csrf_input(csrf))
+            div {
+                label for="check-notes" {
+                    "Notes"
+                    span.hint { "Required to send the proposal back, so the next reviewer knows why; recorded in the history." }
+                }
+                textarea #check-notes name="notes" maxlength="10000" data-shortcut="t" {}
+            }
+            @if !mine {
+                p.muted { "Confirming or sending back claims the case for you first." }
+            }
+            div.actions {
+                button #confirm .approve type="submit" name="verdict" value="approve" { "Confirm: " (action) }
+                button #send-back .danger type="submit" name="verdict" value="reject" { "Send back" }
+            }
+        }
+    }
+}
+
+/// A supervisor answers a request for information on the submitter's behalf (e.g. after a call).
+fn information_form(csrf: &str, back: &str) -> Markup {
+    html! {
+        form #information .stack method="post" action=(format!("{back}/information")) {
+            (csrf_input(csrf))
+            div {
+                label for="information-notes" {
+                    "Information"
+                    span.hint { "What the submitter provided; the case goes back to review with it." }
+                }
+                textarea #information-notes name="notes" required maxlength="10000" {}
+            }
+            div { button #add-information type="submit" { "Add information" } }
         }
     }
 }
@@ -985,12 +1244,12 @@ fn attachment_list(case: &Case, attachments: &[Attachment], people: &People) -> 
     }
 }
 
-fn history_table(history: &[HistoryEntry], people: &People) -> Markup {
+fn history_table(history: &[HistoryEntry], codes: &[ReasonCode], people: &People) -> Markup {
     html! {
         table #history {
             thead { tr {
                 th scope="col" { "When" } th scope="col" { "What" } th scope="col" { "State" }
-                th scope="col" { "Who" } th scope="col" { "Decision" } th scope="col" { "Reason and notes" }
+                th scope="col" { "Who" } th scope="col" { "Decision" } th scope="col" { "Reason codes, reason and notes" }
             } }
             tbody {
                 @for entry in history {
@@ -1004,6 +1263,9 @@ fn history_table(history: &[HistoryEntry], people: &People) -> Markup {
                         td { (people.actor(&entry.actor)) }
                         td { @if let Some(decision) = &entry.decision { (decision) } }
                         td {
+                            @if !entry.reason_codes.is_empty() {
+                                span.codes { (codes_text(&entry.reason_codes, codes)) } br;
+                            }
                             @if let Some(reason) = &entry.reason { (reason) }
                             @if let Some(notes) = &entry.notes { br; span.muted { (notes) } }
                             @if entry.details.as_object().is_some_and(|d| !d.is_empty()) {
@@ -1015,6 +1277,38 @@ fn history_table(history: &[HistoryEntry], people: &People) -> Markup {
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+fn views_table(views: &[CaseView], attachments: &[Attachment], people: &People) -> Markup {
+    html! {
+        @if views.is_empty() {
+            p.muted { "Nobody has viewed this case." }
+        } @else {
+            table #views {
+                thead { tr { th scope="col" { "When" } th scope="col" { "Who" } th scope="col" { "What" } } }
+                tbody {
+                    @for view in views {
+                        tr {
+                            td { (layout::time(&view.viewed_at)) }
+                            td { (people.actor(&view.actor)) }
+                            td {
+                                @match &view.attachment_id {
+                                    None => "the case",
+                                    Some(id) => {
+                                        "attachment "
+                                        (attachments.iter().find(|a| a.id == *id).map_or(id.as_str(), |a| a.filename.as_str()))
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if views.len() >= VIEWS_SHOWN as usize {
+                p.muted { "Only the most recent " (VIEWS_SHOWN) " views are listed." }
             }
         }
     }
@@ -1045,29 +1339,54 @@ async fn claim(console: Console, Path(id): Path<String>) -> Response {
 struct DecisionForm {
     decision: String,
     #[serde(default)]
+    reason_codes: Vec<String>,
+    #[serde(default)]
     reason: String,
     #[serde(default)]
     notes: String,
+    #[serde(default)]
+    hold_until: String,
 }
 
-/// The flash after a decision: what happened, with the dual-control tally.
-fn decision_message(verdict: &str, before: &str, after: &Case) -> String {
-    let past = if verdict == "reject" {
-        "rejected"
-    } else {
-        "approved"
-    };
+/// Form text as the API wants it: trimmed, and absent when empty.
+fn optional_text(text: &str) -> Option<&str> {
+    Some(text.trim()).filter(|t| !t.is_empty())
+}
+
+/// The flash after an action: what happened to the case.
+fn decision_message(action: &str, after: &Case) -> String {
     match after.state.as_str() {
-        _ if verdict == "escalate" => "Case escalated to a supervisor.".to_owned(),
-        "escalated" => "The reviewers disagreed: the case went to a supervisor.".to_owned(),
-        "awaiting_second_review" => format!(
-            "Case {past} (1 of 2 {}); a different reviewer must agree.",
-            decision_noun(verdict)
+        "pending_dual_control" => format!(
+            "Proposed: {}. A different person must confirm it (dual control).",
+            action_label(action)
         ),
-        _ if after.dual_control && before == "awaiting_second_review" => {
-            format!("Case {past} (2 of 2 {}).", decision_noun(verdict))
+        "escalated" => "Case escalated to a supervisor.".to_owned(),
+        "on_hold" => match after.hold_until {
+            Some(until) => format!("Case on hold until {}.", until.format("%Y-%m-%d %H:%M UTC")),
+            None => "Case on hold.".to_owned(),
+        },
+        "needs_more_info" => "Case waiting for information from the submitter.".to_owned(),
+        "approved" | "rejected" | "returned" => format!("Case {}.", after.state),
+        other => format!("Done: the case is now {other}."),
+    }
+}
+
+/// Posts `body` to `path`, an action on case `id`; a case nobody holds is claimed for the user
+/// first. The API checks the request itself (a reason, notes, the hold time) before it asks for
+/// the claim, so such mistakes come back without claiming anything.
+async fn claiming_first(
+    console: &Console,
+    id: &str,
+    path: &str,
+    body: &Value,
+) -> Result<Case, ApiFailure> {
+    match console.api.post::<Case>(path, body).await {
+        Err(failure) if failure.code == "not_claimed" => {
+            let claim = format!("/cases/{id}/claim");
+            console.api.post::<Case>(&claim, &json!({})).await?;
+            console.api.post::<Case>(path, body).await
         }
-        _ => format!("Case {past}."),
+        done => done,
     }
 }
 
@@ -1080,40 +1399,93 @@ async fn decide(
         return not_found();
     }
     let back = format!("/console/cases/{id}");
-    if !matches!(form.decision.as_str(), "approve" | "reject" | "escalate") {
-        return session::error(&back, "Choose approve, reject or escalate.");
+    if !ACTIONS.iter().any(|(action, _)| *action == form.decision) {
+        return session::error(
+            &back,
+            "Choose approve, reject, return, hold, escalate or needs more info.",
+        );
     }
-    let before = match console.api.get::<Case>(&format!("/cases/{id}")).await {
-        Ok(case) => case.state,
-        Err(failure) => return post_failed(&back, &failure),
+    // `datetime-local` carries no zone: the field is labelled UTC and read as UTC.
+    let hold_until = match form.decision.as_str() {
+        "hold" => match super::admin::parse_time(&form.hold_until) {
+            Some(until) => Some(until),
+            None => return session::error(&back, "Enter until when to hold the case (UTC)."),
+        },
+        _ => None,
     };
-    let text = |t: &str| Some(t.trim()).filter(|t| !t.is_empty()).map(str::to_owned);
     let body = json!({
         "decision": form.decision,
-        "reason": text(&form.reason),
-        "notes": text(&form.notes),
+        "reason_codes": form.reason_codes,
+        "reason": optional_text(&form.reason),
+        "notes": optional_text(&form.notes),
+        "hold_until": hold_until,
     });
-    let path = format!("/cases/{id}/decision");
-    let mut decided = console.api.post::<Case>(&path, &body).await;
-    // A case nobody holds is claimed for the reviewer first; the API checks everything else
-    // (the reason, the role, dual control) before it asks for the claim.
-    if let Err(failure) = &decided
-        && failure.code == "not_claimed"
-    {
-        decided = match console
-            .api
-            .post::<Case>(&format!("/cases/{id}/claim"), &json!({}))
-            .await
-        {
-            Ok(_) => console.api.post::<Case>(&path, &body).await,
-            Err(failure) => Err(failure),
-        };
+    match claiming_first(&console, &id, &format!("/cases/{id}/decision"), &body).await {
+        Ok(case) => session::success("/console/review", decision_message(&form.decision, &case)),
+        Err(failure) => post_failed(&back, &failure),
     }
-    match decided {
-        Ok(case) => session::success(
-            "/console/review",
-            decision_message(&form.decision, &before, &case),
+}
+
+#[derive(Deserialize)]
+struct CheckForm {
+    verdict: String,
+    #[serde(default)]
+    notes: String,
+}
+
+/// The flash after checking a proposal.
+fn check_message(verdict: &str, after: &Case) -> String {
+    match (verdict, after.state.as_str()) {
+        ("approve", state) => format!("Confirmed: case {state}."),
+        (_, "escalated") => "Sent back: the case is with the supervisors again.".to_owned(),
+        _ => "Sent back: the case is in the queue again.".to_owned(),
+    }
+}
+
+async fn check(console: Console, Path(id): Path<String>, Form(form): Form<CheckForm>) -> Response {
+    if !valid_id(&id) {
+        return not_found();
+    }
+    let back = format!("/console/cases/{id}");
+    if !matches!(form.verdict.as_str(), "approve" | "reject") {
+        return session::error(&back, "Choose confirm or send back.");
+    }
+    let body = json!({ "verdict": form.verdict, "notes": optional_text(&form.notes) });
+    match claiming_first(&console, &id, &format!("/cases/{id}/check"), &body).await {
+        Ok(case) => session::success("/console/review", check_message(&form.verdict, &case)),
+        Err(failure) => post_failed(&back, &failure),
+    }
+}
+
+#[derive(Deserialize)]
+struct InformationForm {
+    #[serde(default)]
+    notes: String,
+}
+
+async fn add_information(
+    console: Console,
+    Path(id): Path<String>,
+    Form(form): Form<InformationForm>,
+) -> Response {
+    if !valid_id(&id) {
+        return not_found();
+    }
+    let back = format!("/console/cases/{id}");
+    let Some(notes) = optional_text(&form.notes) else {
+        return session::error(&back, "Write the information to add.");
+    };
+    let path = format!("/cases/{id}/information");
+    match console
+        .api
+        .post::<Case>(&path, &json!({ "notes": notes }))
+        .await
+    {
+        Ok(case) if case.state == "escalated" => session::success(
+            &back,
+            "Information added; the case is with the supervisors again.",
         ),
+        Ok(_) => session::success(&back, "Information added; the case is in the queue again."),
         Err(failure) => post_failed(&back, &failure),
     }
 }
@@ -1183,9 +1555,10 @@ mod tests {
             "subject": {}, "ai_assessment": null, "state": "queued", "priority": "normal", "queue": "default",
             "required_role": "reviewer", "dual_control": true, "sla_hours": 4,
             "sla_due_at": "2030-01-01T12:00:00Z", "sla_breached_at": null, "sla_status": "on_track",
-            "policy_version": 0, "policy_trace": {}, "submitted_by": "user:carl", "first_decision": null,
-            "assignee_id": null, "lease_expires_at": null, "decision": null, "decided_at": null,
-            "created_at": "2030-01-01T08:00:00Z"
+            "policy_version": 0, "policy_trace": {}, "submitted_by": "user:carl", "risk_level": "low",
+            "flags": [], "require_reason": false, "proposal": null, "hold_until": null,
+            "assignee_id": null, "lease_expires_at": null, "decision": null, "reason_codes": [],
+            "decided_at": null, "created_at": "2030-01-01T08:00:00Z"
         });
         if let (Some(base), Some(fields)) = (base.as_object_mut(), fields.as_object()) {
             base.extend(fields.clone());
@@ -1193,12 +1566,33 @@ mod tests {
         serde_json::from_value(base).unwrap()
     }
 
-    fn decided(action: &str, from: &str, to: &str, actor: &str, decision: &str) -> HistoryEntry {
-        serde_json::from_value(json!({
-            "action": action, "from_state": from, "to_state": to, "actor": actor, "decision": decision,
+    fn step(action: &str, from: &str, to: &str, actor: &str, fields: Value) -> HistoryEntry {
+        let mut entry = json!({
+            "action": action, "from_state": from, "to_state": to, "actor": actor, "decision": null,
             "reason": null, "notes": null, "details": {}, "created_at": "2030-01-01T09:00:00Z"
-        }))
-        .unwrap()
+        });
+        if let (Some(entry), Some(fields)) = (entry.as_object_mut(), fields.as_object()) {
+            entry.extend(fields.clone());
+        }
+        serde_json::from_value(entry).unwrap()
+    }
+
+    fn proposal(action: &str, by: &str) -> Value {
+        json!({ "action": action, "proposed_by": format!("user:{by}"), "proposed_at": "2030-01-01T09:00:00Z",
+                "reason_codes": ["NSF"], "reason": "no funds", "notes": null })
+    }
+
+    fn people() -> People {
+        let users = ["ann", "bob"]
+            .map(|id| {
+                serde_json::from_value(json!({
+                    "id": id, "email": format!("{id}@acme.test"), "name": id.to_uppercase(),
+                    "role": "reviewer", "status": "active"
+                }))
+                .unwrap()
+            })
+            .to_vec();
+        People::new("me", "Rita", users)
     }
 
     #[test]
@@ -1288,11 +1682,14 @@ mod tests {
             cannot_take(&open, "carl", Role::Reviewer).as_deref(),
             Some("You submitted it")
         );
-        let second = case(json!({ "first_decision": { "decision": "approve", "by": "ann" } }));
+        let proposed = case(json!({
+            "state": "pending_dual_control", "proposal": proposal("approve", "ann")
+        }));
         assert_eq!(
-            cannot_take(&second, "ann", Role::Reviewer).as_deref(),
-            Some("You made the first decision")
+            cannot_take(&proposed, "ann", Role::Reviewer).as_deref(),
+            Some("You proposed this decision")
         );
+        assert_eq!(cannot_take(&proposed, "bob", Role::Reviewer), None);
         let escalated = case(json!({ "state": "escalated", "required_role": "supervisor" }));
         assert_eq!(
             cannot_take(&escalated, "bob", Role::Reviewer).as_deref(),
@@ -1302,97 +1699,133 @@ mod tests {
     }
 
     #[test]
-    fn dual_control_counts_agreeing_decisions() {
+    fn dual_control_follows_maker_and_checker() {
+        let people = people();
         let waiting = case(json!({}));
-        assert_eq!(dual_control(&waiting, &[]).summary, "0 of 2 approvals");
-
-        let first = decided(
-            "decided",
-            "in_review",
-            "awaiting_second_review",
-            "user:ann",
-            "approve",
-        );
-        let half = case(json!({
-            "state": "awaiting_second_review", "first_decision": { "decision": "approve", "by": "ann" }
-        }));
-        let tally = dual_control(&half, std::slice::from_ref(&first));
+        let tally = dual_control(&waiting, &[], &people);
         assert!(
-            tally.summary.starts_with("1 of 2 approvals"),
+            tally.summary.starts_with("No proposal yet"),
+            "{}",
+            tally.summary
+        );
+        assert!(tally.steps.is_empty());
+
+        let proposed_step = step(
+            "proposed",
+            "in_review",
+            "pending_dual_control",
+            "user:ann",
+            json!({ "decision": "reject" }),
+        );
+        let pending = case(json!({
+            "state": "pending_dual_control", "proposal": proposal("reject", "ann")
+        }));
+        let tally = dual_control(&pending, std::slice::from_ref(&proposed_step), &people);
+        assert_eq!(
+            tally.summary,
+            "Proposed: reject by ANN — waiting for a checker"
+        );
+        assert_eq!(tally.steps, ["ANN proposed: reject"]);
+
+        let confirmed = step(
+            "confirmed",
+            "pending_dual_control",
+            "rejected",
+            "user:bob",
+            json!({ "details": { "proposal": proposal("reject", "ann") } }),
+        );
+        let done = case(json!({ "state": "rejected", "decision": "reject" }));
+        let tally = dual_control(&done, &[proposed_step.clone(), confirmed], &people);
+        assert_eq!(tally.summary, "Confirmed by BOB: reject proposed by ANN");
+        assert_eq!(tally.steps, ["ANN proposed: reject", "BOB confirmed"]);
+
+        let sent_back = step(
+            "sent_back",
+            "pending_dual_control",
+            "queued",
+            "user:me",
+            json!({ "notes": "words and figures differ" }),
+        );
+        let again = case(json!({ "state": "queued" }));
+        let tally = dual_control(&again, &[proposed_step, sent_back], &people);
+        assert!(
+            tally.summary.starts_with("No proposal yet"),
             "{}",
             tally.summary
         );
         assert_eq!(
-            tally.decisions,
-            [("approve".to_owned(), "user:ann".to_owned())]
+            tally.steps,
+            [
+                "ANN proposed: reject",
+                "Rita (you) sent it back: words and figures differ"
+            ]
         );
 
-        let second = decided(
-            "decided",
-            "awaiting_second_review",
-            "approved",
-            "user:bob",
-            "approve",
-        );
-        let done = case(json!({
-            "state": "approved", "decision": "approve", "first_decision": { "decision": "approve", "by": "ann" }
-        }));
-        let tally = dual_control(&done, &[first.clone(), second]);
-        assert_eq!(tally.summary, "2 of 2 approvals");
-        assert_eq!(tally.decisions.len(), 2);
-
-        let rejected_first = case(json!({
-            "state": "awaiting_second_review", "first_decision": { "decision": "reject", "by": "ann" }
-        }));
+        let escalated = case(json!({ "state": "escalated" }));
         assert!(
-            dual_control(&rejected_first, &[])
+            dual_control(&escalated, &[], &people)
                 .summary
-                .starts_with("1 of 2 rejections")
+                .starts_with("Escalated")
         );
-
-        let disagreement = decided(
-            "escalated",
-            "awaiting_second_review",
-            "escalated",
-            "user:bob",
-            "reject",
+        let cancelled = case(json!({ "state": "cancelled" }));
+        assert_eq!(
+            dual_control(&cancelled, &[], &people).summary,
+            "No decision was confirmed"
         );
-        let settled = decided("decided", "escalated", "rejected", "user:sue", "reject");
-        let by_supervisor = case(json!({ "state": "rejected", "decision": "reject" }));
-        let tally = dual_control(&by_supervisor, &[first, disagreement, settled]);
-        assert_eq!(tally.summary, "Decided by a supervisor after escalation");
-        assert_eq!(tally.decisions.len(), 3);
     }
 
     #[test]
-    fn decision_messages_carry_the_tally() {
-        let half = case(json!({ "state": "awaiting_second_review" }));
+    fn decision_messages_say_what_happened() {
+        let pending = case(json!({ "state": "pending_dual_control" }));
         assert_eq!(
-            decision_message("approve", "in_review", &half),
-            "Case approved (1 of 2 approvals); a different reviewer must agree."
+            decision_message("return", &pending),
+            "Proposed: return. A different person must confirm it (dual control)."
         );
-        let done = case(json!({ "state": "approved" }));
+        for (action, state, message) in [
+            ("approve", "approved", "Case approved."),
+            ("reject", "rejected", "Case rejected."),
+            ("return", "returned", "Case returned."),
+            ("escalate", "escalated", "Case escalated to a supervisor."),
+            (
+                "needs_more_info",
+                "needs_more_info",
+                "Case waiting for information from the submitter.",
+            ),
+        ] {
+            let after = case(json!({ "state": state }));
+            assert_eq!(decision_message(action, &after), message, "{action}");
+        }
+        let held = case(json!({ "state": "on_hold", "hold_until": "2030-01-03T09:30:00Z" }));
         assert_eq!(
-            decision_message("approve", "awaiting_second_review", &done),
-            "Case approved (2 of 2 approvals)."
+            decision_message("hold", &held),
+            "Case on hold until 2030-01-03 09:30 UTC."
         );
+        let confirmed = case(json!({ "state": "returned" }));
         assert_eq!(
-            decision_message("approve", "escalated", &done),
-            "Case approved."
+            check_message("approve", &confirmed),
+            "Confirmed: case returned."
         );
-        let single = case(json!({ "state": "rejected", "dual_control": false }));
+        let back = case(json!({ "state": "queued" }));
         assert_eq!(
-            decision_message("reject", "in_review", &single),
-            "Case rejected."
+            check_message("reject", &back),
+            "Sent back: the case is in the queue again."
         );
-        let escalated = case(json!({ "state": "escalated" }));
+        let back_up = case(json!({ "state": "escalated" }));
+        assert!(check_message("reject", &back_up).contains("supervisors"));
+        assert_eq!(action_label("needs_more_info"), "needs more info");
+        assert_eq!(action_label("approve"), "approve");
+    }
+
+    #[test]
+    fn reason_codes_are_shown_with_their_labels() {
+        let codes: Vec<ReasonCode> = serde_json::from_value(json!([
+            { "code": "NSF", "label": "Insufficient funds", "actions": ["return"], "requires_notes": false,
+              "active": true, "created_at": "2030-01-01T08:00:00Z", "updated_at": "2030-01-01T08:00:00Z" }
+        ]))
+        .unwrap();
         assert_eq!(
-            decision_message("reject", "awaiting_second_review", &escalated),
-            "The reviewers disagreed: the case went to a supervisor."
-        );
-        assert_eq!(
-            decision_message("escalate", "in_review", &escalated),
-            "Case escalated to a supervisor."
+            codes_text(&["NSF".to_owned(), "OLD".to_owned()], &codes),
+            "NSF (Insufficient funds), OLD"
         );
     }
 

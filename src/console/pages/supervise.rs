@@ -206,7 +206,7 @@ fn queue_overview(
                         }
                     }
                     @if open.is_empty() {
-                        tr { td colspan="7" { span.muted { "No open cases." } } }
+                        tr { td colspan="8" { span.muted { "No open cases." } } }
                     }
                 }
             }
@@ -316,7 +316,7 @@ fn may_take(case: &Case, user: &TenantUser) -> bool {
         && user.role >= case.required()
         && case.assignee_id.as_deref() != Some(user.id.as_str())
         && case.submitted_by != format!("user:{}", user.id)
-        && case.first_decision.as_ref().is_none_or(|f| f.by != user.id)
+        && !case.proposed_by(&user.id)
 }
 
 /// A form giving `case` to someone else, or back to the queue; `back` is where to return.
@@ -418,9 +418,10 @@ mod tests {
             "ai_assessment": null, "state": "in_review", "priority": "normal", "queue": "default",
             "required_role": "reviewer", "dual_control": false, "sla_hours": 4,
             "sla_due_at": "2030-01-01T12:00:00Z", "sla_breached_at": null, "sla_status": "on_track",
-            "policy_version": 0, "submitted_by": "user:carl", "first_decision": null,
+            "policy_version": 0, "submitted_by": "user:carl", "risk_level": "low", "flags": [],
+            "require_reason": false, "proposal": null, "hold_until": null,
             "assignee_id": "rita", "lease_expires_at": "2030-01-01T10:30:00Z", "decision": null,
-            "decided_at": null, "created_at": "2030-01-01T08:00:00Z"
+            "reason_codes": [], "decided_at": null, "created_at": "2030-01-01T08:00:00Z"
         });
         if let (Some(base), Some(fields)) = (base.as_object_mut(), fields.as_object()) {
             base.extend(fields.clone());
@@ -449,11 +450,16 @@ mod tests {
         );
         assert!(!may_take(&held, &user("vic", "viewer", "active")));
         assert!(!may_take(&held, &user("dan", "reviewer", "disabled")));
-        let second = case(json!({ "first_decision": { "decision": "approve", "by": "ann" } }));
+        let proposed = case(json!({
+            "state": "pending_dual_control", "assignee_id": null, "lease_expires_at": null,
+            "proposal": { "action": "approve", "proposed_by": "user:ann", "proposed_at": "2030-01-01T09:00:00Z",
+                          "reason_codes": [], "reason": null, "notes": null }
+        }));
         assert!(
-            !may_take(&second, &user("ann", "reviewer", "active")),
-            "dual control"
+            !may_take(&proposed, &user("ann", "reviewer", "active")),
+            "the maker does not check their own proposal"
         );
+        assert!(may_take(&proposed, &user("bob", "reviewer", "active")));
         let escalated = case(json!({ "state": "escalated", "required_role": "supervisor" }));
         assert!(!may_take(&escalated, &user("bob", "reviewer", "active")));
         assert!(may_take(&escalated, &user("sue", "supervisor", "active")));

@@ -1,5 +1,5 @@
-//! Console pages for admins: MFA enrolment (for every user), users, API keys, the decision policy
-//! and the audit log (which supervisors may read too).
+//! Console pages for admins: MFA enrolment (for every user), users, API keys, the decision policy,
+//! the reason codes reviewers give and the audit log (which supervisors may read too).
 //!
 //! A form whose API call fails redirects back to its page with the API's message; when the failure
 //! is an ended session, that page's GET sends the user on to sign in.
@@ -8,6 +8,7 @@ mod api_keys;
 mod audit;
 mod mfa;
 mod policy;
+mod reason_codes;
 mod users;
 
 use axum::Router;
@@ -33,6 +34,11 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/console/api-keys/{id}/revoke", post(api_keys::revoke))
         .route("/console/policy", get(policy::page).post(policy::act))
+        .route(
+            "/console/reason-codes",
+            get(reason_codes::page).post(reason_codes::create),
+        )
+        .route("/console/reason-codes/{code}", post(reason_codes::update))
         .route("/console/audit", get(audit::page))
         .route("/console/audit/export", get(audit::export))
 }
@@ -59,7 +65,7 @@ fn query(pairs: &[(&str, &str)]) -> String {
 
 /// A time typed into a `datetime-local` field, read as UTC (the console shows times in UTC), or an
 /// RFC 3339 time with its own offset.
-fn parse_time(value: &str) -> Option<DateTime<Utc>> {
+pub(super) fn parse_time(value: &str) -> Option<DateTime<Utc>> {
     let value = value.trim();
     if let Ok(at) = DateTime::parse_from_rfc3339(value) {
         return Some(at.with_timezone(&Utc));
