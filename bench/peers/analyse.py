@@ -64,8 +64,8 @@ def main():
         notes.append(args.notes)
     throughput = len(seen) / seconds if seconds > 0 else 0
     print(
-        f"| {args.system} | {args.backend} | {args.jobs} | {enqueue_seconds:.1f} | {throughput:,.0f} | "
-        f"{percentile(delays, 0.5):,.0f} ms | {percentile(delays, 0.99):,.0f} ms | {'; '.join(notes)} |"
+        f"| {args.system} | {args.backend} | {args.jobs} | {enqueue_seconds:.2f} | {throughput:.0f} | "
+        f"{percentile(delays, 0.5):.0f} ms | {percentile(delays, 0.99):.0f} ms | {'; '.join(notes)} |"
     )
 
 

@@ -9,8 +9,8 @@
 #   CONTENDERS="docket-postgres graphile" MODES=backlog bench/peers/run.sh
 #
 # Settings (environment): JOBS (100000), PROCS worker processes per contender (2), CONCURRENCY
-# jobs at once per process (64), MODES ("backlog concurrent"), CONTENDERS (all of: docket-sqlite
-# docket-postgres celery procrastinate graphile pgboss pgbench redis-benchmark), CELERY_POOL
+# jobs at once per process (64), MODES ("backlog concurrent"), CONTENDERS (all of: pgbench
+# redis-benchmark docket-sqlite docket-postgres celery graphile pgboss procrastinate), CELERY_POOL
 # (threads), TIMEOUT seconds per run (1800), PG_OPTIONS extra postgres -c settings, PEERS_DIR
 # scratch directory for the peers (~/.cache/docket/peers). Builds nothing: uses $DOCKET or
 # target/release/docket. The methodology is in bench/README.md. Logs are kept (and their directory
@@ -22,7 +22,7 @@ here=$repo/bench/peers
 DOCKET=${DOCKET:-target/release/docket}
 JOBS=${JOBS:-100000} PROCS=${PROCS:-2} CONCURRENCY=${CONCURRENCY:-64} TIMEOUT=${TIMEOUT:-1800}
 MODES=${MODES:-backlog concurrent}
-CONTENDERS=${CONTENDERS:-pgbench redis-benchmark docket-sqlite docket-postgres celery procrastinate graphile pgboss}
+CONTENDERS=${CONTENDERS:-pgbench redis-benchmark docket-sqlite docket-postgres celery graphile pgboss procrastinate}
 CELERY_POOL=${CELERY_POOL:-threads}
 PGBENCH_CLIENTS=${PGBENCH_CLIENTS:-8} PGBENCH_SECONDS=${PGBENCH_SECONDS:-20}
 
@@ -92,7 +92,7 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --d
     >"$work/redis.log" 2>&1 &
 redis_pid=$!
 pg_url() { echo "postgres://postgres@127.0.0.1:$pg_port/$1"; }
-psql_admin() { psql -X -q -v ON_ERROR_STOP=1 "$(pg_url postgres)" "$@"; }
+psql_admin() { PGOPTIONS=--client-min-messages=warning psql -X -q -v ON_ERROR_STOP=1 "$(pg_url postgres)" "$@"; }
 # A fresh database per run, and a checkpoint so no run pays for the previous one's dirty pages.
 fresh_database() {
     psql_admin -c "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1" -c "CHECKPOINT"
@@ -101,7 +101,12 @@ for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break;
 
 load() { cut -d' ' -f1 /proc/loadavg; }
 now() { date +%s.%N; }
+# Each row also goes to stderr as soon as it is measured, so a run cut short still shows it.
 rows=()
+add_row() {
+    rows+=("$1")
+    echo "$1" >&2
+}
 
 # Commands for peer $1 (run in bench/peers; worker_command's $2 is the process number).
 worker_command() {
@@ -180,7 +185,8 @@ wait_for_ready() {
 # the workers, wait until they are up, then enqueue while they drain, like docket bench queue).
 bench_peer() {
     local peer=$1 system=$2 backend=$3 mode=$4 notes=$5
-    local out=$work/$peer-$mode spawned status load_at_start
+    local out=$work/$peer-$mode
+    local spawned status load_at_start
     mkdir -p "$out"
     export PEER_OUT=$out PEER_DATABASE_URL PEER_REDIS_URL="redis://127.0.0.1:$redis_port/0"
     PEER_DATABASE_URL=$(pg_url "${peer}_$mode")
@@ -212,15 +218,16 @@ bench_peer() {
     status=$(wait_for_jobs "$out")
     stop_workers
     [[ $status == done ]] || { notes="$notes; **$status**"; keep=1; }
-    rows+=("$(python3 "$here/analyse.py" --system "$system" --backend "$backend" --jobs "$JOBS" \
+    add_row "$(python3 "$here/analyse.py" --system "$system" --backend "$backend" --jobs "$JOBS" \
         --mode "$mode" --dir "$out" --enqueue "$out/enqueue.json" --spawned "$spawned" \
-        --notes "$notes; load $load_at_start at start")")
+        --notes "$notes; load $load_at_start at start")"
 }
 
 # `docket bench queue` enqueues in batches of 500 while its worker loops drain (PROCS loops in
 # one process, each claiming up to WORKER_CONCURRENCY jobs at once), i.e. the concurrent mode.
 bench_docket() {
-    local backend=$1 url=$2 out=$work/docket-$backend report load_at_start
+    local backend=$1 url=$2
+    local out=$work/docket-$backend report load_at_start
     mkdir -p "$out"
     echo "== Docket ($backend): docket bench queue --jobs $JOBS --workers $PROCS" >&2
     [[ $backend == postgres ]] && fresh_database docket
@@ -229,10 +236,10 @@ bench_docket() {
         "$DOCKET" bench queue --jobs "$JOBS" --workers "$PROCS" 2>"$out/docket.log") || return 1
     echo "$report" >"$out/report.txt"
     field() { awk -v k="$1" '$0 ~ "^" k { print $(NF - 1) }' <<<"$report"; }
-    rows+=("$(printf '| Docket | %s | %s | %.1f | %s | %s ms | %s ms | concurrent (docket bench queue); %s s; %s × WORKER_CONCURRENCY=%s worker loops in one process; start = claim time; load %s at start |' \
+    add_row "$(printf '| Docket | %s | %s | %.2f | %s | %s ms | %s ms | concurrent (docket bench queue); %s s; %s × WORKER_CONCURRENCY=%s worker loops in one process; start = claim time; load %s at start |' \
         "$backend" "$JOBS" "$(python3 -c "print($JOBS / $(field 'enqueue rate'))")" \
-        "$(printf "%'.0f" "$(field 'processing rate')")" "$(printf "%'.0f" "$(field 'enqueue-to-start p50')")" \
-        "$(printf "%'.0f" "$(field 'enqueue-to-start p99')")" "$(field 'wall time')" "$PROCS" "$CONCURRENCY" "$load_at_start")")
+        "$(printf "%.0f" "$(field 'processing rate')")" "$(printf "%.0f" "$(field 'enqueue-to-start p50')")" \
+        "$(printf "%.0f" "$(field 'enqueue-to-start p99')")" "$(field 'wall time')" "$PROCS" "$CONCURRENCY" "$load_at_start")"
 }
 
 bench_pgbench() {
@@ -246,10 +253,10 @@ bench_pgbench() {
             >"$out/$mode.log" 2>&1 || return 1
         tps=$(awk '/^tps = / { print $3 }' "$out/$mode.log")
         latency=$(awk '/^latency average = / { print $4 }' "$out/$mode.log")
-        rows+=("$(printf '| pgbench -%s (ceiling) | postgres | | | %s tx/s | | | %s; %s clients; latency average %s ms; load %s |' \
-            "$mode" "$(printf "%'.0f" "$tps")" \
+        add_row "$(printf '| pgbench -%s (ceiling) | postgres | | | %s tx/s | | | %s; %s clients; latency average %s ms; load %s |' \
+            "$mode" "$(printf "%.0f" "$tps")" \
             "$([[ $mode == N ]] && echo 'simple update: 3 statements + commit per transaction' || echo 'select only: 1 SELECT per transaction')" \
-            "$PGBENCH_CLIENTS" "$latency" "$(load)")")
+            "$PGBENCH_CLIENTS" "$latency" "$(load)")"
     done
 }
 
@@ -261,12 +268,12 @@ bench_redis() {
     while read -r line; do
         command=${line%%:*}
         rps=$(awk '{ for (i = 1; i < NF; i++) if ($(i + 1) == "requests") print $i }' <<<"${line##*:}")
-        rows+=("$(printf '| redis-benchmark %s (ceiling) | redis | | | %s ops/s | | | 8 clients, no pipelining; load %s |' \
-            "$command" "$(printf "%'.0f" "$rps")" "$(load)")")
+        add_row "$(printf '| redis-benchmark %s (ceiling) | redis | | | %s ops/s | | | 8 clients, no pipelining; load %s |' \
+            "$command" "$(printf "%.0f" "$rps")" "$(load)")"
     done < <(tr '\r' '\n' <"$out/log" | grep -E '^(LPUSH|RPOP): [0-9.]+ requests per second')
 }
 
-failed() { rows+=("| $1 | $2 | $JOBS | | | | | **failed**, logs in $work |"); keep=1; }
+failed() { add_row "| $1 | $2 | $JOBS | | | | | **failed**, logs in $work |"; keep=1; }
 
 started_load=$(load)
 for contender in $CONTENDERS; do
