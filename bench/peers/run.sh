@@ -71,7 +71,7 @@ fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pg_port=$(free_port)
 redis_port=$(free_port)
-pg_settings="-c max_connections=200 ${PG_OPTIONS:-}"
+pg_settings="-c max_connections=200${PG_OPTIONS:+ $PG_OPTIONS}"
 pg_ctl=("${as_pg[@]}" "$pg_bin/pg_ctl" -D "$work/pgdata" -l "$work/postgres.log")
 redis_pid=
 worker_pids=()
