@@ -341,7 +341,7 @@ pub struct KnowledgeSettings {
 #[utoipa::path(get, path = "/knowledge/settings", tag = "knowledge",
     description = "Requires: any role (`ReadKnowledge`), or an API key with `knowledge:read`.",
     responses((status = 200, body = KnowledgeSettings)))]
-pub async fn get_settings(
+pub async fn get_knowledge_settings(
     State(state): State<AppState>,
     Authorized(principal, ..): Authorized<ReadKnowledge>,
 ) -> Result<ResponseJson<KnowledgeSettings>, ApiError> {
@@ -370,7 +370,7 @@ pub async fn get_settings(
     description = "Requires: supervisor or admin (`WriteKnowledge`), or an API key with `knowledge:write`.",
     request_body = KnowledgeSettings,
     responses((status = 200, body = KnowledgeSettings), (status = 422, body = crate::http::error::ErrorBody)))]
-pub async fn put_settings(
+pub async fn put_knowledge_settings(
     State(state): State<AppState>,
     Authorized(principal, ..): Authorized<WriteKnowledge>,
     Json(body): Json<KnowledgeSettings>,

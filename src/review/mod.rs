@@ -29,8 +29,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(http::check))
         .routes(routes!(http::add_information))
         .routes(routes!(http::reassign))
-        .routes(routes!(reason_codes::list, reason_codes::create))
-        .routes(routes!(reason_codes::update))
+        .routes(routes!(reason_codes::list_reason_codes, reason_codes::create_reason_code))
+        .routes(routes!(reason_codes::update_reason_code))
 }
 
 /// Rank of the supervisor role, which escalated cases require.

@@ -200,7 +200,7 @@ pub struct ReasonCodeFilter {
     description = "Requires: any role (`ReadCases`), or an API key with `cases:read`.",
     params(ReasonCodeFilter),
     responses((status = 200, body = [ReasonCode])))]
-pub async fn list(
+pub async fn list_reason_codes(
     State(state): State<AppState>,
     Authorized(principal, ..): Authorized<ReadCases>,
     Query(filter): Query<ReasonCodeFilter>,
@@ -239,7 +239,7 @@ pub struct NewReasonCode {
     request_body = NewReasonCode,
     responses((status = 201, body = ReasonCode), (status = 409, body = crate::http::error::ErrorBody),
                (status = 422, body = crate::http::error::ErrorBody)))]
-pub async fn create(
+pub async fn create_reason_code(
     State(state): State<AppState>,
     Authorized(principal, ..): Authorized<ManagePolicy>,
     Json(body): Json<NewReasonCode>,
@@ -316,7 +316,7 @@ pub struct ReasonCodeChange {
     params(("code" = String, Path)), request_body = ReasonCodeChange,
     responses((status = 200, body = ReasonCode), (status = 404, body = crate::http::error::ErrorBody),
                (status = 422, body = crate::http::error::ErrorBody)))]
-pub async fn update(
+pub async fn update_reason_code(
     State(state): State<AppState>,
     Authorized(principal, ..): Authorized<ManagePolicy>,
     Path(code): Path<String>,
