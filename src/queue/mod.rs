@@ -1358,6 +1358,83 @@ pub async fn runs_of(
 mod tests {
     use super::*;
 
+    fn candidate(id: &str, task: Option<&str>, key: Option<&str>) -> Candidate {
+        Candidate {
+            id: id.to_owned(),
+            tenant_id: "t".to_owned(),
+            task_id: task.map(str::to_owned),
+            concurrency_key: key.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn candidates_are_admitted_within_task_and_key_room() {
+        let now = Utc::now();
+        let candidates = vec![
+            candidate("1", None, Some("a")),
+            candidate("2", None, Some("a")),
+            candidate("3", Some("task"), Some("b")),
+            candidate("4", Some("task"), Some("b")),
+            candidate("5", None, Some("free")),
+            candidate("6", None, None),
+        ];
+        let tasks = HashMap::from([("task".to_owned(), 5)]);
+        let keys = HashMap::from([
+            (
+                ("t".to_owned(), "a".to_owned()),
+                KeyRoom {
+                    left: 1,
+                    rate_window: None,
+                },
+            ),
+            (
+                ("t".to_owned(), "b".to_owned()),
+                KeyRoom {
+                    left: 1,
+                    rate_window: Some(chrono::Duration::seconds(60)),
+                },
+            ),
+        ]);
+        let (ids, starts) = admit(candidates, tasks, keys, now);
+        assert_eq!(
+            ids,
+            ["1", "3", "5", "6"],
+            "one of each limited key; unlisted keys are unlimited"
+        );
+        assert_eq!(
+            starts,
+            [(
+                "t".to_owned(),
+                "b".to_owned(),
+                now + chrono::Duration::seconds(60)
+            )],
+            "only rate-limited keys record starts"
+        );
+    }
+
+    #[test]
+    fn a_job_needs_room_in_both_its_task_and_its_key() {
+        let now = Utc::now();
+        let candidates = vec![
+            candidate("1", Some("full"), Some("k")),
+            candidate("2", Some("open"), Some("k")),
+        ];
+        let tasks = HashMap::from([("full".to_owned(), 0), ("open".to_owned(), 1)]);
+        let keys = HashMap::from([(
+            ("t".to_owned(), "k".to_owned()),
+            KeyRoom {
+                left: 1,
+                rate_window: None,
+            },
+        )]);
+        let (ids, _) = admit(candidates, tasks, keys, now);
+        assert_eq!(
+            ids,
+            ["2"],
+            "the key's room is not spent on a job its task refuses"
+        );
+    }
+
     #[test]
     fn backoff_grows_and_is_capped() {
         let cap = Duration::from_secs(60);

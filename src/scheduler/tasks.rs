@@ -1069,3 +1069,40 @@ pub async fn snooze(
     )
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_render_params_and_event_values() {
+        let params = json!({ "customer": "c-42", "ids": [7, 8] });
+        let event = json!({ "topic": "order.paid", "payload": { "order": 99, "region": null } });
+        let render = |t: &str| render_key(t, &params, &event).unwrap();
+        assert_eq!(render("customer:${params.customer}"), "customer:c-42");
+        assert_eq!(render("${ event.payload.order }/${params.ids.1}"), "99/8");
+        assert_eq!(render("plain"), "plain");
+        // Missing values render empty: those jobs share the literal part's limits.
+        assert_eq!(
+            render("r:${event.payload.region}:${params.nope.deeper}"),
+            "r::"
+        );
+        for bad in [
+            "${params.x",
+            "${env.HOME}",
+            "${params}",
+            "${params..x}",
+            "${steps.a}",
+        ] {
+            assert!(render_key(bad, &params, &event).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn long_rendered_keys_become_their_digest() {
+        assert_eq!(bounded_key("short".to_owned()), "short");
+        let long = bounded_key("x".repeat(MAX_KEY_CHARS + 1));
+        assert!(long.starts_with("sha256:") && long.len() == 71, "{long}");
+        assert_ne!(long, bounded_key("y".repeat(MAX_KEY_CHARS + 1)));
+    }
+}
