@@ -387,7 +387,7 @@ async fn enqueue_one(
         return Ok((existing.into(), false));
     }
     if let Some(limits) = limits {
-        set_key_limits(tx, &limits, now).await?;
+        set_key_limits(tx, std::slice::from_ref(&limits), now).await?;
     }
     Ok((row.into(), true))
 }
@@ -466,48 +466,48 @@ async fn point_dedupe_key(
     })
 }
 
-/// Stores a key's limits. Reads first and writes only on a change: a write locks the key's row,
-/// which claimers of that key hold while they claim, so writing on every enqueue would make
-/// enqueues wait for claims.
+/// Stores keys' limits (given in key order, one per key). Reads first, in one statement, and
+/// writes only the changed ones: a write locks the key's row, which claimers of that key hold
+/// while they claim, so writing on every enqueue would make enqueues wait for claims.
 async fn set_key_limits(
     tx: &mut Tx,
-    limits: &KeyLimits,
+    limits: &[KeyLimits],
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    let wanted = (
-        limits.concurrency_limit,
-        limits.rate_count,
-        limits.rate_per_seconds,
-    );
-    let current: Option<(Option<i32>, Option<i32>, Option<i32>)> = with_tx!(tx, conn => {
-        sqlx::query_as(
-            "SELECT concurrency_limit, rate_count, rate_per_seconds FROM job_keys WHERE tenant_id = $1 AND key = $2",
-        )
-        .bind(&limits.tenant_id)
-        .bind(&limits.key)
-        .fetch_optional(conn)
-        .await
-    })?;
-    if current == Some(wanted) {
+    if limits.is_empty() {
         return Ok(());
     }
-    with_tx!(tx, conn => {
-        sqlx::query(
-            "INSERT INTO job_keys (tenant_id, key, concurrency_limit, rate_count, rate_per_seconds, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, key) DO UPDATE SET \
-             concurrency_limit = excluded.concurrency_limit, rate_count = excluded.rate_count, \
-             rate_per_seconds = excluded.rate_per_seconds, updated_at = excluded.updated_at",
-        )
-        .bind(&limits.tenant_id)
-        .bind(&limits.key)
-        .bind(limits.concurrency_limit)
-        .bind(limits.rate_count)
-        .bind(limits.rate_per_seconds)
-        .bind(now)
-        .execute(conn)
-        .await
-        .map(|_| ())
-    })
+    let current: Vec<KeyLimits> = with_tx!(tx, conn => {
+        let mut select = sqlx::QueryBuilder::new(
+            "SELECT tenant_id, key, concurrency_limit, rate_count, rate_per_seconds FROM job_keys WHERE (tenant_id, key) IN (VALUES ",
+        );
+        for (i, KeyLimits { tenant_id, key, .. }) in limits.iter().enumerate() {
+            select.push(if i == 0 { "(" } else { ", (" });
+            select.push_bind(tenant_id).push(", ").push_bind(key).push(")");
+        }
+        select.push(")");
+        select.build_query_as().fetch_all(conn).await
+    })?;
+    for wanted in limits.iter().filter(|l| !current.contains(l)) {
+        with_tx!(tx, conn => {
+            sqlx::query(
+                "INSERT INTO job_keys (tenant_id, key, concurrency_limit, rate_count, rate_per_seconds, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, key) DO UPDATE SET \
+                 concurrency_limit = excluded.concurrency_limit, rate_count = excluded.rate_count, \
+                 rate_per_seconds = excluded.rate_per_seconds, updated_at = excluded.updated_at",
+            )
+            .bind(&wanted.tenant_id)
+            .bind(&wanted.key)
+            .bind(wanted.concurrency_limit)
+            .bind(wanted.rate_count)
+            .bind(wanted.rate_per_seconds)
+            .bind(now)
+            .execute(conn)
+            .await
+            .map(|_| ())
+        })?;
+    }
+    Ok(())
 }
 
 /// Enqueues many jobs with one multi-row insert per call (bulk loads, benchmarks). Jobs whose
@@ -569,9 +569,8 @@ pub async fn enqueue_many(
             insert.build().execute(conn).await.map(|done| done.rows_affected())
         })?;
     }
-    for limits in limits.values() {
-        set_key_limits(tx, limits, now).await?;
-    }
+    let limits: Vec<KeyLimits> = limits.into_values().collect();
+    set_key_limits(tx, &limits, now).await?;
     notify_workers(tx).await?;
     Ok(inserted)
 }
