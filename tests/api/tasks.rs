@@ -316,6 +316,18 @@ on_both_backends! {
         assert_eq!(changed["concurrency_limit"], Value::Null);
         let (_, fetched) = app.call(Method::GET, &format!("/api/v1/tasks/{id}"), &ops.access_token, None).await;
         assert_eq!(fetched["rate_limit"], changed["rate_limit"], "stored");
+
+        let (_, spec) = app.get_json("/api/v1/openapi.json").await;
+        let schemas = &spec["components"]["schemas"];
+        // A task's response schema is its row's fields (flattened) plus its own.
+        let task_schema = format!("{}{}", schemas["Task"], schemas["TaskRow"]);
+        for (schema, text) in [("CreateTask", schemas["CreateTask"].to_string()), ("UpdateTask", schemas["UpdateTask"].to_string()), ("Task", task_schema)] {
+            for field in ["concurrency_key", "concurrency_limit", "rate_limit", "dedupe_key", "dedupe_window_seconds"] {
+                assert!(text.contains(&format!("\"{field}\"")), "{schema}.{field} missing from the spec: {text}");
+            }
+        }
+        assert!(schemas["RateLimit"]["properties"]["per_seconds"].is_object(), "{}", schemas["RateLimit"]);
+        assert!(schemas["Job"]["properties"]["concurrency_key"].is_object());
     }
 
     async fn invalid_task_keys_get_422_naming_the_field(backend) {
