@@ -82,6 +82,10 @@ enum BenchCommand {
         /// Worker loops in this process (each runs WORKER_CONCURRENCY jobs at once).
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// Spread the jobs over this many concurrency keys, each limited to 4 running jobs
+        /// (0: jobs without keys).
+        #[arg(long, default_value_t = 0)]
+        keys: usize,
     },
     /// Ingest generated Markdown documents with this process's workers, then search them; report
     /// documents/s and search latency (p50/p99).
@@ -181,9 +185,11 @@ pub async fn run() -> ExitCode {
             kilobytes,
             searches,
         }) => bench_knowledge(config, documents, kilobytes, searches).await,
-        Command::Bench(BenchCommand::Queue { jobs, workers }) => {
-            bench_queue(config, jobs, workers).await
-        }
+        Command::Bench(BenchCommand::Queue {
+            jobs,
+            workers,
+            keys,
+        }) => bench_queue(config, jobs, workers, keys).await,
         Command::Bench(BenchCommand::Chaos(args)) => bench_chaos(config, args).await,
         Command::Config => {
             for line in config.redacted_lines() {
@@ -403,7 +409,7 @@ async fn restore(config: Config, file: PathBuf, force: bool) -> ExitCode {
     }
 }
 
-async fn bench_queue(config: Config, jobs: usize, workers: usize) -> ExitCode {
+async fn bench_queue(config: Config, jobs: usize, workers: usize, keys: usize) -> ExitCode {
     let result = async {
         let store = open_store(&config).await?;
         let queue = crate::queue::Queue::new(
@@ -411,7 +417,7 @@ async fn bench_queue(config: Config, jobs: usize, workers: usize) -> ExitCode {
             crate::queue::Settings::from_config(&config),
             crate::events::EventBus::new(None),
         );
-        let report = crate::queue::bench::run(&queue, jobs, workers)
+        let report = crate::queue::bench::run(&queue, jobs, workers, keys)
             .await
             .map_err(|e| e.to_string());
         store.close().await;

@@ -197,6 +197,7 @@ pub async fn record(
     for task in &tasks {
         let mut job = task.job_for(event.occurred_at);
         job.payload["event"] = serde_json::json!(event);
+        task.render_keys(&mut job);
         job.unique_key = Some(format!("task:{}:event:{}", task.id, event.id));
         jobs.push(queue::enqueue(tx, settings, job, event.occurred_at).await?);
     }

@@ -1,5 +1,7 @@
 //! `docket bench queue`: enqueue N no-op jobs while W workers drain them, and report enqueue rate,
 //! processing rate and enqueue-to-start latency. Runs against whatever `DATABASE_URL` points at.
+//! With `--keys K` the jobs take turns over K concurrency keys limited to [`KEY_LIMIT`] each, which
+//! measures what the per-key checks of the claim cost.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,12 +16,15 @@ use crate::with_pool;
 
 /// Jobs per enqueue transaction.
 const ENQUEUE_BATCH: usize = 500;
+/// Running jobs allowed per concurrency key with `--keys`.
+pub const KEY_LIMIT: u32 = 4;
 
 #[derive(Debug)]
 pub struct Report {
     pub jobs: usize,
     pub workers: usize,
     pub concurrency: u32,
+    pub keys: usize,
     pub enqueue_per_second: f64,
     pub processed_per_second: f64,
     pub start_latency_p50_ms: f64,
@@ -35,6 +40,13 @@ impl std::fmt::Display for Report {
             "workers × concurrency     {} × {}",
             self.workers, self.concurrency
         )?;
+        if self.keys > 0 {
+            writeln!(
+                f,
+                "concurrency keys          {} (limit {KEY_LIMIT} each)",
+                self.keys
+            )?;
+        }
         writeln!(
             f,
             "enqueue rate              {:.0} jobs/s",
@@ -60,7 +72,12 @@ impl std::fmt::Display for Report {
 }
 
 /// Runs the benchmark in its own tenant namespace (left in the database for inspection).
-pub async fn run(queue: &Queue, jobs: usize, workers: usize) -> Result<Report, sqlx::Error> {
+pub async fn run(
+    queue: &Queue,
+    jobs: usize,
+    workers: usize,
+    keys: usize,
+) -> Result<Report, sqlx::Error> {
     let tenant = format!("bench-{}", uuid::Uuid::now_v7());
     let shutdown = CancellationToken::new();
     // A no-op handler that counts, so waiting for the end costs the database nothing until the
@@ -85,11 +102,13 @@ pub async fn run(queue: &Queue, jobs: usize, workers: usize) -> Result<Report, s
     let mut enqueued = 0;
     while enqueued < jobs {
         let batch = ENQUEUE_BATCH.min(jobs - enqueued);
-        let jobs = (0..batch)
-            .map(|_| NewJob {
+        let jobs = (enqueued..enqueued + batch)
+            .map(|i| NewJob {
                 tenant_id: tenant.clone(),
                 kind: "noop".to_owned(),
                 payload: json!({}),
+                concurrency_key: (keys > 0).then(|| format!("key-{}", i % keys)),
+                concurrency_limit: (keys > 0).then_some(KEY_LIMIT),
                 ..NewJob::default()
             })
             .collect();
@@ -155,6 +174,7 @@ pub async fn run(queue: &Queue, jobs: usize, workers: usize) -> Result<Report, s
         jobs,
         workers,
         concurrency: queue.settings.concurrency,
+        keys,
         enqueue_per_second: jobs as f64 / enqueue_seconds,
         processed_per_second: jobs as f64 / wall_seconds,
         start_latency_p50_ms: percentile(0.5),

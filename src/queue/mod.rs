@@ -13,6 +13,7 @@ pub mod worker;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,9 @@ pub fn routes() -> OpenApiRouter<crate::app::AppState> {
 /// PostgreSQL channel on which enqueues wake idle workers in every process.
 pub const NOTIFY_CHANNEL: &str = "docket_jobs";
 
+/// How long a dedupe key holds when a job gives none.
+pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(3600);
+
 /// First retry delay; each further attempt doubles it (before jitter and the cap).
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 
@@ -54,6 +58,9 @@ pub struct Job {
     pub max_attempts: i32,
     pub timeout_seconds: i32,
     pub unique_key: Option<String>,
+    /// Jobs sharing this key (per tenant) are limited together; see [`NewJob::concurrency_key`].
+    pub concurrency_key: Option<String>,
+    pub dedupe_key: Option<String>,
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -73,6 +80,8 @@ struct JobRow {
     max_attempts: i32,
     timeout_seconds: i32,
     unique_key: Option<String>,
+    concurrency_key: Option<String>,
+    dedupe_key: Option<String>,
     last_error: Option<String>,
     created_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
@@ -81,6 +90,7 @@ struct JobRow {
 impl JobRow {
     /// A queued job as it will be inserted, with the configured defaults filled in.
     fn new(new: NewJob, settings: &Settings, now: DateTime<Utc>) -> Self {
+        // Only the key goes into the row; its limits and the dedupe window are applied by the caller.
         let max_attempts = new.max_attempts.unwrap_or(settings.max_retries + 1).max(1);
         let timeout = new.timeout.unwrap_or(settings.default_timeout);
         Self {
@@ -97,6 +107,8 @@ impl JobRow {
             max_attempts: i32::try_from(max_attempts).unwrap_or(i32::MAX),
             timeout_seconds: i32::try_from(timeout.as_secs().max(1)).unwrap_or(i32::MAX),
             unique_key: new.unique_key,
+            concurrency_key: new.concurrency_key,
+            dedupe_key: new.dedupe_key,
             last_error: None,
             created_at: now,
             finished_at: None,
@@ -119,6 +131,8 @@ impl From<JobRow> for Job {
             max_attempts: row.max_attempts,
             timeout_seconds: row.timeout_seconds,
             unique_key: row.unique_key,
+            concurrency_key: row.concurrency_key,
+            dedupe_key: row.dedupe_key,
             last_error: row.last_error,
             created_at: row.created_at,
             finished_at: row.finished_at,
@@ -127,7 +141,7 @@ impl From<JobRow> for Job {
 }
 
 const JOB_COLUMNS: &str = "id, tenant_id, task_id, kind, payload, status, priority, run_at, attempts, max_attempts, \
-                           timeout_seconds, unique_key, last_error, created_at, finished_at";
+                           timeout_seconds, unique_key, concurrency_key, dedupe_key, last_error, created_at, finished_at";
 
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Run {
@@ -158,6 +172,53 @@ pub struct NewJob {
     pub timeout: Option<Duration>,
     /// Enqueueing again with the same key (per tenant) returns the first job instead.
     pub unique_key: Option<String>,
+    /// Jobs sharing a concurrency key (per tenant) are limited together across all workers and
+    /// processes: at most `concurrency_limit` of them running and at most `rate_limit` starts
+    /// per interval. The limits given most recently with a key are the key's limits; a job that
+    /// gives none joins the key under the limits it already has.
+    pub concurrency_key: Option<String>,
+    pub concurrency_limit: Option<u32>,
+    pub rate_limit: Option<RateLimit>,
+    /// Enqueueing again with the same dedupe key (per tenant) within `dedupe_window` of the
+    /// first enqueue returns that first job instead. Unlike `unique_key`, the key is free again
+    /// once the window ends, whatever became of the job.
+    pub dedupe_key: Option<String>,
+    pub dedupe_window: Option<Duration>,
+}
+
+/// At most `count` starts per `per` (a sliding window) for the jobs of a concurrency key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub count: u32,
+    pub per: Duration,
+}
+
+/// A concurrency key's limits as stored in `job_keys`.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+struct KeyLimits {
+    tenant_id: String,
+    key: String,
+    concurrency_limit: Option<i32>,
+    rate_count: Option<i32>,
+    rate_per_seconds: Option<i32>,
+}
+
+impl KeyLimits {
+    /// The limits a new job sets for its key, if it has a key and gives any.
+    fn of(new: &NewJob) -> Option<Self> {
+        let key = new.concurrency_key.clone()?;
+        if new.concurrency_limit.is_none() && new.rate_limit.is_none() {
+            return None;
+        }
+        let int = |n: u64| i32::try_from(n.max(1)).unwrap_or(i32::MAX);
+        Some(Self {
+            tenant_id: new.tenant_id.clone(),
+            key,
+            concurrency_limit: new.concurrency_limit.map(|n| int(n.into())),
+            rate_count: new.rate_limit.map(|r| int(r.count.into())),
+            rate_per_seconds: new.rate_limit.map(|r| int(r.per.as_secs())),
+        })
+    }
 }
 
 /// Queue defaults and tuning, from the configuration.
@@ -239,19 +300,53 @@ impl Queue {
 }
 
 /// Enqueues inside the caller's transaction (so a job exists exactly when the change that causes it
-/// commits). On PostgreSQL the commit also wakes workers in every process.
+/// commits). On PostgreSQL the commit also wakes workers in every process. With a unique key that
+/// exists, or a dedupe key taken within its window, the first job is returned instead.
 pub async fn enqueue(
     tx: &mut Tx,
     settings: &Settings,
     new: NewJob,
     now: DateTime<Utc>,
 ) -> Result<Job, sqlx::Error> {
+    let (job, inserted) = enqueue_one(tx, settings, new, now).await?;
+    if inserted {
+        notify_workers(tx).await?;
+    }
+    Ok(job)
+}
+
+/// On PostgreSQL, wakes the workers of every process once the caller's transaction commits.
+async fn notify_workers(tx: &mut Tx) -> Result<(), sqlx::Error> {
+    if let Tx::Postgres(tx) = tx {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(NOTIFY_CHANNEL)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Inserts one job unless its unique or dedupe key returns an earlier one; says which happened.
+async fn enqueue_one(
+    tx: &mut Tx,
+    settings: &Settings,
+    new: NewJob,
+    now: DateTime<Utc>,
+) -> Result<(Job, bool), sqlx::Error> {
+    let limits = KeyLimits::of(&new);
+    let dedupe_until = new.dedupe_window.unwrap_or(DEFAULT_DEDUPE_WINDOW);
     let row = JobRow::new(new, settings, now);
+    if let Some(key) = &row.dedupe_key {
+        let until = now + chrono::Duration::from_std(dedupe_until).unwrap_or(chrono::Duration::MAX);
+        if let Some(first) = take_dedupe_key(tx, &row.tenant_id, key, &row.id, until, now).await? {
+            return Ok((first, false));
+        }
+    }
     let inserted = with_tx!(tx, conn => {
         sqlx::query(
             "INSERT INTO jobs (id, tenant_id, kind, payload, status, priority, run_at, attempts, max_attempts, \
-             timeout_seconds, unique_key, created_at, updated_at, task_id, finished_at, last_error) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $11, $12, $13, $14) \
+             timeout_seconds, unique_key, created_at, updated_at, task_id, finished_at, last_error, concurrency_key, dedupe_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $11, $12, $13, $14, $15, $16) \
              ON CONFLICT (tenant_id, unique_key) WHERE unique_key IS NOT NULL DO NOTHING",
         )
         .bind(&row.id)
@@ -268,6 +363,8 @@ pub async fn enqueue(
         .bind(&row.task_id)
         .bind(row.finished_at)
         .bind(&row.last_error)
+        .bind(&row.concurrency_key)
+        .bind(&row.dedupe_key)
         .execute(conn)
         .await
         .map(|done| done.rows_affected())
@@ -282,19 +379,140 @@ pub async fn enqueue(
             .fetch_one(conn)
             .await
         })?;
-        return Ok(existing.into());
+        if let Some(key) = &row.dedupe_key {
+            // The dedupe key was just taken for the job that was not created: the job that exists
+            // is the one later enqueues within the window get.
+            point_dedupe_key(tx, &row.tenant_id, key, &existing.id).await?;
+        }
+        return Ok((existing.into(), false));
     }
-    if let Tx::Postgres(tx) = tx {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(NOTIFY_CHANNEL)
-            .execute(&mut **tx)
-            .await?;
+    if let Some(limits) = limits {
+        set_key_limits(tx, std::slice::from_ref(&limits), now).await?;
     }
-    Ok(row.into())
+    Ok((row.into(), true))
+}
+
+/// Takes `key` for `job_id` until `until`, unless a job took it and its window has not ended:
+/// then that job is returned. Concurrent enqueues with one key serialise on its row, so exactly
+/// one of them creates a job.
+async fn take_dedupe_key(
+    tx: &mut Tx,
+    tenant_id: &str,
+    key: &str,
+    job_id: &str,
+    until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Option<Job>, sqlx::Error> {
+    let taken: Option<String> = with_tx!(tx, conn => {
+        sqlx::query_scalar(
+            "INSERT INTO job_dedupe (tenant_id, key, job_id, expires_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant_id, key) DO UPDATE SET job_id = excluded.job_id, expires_at = excluded.expires_at \
+             WHERE job_dedupe.expires_at <= $5 RETURNING job_id",
+        )
+        .bind(tenant_id)
+        .bind(key)
+        .bind(job_id)
+        .bind(until)
+        .bind(now)
+        .fetch_optional(conn)
+        .await
+    })?;
+    if taken.is_some() {
+        return Ok(None);
+    }
+    let first: Option<JobRow> = with_tx!(tx, conn => {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = $1 \
+             AND id = (SELECT job_id FROM job_dedupe WHERE tenant_id = $1 AND key = $2)"
+        )))
+        .bind(tenant_id)
+        .bind(key)
+        .fetch_optional(conn)
+        .await
+    })?;
+    match first {
+        Some(row) => Ok(Some(row.into())),
+        // Only if the first job's row is gone: the key is this job's from now on.
+        None => {
+            with_tx!(tx, conn => {
+                sqlx::query("UPDATE job_dedupe SET job_id = $3, expires_at = $4 WHERE tenant_id = $1 AND key = $2")
+                    .bind(tenant_id)
+                    .bind(key)
+                    .bind(job_id)
+                    .bind(until)
+                    .execute(conn)
+                    .await
+                    .map(|_| ())
+            })?;
+            Ok(None)
+        }
+    }
+}
+
+async fn point_dedupe_key(
+    tx: &mut Tx,
+    tenant_id: &str,
+    key: &str,
+    job_id: &str,
+) -> Result<(), sqlx::Error> {
+    with_tx!(tx, conn => {
+        sqlx::query("UPDATE job_dedupe SET job_id = $3 WHERE tenant_id = $1 AND key = $2")
+            .bind(tenant_id)
+            .bind(key)
+            .bind(job_id)
+            .execute(conn)
+            .await
+            .map(|_| ())
+    })
+}
+
+/// Stores keys' limits (given in key order, one per key). Reads first, in one statement, and
+/// writes only the changed ones: a write locks the key's row, which claimers of that key hold
+/// while they claim, so writing on every enqueue would make enqueues wait for claims.
+async fn set_key_limits(
+    tx: &mut Tx,
+    limits: &[KeyLimits],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if limits.is_empty() {
+        return Ok(());
+    }
+    let current: Vec<KeyLimits> = with_tx!(tx, conn => {
+        let mut select = sqlx::QueryBuilder::new(
+            "SELECT tenant_id, key, concurrency_limit, rate_count, rate_per_seconds FROM job_keys WHERE (tenant_id, key) IN (VALUES ",
+        );
+        for (i, KeyLimits { tenant_id, key, .. }) in limits.iter().enumerate() {
+            select.push(if i == 0 { "(" } else { ", (" });
+            select.push_bind(tenant_id).push(", ").push_bind(key).push(")");
+        }
+        select.push(")");
+        select.build_query_as().fetch_all(conn).await
+    })?;
+    for wanted in limits.iter().filter(|l| !current.contains(l)) {
+        with_tx!(tx, conn => {
+            sqlx::query(
+                "INSERT INTO job_keys (tenant_id, key, concurrency_limit, rate_count, rate_per_seconds, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, key) DO UPDATE SET \
+                 concurrency_limit = excluded.concurrency_limit, rate_count = excluded.rate_count, \
+                 rate_per_seconds = excluded.rate_per_seconds, updated_at = excluded.updated_at",
+            )
+            .bind(&wanted.tenant_id)
+            .bind(&wanted.key)
+            .bind(wanted.concurrency_limit)
+            .bind(wanted.rate_count)
+            .bind(wanted.rate_per_seconds)
+            .bind(now)
+            .execute(conn)
+            .await
+            .map(|_| ())
+        })?;
+    }
+    Ok(())
 }
 
 /// Enqueues many jobs with one multi-row insert per call (bulk loads, benchmarks). Jobs whose
-/// unique key already exists are skipped; returns how many were inserted.
+/// unique key already exists are skipped, as are those whose dedupe key is taken (jobs with a
+/// dedupe key are enqueued one by one); returns how many were inserted.
 pub async fn enqueue_many(
     tx: &mut Tx,
     settings: &Settings,
@@ -304,40 +522,56 @@ pub async fn enqueue_many(
     if jobs.is_empty() {
         return Ok(0);
     }
+    let (deduped, jobs): (Vec<NewJob>, Vec<NewJob>) =
+        jobs.into_iter().partition(|job| job.dedupe_key.is_some());
+    let mut inserted = 0;
+    // In key order, so that concurrent bulk enqueues take dedupe keys in the same order.
+    let mut deduped = deduped;
+    deduped.sort_by(|a, b| (&a.tenant_id, &a.dedupe_key).cmp(&(&b.tenant_id, &b.dedupe_key)));
+    for new in deduped {
+        inserted += u64::from(enqueue_one(tx, settings, new, now).await?.1);
+    }
+    // The last limits given for a key win, written in key order like claimers lock them.
+    let limits: std::collections::BTreeMap<(String, String), KeyLimits> = jobs
+        .iter()
+        .filter_map(KeyLimits::of)
+        .map(|l| ((l.tenant_id.clone(), l.key.clone()), l))
+        .collect();
     let rows: Vec<JobRow> = jobs
         .into_iter()
         .map(|new| JobRow::new(new, settings, now))
         .collect();
-    let inserted = with_tx!(tx, conn => {
-        let mut insert = sqlx::QueryBuilder::new(
-            "INSERT INTO jobs (id, tenant_id, task_id, kind, payload, status, priority, run_at, attempts, max_attempts, \
-             timeout_seconds, unique_key, created_at, updated_at) ",
-        );
-        insert.push_values(&rows, |mut row, job| {
-            row.push_bind(&job.id)
-                .push_bind(&job.tenant_id)
-                .push_bind(&job.task_id)
-                .push_bind(&job.kind)
-                .push_bind(&job.payload)
-                .push_bind("queued")
-                .push_bind(job.priority)
-                .push_bind(job.run_at)
-                .push_bind(0_i32)
-                .push_bind(job.max_attempts)
-                .push_bind(job.timeout_seconds)
-                .push_bind(&job.unique_key)
-                .push_bind(job.created_at)
-                .push_bind(job.created_at);
-        });
-        insert.push(" ON CONFLICT (tenant_id, unique_key) WHERE unique_key IS NOT NULL DO NOTHING");
-        insert.build().execute(conn).await.map(|done| done.rows_affected())
-    })?;
-    if let Tx::Postgres(tx) = tx {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(NOTIFY_CHANNEL)
-            .execute(&mut **tx)
-            .await?;
+    if !rows.is_empty() {
+        inserted += with_tx!(tx, conn => {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO jobs (id, tenant_id, task_id, kind, payload, status, priority, run_at, attempts, max_attempts, \
+                 timeout_seconds, unique_key, created_at, updated_at, concurrency_key, dedupe_key) ",
+            );
+            insert.push_values(&rows, |mut row, job| {
+                row.push_bind(&job.id)
+                    .push_bind(&job.tenant_id)
+                    .push_bind(&job.task_id)
+                    .push_bind(&job.kind)
+                    .push_bind(&job.payload)
+                    .push_bind("queued")
+                    .push_bind(job.priority)
+                    .push_bind(job.run_at)
+                    .push_bind(0_i32)
+                    .push_bind(job.max_attempts)
+                    .push_bind(job.timeout_seconds)
+                    .push_bind(&job.unique_key)
+                    .push_bind(job.created_at)
+                    .push_bind(job.created_at)
+                    .push_bind(&job.concurrency_key)
+                    .push_bind(&job.dedupe_key);
+            });
+            insert.push(" ON CONFLICT (tenant_id, unique_key) WHERE unique_key IS NOT NULL DO NOTHING");
+            insert.build().execute(conn).await.map(|done| done.rows_affected())
+        })?;
     }
+    let limits: Vec<KeyLimits> = limits.into_values().collect();
+    set_key_limits(tx, &limits, now).await?;
+    notify_workers(tx).await?;
     Ok(inserted)
 }
 
@@ -422,8 +656,33 @@ pub struct Claimed {
     pub run_id: String,
 }
 
+/// Most candidate selections per claim (see [`claim`]).
+const CLAIM_ROUNDS: usize = 4;
+
+/// A due job that may be claimed if its task and its concurrency key have room.
+#[derive(Debug, sqlx::FromRow)]
+struct Candidate {
+    id: String,
+    tenant_id: String,
+    task_id: Option<String>,
+    concurrency_key: Option<String>,
+}
+
+/// Excludes a keyed job whose key is at its concurrency or rate limit (`$1` is now). Read without
+/// locks, so it can be stale: it keeps saturated keys from taking the places of other keys' jobs
+/// in the batch, and [`key_room`] then counts exactly under the keys' locks. A job without a key
+/// stops at the first test.
+const KEY_HAS_ROOM: &str = "(j.concurrency_key IS NULL OR NOT EXISTS (SELECT 1 FROM job_keys k \
+     WHERE k.tenant_id = j.tenant_id AND k.key = j.concurrency_key AND (\
+     (k.concurrency_limit IS NOT NULL AND (SELECT COUNT(*) FROM jobs r WHERE r.tenant_id = k.tenant_id \
+     AND r.concurrency_key = k.key AND r.status = 'running') >= k.concurrency_limit) \
+     OR (k.rate_count IS NOT NULL AND (SELECT COUNT(*) FROM job_key_starts s WHERE s.tenant_id = k.tenant_id \
+     AND s.key = k.key AND s.expires_at > $1) >= k.rate_count))))";
+
 /// Claims up to `limit` due jobs for `worker_id` under a lease until `now + lease`. Jobs whose lease
 /// expired count as due again (their worker died); those without attempts left become dead.
+/// A job whose task or concurrency key is at its limit is not a candidate: jobs behind it are
+/// claimed instead.
 pub async fn claim(
     store: &Store,
     worker_id: &str,
@@ -435,33 +694,53 @@ pub async fn claim(
         now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60));
     let mut tx = store.begin().await?;
     recover_expired_leases(&mut tx, store, now).await?;
-    // Due jobs, skipping tasks that already run as many jobs as their `concurrency` allows.
+    // Due jobs, skipping tasks that already run as many jobs as their `concurrency` allows and
+    // keys at their limits.
     let sql = format!(
-        "SELECT id, task_id FROM jobs j WHERE status IN ('queued', 'failed', 'waiting') AND run_at <= $1 \
+        "SELECT id, tenant_id, task_id, concurrency_key FROM jobs j WHERE status IN ('queued', 'failed', 'waiting') AND run_at <= $1 \
          AND (task_id IS NULL OR (SELECT COUNT(*) FROM jobs r WHERE r.task_id = j.task_id AND r.status = 'running') \
               < COALESCE((SELECT t.concurrency FROM tasks t WHERE t.id = j.task_id), 1)) \
+         AND {KEY_HAS_ROOM} \
          ORDER BY priority DESC, run_at, id LIMIT $2 {}",
         store.skip_locked()
     );
-    let candidates: Vec<(String, Option<String>)> = with_tx!(&mut tx, conn => {
-        sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(now).bind(i64::from(limit)).fetch_all(conn).await
-    })?;
-    let ids = within_task_concurrency(&mut tx, store, candidates).await?;
-    if ids.is_empty() {
+    let mut rows: Vec<JobRow> = Vec::new();
+    // A batch can fill a task or key that had room when it was selected; the jobs beyond its room
+    // are dropped, and another round (which sees this transaction's claims in the counts) takes
+    // other jobs in their places.
+    for round in 0..CLAIM_ROUNDS {
+        // Later rounds never wait for a lock: that would take locks out of the first round's order.
+        let skip_locked = round > 0 && matches!(store, Store::Postgres(_));
+        let wanted = i64::from(limit) - rows.len() as i64;
+        let candidates: Vec<Candidate> = with_tx!(&mut tx, conn => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(now).bind(wanted).fetch_all(conn).await
+        })?;
+        let selected = candidates.len();
+        let tasks = task_room(&mut tx, store, skip_locked, &candidates).await?;
+        let keys = key_room(&mut tx, store, skip_locked, &candidates, now).await?;
+        let (ids, starts) = admit(candidates, tasks, keys, now);
+        if !ids.is_empty() {
+            rows.extend(with_tx!(&mut tx, conn => {
+                let mut update = sqlx::QueryBuilder::new("UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ");
+                update.push_bind(worker_id).push(", lease_expires_at = ").push_bind(lease_until);
+                update.push(", updated_at = ").push_bind(now).push(" WHERE id IN (");
+                let mut list = update.separated(", ");
+                for id in &ids {
+                    list.push_bind(id);
+                }
+                update.push(format!(") RETURNING {JOB_COLUMNS}"));
+                update.build_query_as::<JobRow>().fetch_all(conn).await
+            })?);
+            record_starts(&mut tx, &starts, now).await?;
+        }
+        if ids.len() == selected || rows.len() as i64 >= i64::from(limit) {
+            break;
+        }
+    }
+    if rows.is_empty() {
         tx.commit().await?;
         return Ok(Vec::new());
     }
-    let rows: Vec<JobRow> = with_tx!(&mut tx, conn => {
-        let mut update = sqlx::QueryBuilder::new("UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ");
-        update.push_bind(worker_id).push(", lease_expires_at = ").push_bind(lease_until);
-        update.push(", updated_at = ").push_bind(now).push(" WHERE id IN (");
-        let mut list = update.separated(", ");
-        for id in &ids {
-            list.push_bind(id);
-        }
-        update.push(format!(") RETURNING {JOB_COLUMNS}"));
-        update.build_query_as().fetch_all(conn).await
-    })?;
     let claimed: Vec<Claimed> = rows
         .into_iter()
         .map(|row| Claimed {
@@ -469,75 +748,250 @@ pub async fn claim(
             run_id: Uuid::now_v7().to_string(),
         })
         .collect();
-    if !claimed.is_empty() {
-        with_tx!(&mut tx, conn => {
-            let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO runs (id, tenant_id, job_id, attempt, status, worker_id, queued_at, started_at) ",
-            );
-            insert.push_values(&claimed, |mut row, c| {
-                row.push_bind(&c.run_id)
-                    .push_bind(&c.job.tenant_id)
-                    .push_bind(&c.job.id)
-                    .push_bind(c.job.attempts)
-                    .push_bind("running")
-                    .push_bind(worker_id)
-                    .push_bind(c.job.run_at)
-                    .push_bind(now);
-            });
-            insert.build().execute(conn).await.map(|_| ())
-        })?;
-    }
+    with_tx!(&mut tx, conn => {
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO runs (id, tenant_id, job_id, attempt, status, worker_id, queued_at, started_at) ",
+        );
+        insert.push_values(&claimed, |mut row, c| {
+            row.push_bind(&c.run_id)
+                .push_bind(&c.job.tenant_id)
+                .push_bind(&c.job.id)
+                .push_bind(c.job.attempts)
+                .push_bind("running")
+                .push_bind(worker_id)
+                .push_bind(c.job.run_at)
+                .push_bind(now);
+        });
+        insert.build().execute(conn).await.map(|_| ())
+    })?;
     tx.commit().await?;
     Ok(claimed)
 }
 
-/// Keeps the candidates that fit their task's `concurrency`. The task row is locked first (in id
-/// order, so claimers cannot deadlock), which makes the running count exact even when several
-/// workers claim jobs of the same task at once.
-async fn within_task_concurrency(
+/// Room left per task among the candidates, from its `concurrency`. The task row is locked first
+/// (in id order, so claimers cannot deadlock), which makes the running count exact even when
+/// several workers claim jobs of the same task at once. With `skip_locked`, a task whose row
+/// another claimer holds (or that is missing) has no room this time.
+async fn task_room(
     tx: &mut Tx,
     store: &Store,
-    candidates: Vec<(String, Option<String>)>,
-) -> Result<Vec<String>, sqlx::Error> {
-    let mut tasks: Vec<String> = candidates
+    skip_locked: bool,
+    candidates: &[Candidate],
+) -> Result<HashMap<String, i64>, sqlx::Error> {
+    let mut tasks: Vec<&String> = candidates
         .iter()
-        .filter_map(|(_, task)| task.clone())
+        .filter_map(|c| c.task_id.as_ref())
         .collect();
     tasks.sort();
     tasks.dedup();
-    let mut room = std::collections::HashMap::new();
+    let mut room = HashMap::new();
     for task_id in tasks {
         let lock = format!(
             "SELECT concurrency FROM tasks WHERE id = $1 {}",
-            store.lock_rows()
+            lock_clause(store, skip_locked)
         );
         let concurrency: Option<i32> = with_tx!(tx, conn => {
-            sqlx::query_scalar(sqlx::AssertSqlSafe(lock.clone())).bind(&task_id).fetch_optional(conn).await
+            sqlx::query_scalar(sqlx::AssertSqlSafe(lock.clone())).bind(task_id).fetch_optional(conn).await
         })?;
         let running: i64 = with_tx!(tx, conn => {
             sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE task_id = $1 AND status = 'running'")
-                .bind(&task_id)
+                .bind(task_id)
                 .fetch_one(conn)
                 .await
         })?;
         room.insert(
-            task_id,
-            (i64::from(concurrency.unwrap_or(1)) - running).max(0),
+            task_id.clone(),
+            (i64::from(concurrency.unwrap_or(if skip_locked { 0 } else { 1 })) - running).max(0),
         );
     }
-    Ok(candidates
-        .into_iter()
-        .filter_map(|(id, task)| match task {
-            None => Some(id),
-            Some(task) => {
-                let left = room.entry(task).or_insert(0);
-                (*left > 0).then(|| {
-                    *left -= 1;
-                    id
-                })
+    Ok(room)
+}
+
+fn lock_clause(store: &Store, skip_locked: bool) -> &'static str {
+    if skip_locked {
+        store.skip_locked()
+    } else {
+        store.lock_rows()
+    }
+}
+
+/// What a concurrency key allows this claim.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct KeyRoom {
+    /// Jobs that may start now: the smaller of the concurrency and the rate room.
+    left: i64,
+    /// For a rate-limited key, how long a start counts against it.
+    rate_window: Option<chrono::Duration>,
+}
+
+/// Room left per concurrency key (tenant, key) among the candidates. The keys' `job_keys` rows are
+/// locked in key order in one statement (claimers cannot deadlock); the counts come from a later
+/// statement, which on PostgreSQL (read committed) sees every claim committed before the locks
+/// were granted, so they are exact. A key without a row has no limits and is not listed; with
+/// `skip_locked`, a key whose row another claimer holds is listed without room.
+async fn key_room(
+    tx: &mut Tx,
+    store: &Store,
+    skip_locked: bool,
+    candidates: &[Candidate],
+    now: DateTime<Utc>,
+) -> Result<HashMap<(String, String), KeyRoom>, sqlx::Error> {
+    let mut keys: Vec<(String, String)> = candidates
+        .iter()
+        .filter_map(|c| Some((c.tenant_id.clone(), c.concurrency_key.clone()?)))
+        .collect();
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    keys.sort();
+    keys.dedup();
+    let limits: Vec<KeyLimits> = with_tx!(tx, conn => {
+        let mut lock = sqlx::QueryBuilder::new(
+            "SELECT tenant_id, key, concurrency_limit, rate_count, rate_per_seconds FROM job_keys WHERE (tenant_id, key) IN (VALUES ",
+        );
+        for (i, (tenant_id, key)) in keys.iter().enumerate() {
+            lock.push(if i == 0 { "(" } else { ", (" });
+            lock.push_bind(tenant_id).push(", ").push_bind(key).push(")");
+        }
+        lock.push(") ORDER BY tenant_id, key ").push(lock_clause(store, skip_locked));
+        lock.build_query_as().fetch_all(conn).await
+    })?;
+    let mut room = HashMap::new();
+    if skip_locked {
+        // Not returned: locked elsewhere, or without limits. A key without limits then waits for
+        // the next claim too, which is cheaper than asking which of the two it is.
+        let closed = KeyRoom {
+            left: 0,
+            rate_window: None,
+        };
+        room.extend(keys.into_iter().map(|key| (key, closed)));
+    }
+    if limits.is_empty() {
+        return Ok(room);
+    }
+    let counts: Vec<(String, String, String, i64)> = with_tx!(tx, conn => {
+        let mut count = sqlx::QueryBuilder::new(
+            "SELECT 'running', tenant_id, concurrency_key, COUNT(*) FROM jobs \
+             WHERE status = 'running' AND concurrency_key IS NOT NULL AND (tenant_id, concurrency_key) IN (VALUES ",
+        );
+        for (i, KeyLimits { tenant_id, key, .. }) in limits.iter().enumerate() {
+            count.push(if i == 0 { "(" } else { ", (" });
+            count.push_bind(tenant_id).push(", ").push_bind(key).push(")");
+        }
+        count.push(") GROUP BY tenant_id, concurrency_key");
+        let rated: Vec<_> = limits.iter().filter(|l| l.rate_count.is_some()).collect();
+        if !rated.is_empty() {
+            count.push(" UNION ALL SELECT 'started', tenant_id, key, COUNT(*) FROM job_key_starts WHERE expires_at > ");
+            count.push_bind(now).push(" AND (tenant_id, key) IN (VALUES ");
+            for (i, KeyLimits { tenant_id, key, .. }) in rated.into_iter().enumerate() {
+                count.push(if i == 0 { "(" } else { ", (" });
+                count.push_bind(tenant_id).push(", ").push_bind(key).push(")");
             }
-        })
-        .collect())
+            count.push(") GROUP BY tenant_id, key");
+        }
+        count.build_query_as().fetch_all(conn).await
+    })?;
+    let mut running = HashMap::new();
+    let mut started = HashMap::new();
+    for (what, tenant_id, key, n) in counts {
+        let counted = if what == "running" {
+            &mut running
+        } else {
+            &mut started
+        };
+        counted.insert((tenant_id, key), n);
+    }
+    for KeyLimits {
+        tenant_id,
+        key,
+        concurrency_limit,
+        rate_count,
+        rate_per_seconds,
+    } in limits
+    {
+        let id = (tenant_id, key);
+        let left_of = |limit: Option<i32>, used: &HashMap<(String, String), i64>| {
+            limit.map_or(i64::MAX, |l| {
+                i64::from(l) - used.get(&id).copied().unwrap_or(0)
+            })
+        };
+        let left = left_of(concurrency_limit, &running)
+            .min(left_of(rate_count, &started))
+            .max(0);
+        let rate_window = rate_count
+            .and(rate_per_seconds)
+            .map(|s| chrono::Duration::seconds(i64::from(s)));
+        room.insert(id, KeyRoom { left, rate_window });
+    }
+    Ok(room)
+}
+
+/// A start of a rate-limited key: (tenant, key, when it leaves the window).
+type Start = (String, String, DateTime<Utc>);
+
+/// The candidates that fit both their task's and their key's room, in claim order, and the starts
+/// to record for rate-limited keys.
+fn admit(
+    candidates: Vec<Candidate>,
+    mut tasks: HashMap<String, i64>,
+    mut keys: HashMap<(String, String), KeyRoom>,
+    now: DateTime<Utc>,
+) -> (Vec<String>, Vec<Start>) {
+    let mut ids = Vec::with_capacity(candidates.len());
+    let mut starts = Vec::new();
+    for candidate in candidates {
+        let task = candidate
+            .task_id
+            .as_ref()
+            .map(|task_id| tasks.entry(task_id.clone()).or_insert(0));
+        let key = candidate
+            .concurrency_key
+            .map(|key| (candidate.tenant_id, key));
+        let room = key.as_ref().and_then(|key| keys.get_mut(key));
+        if task.as_deref().is_some_and(|left| *left <= 0)
+            || room.as_deref().is_some_and(|room| room.left <= 0)
+        {
+            continue;
+        }
+        if let Some(left) = task {
+            *left -= 1;
+        }
+        if let Some(room) = room {
+            room.left -= 1;
+            if let (Some(window), Some((tenant_id, key))) = (room.rate_window, key) {
+                starts.push((tenant_id, key, now + window));
+            }
+        }
+        ids.push(candidate.id);
+    }
+    (ids, starts)
+}
+
+/// Records the starts of rate-limited keys and drops those that left their window (the claim
+/// holds these keys' locks).
+async fn record_starts(
+    tx: &mut Tx,
+    starts: &[Start],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if starts.is_empty() {
+        return Ok(());
+    }
+    with_tx!(tx, conn => {
+        let mut prune = sqlx::QueryBuilder::new("DELETE FROM job_key_starts WHERE expires_at <= ");
+        prune.push_bind(now).push(" AND (tenant_id, key) IN (VALUES ");
+        for (i, (tenant_id, key, _)) in starts.iter().enumerate() {
+            prune.push(if i == 0 { "(" } else { ", (" });
+            prune.push_bind(tenant_id).push(", ").push_bind(key).push(")");
+        }
+        prune.push(")");
+        prune.build().execute(&mut *conn).await?;
+        let mut insert = sqlx::QueryBuilder::new("INSERT INTO job_key_starts (tenant_id, key, expires_at) ");
+        insert.push_values(starts, |mut row, (tenant_id, key, expires_at)| {
+            row.push_bind(tenant_id).push_bind(key).push_bind(*expires_at);
+        });
+        insert.build().execute(conn).await.map(|_| ())
+    })
 }
 
 /// Jobs whose worker stopped renewing the lease: their run is marked lost, and the job goes back to
@@ -902,6 +1356,83 @@ pub async fn runs_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn candidate(id: &str, task: Option<&str>, key: Option<&str>) -> Candidate {
+        Candidate {
+            id: id.to_owned(),
+            tenant_id: "t".to_owned(),
+            task_id: task.map(str::to_owned),
+            concurrency_key: key.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn candidates_are_admitted_within_task_and_key_room() {
+        let now = Utc::now();
+        let candidates = vec![
+            candidate("1", None, Some("a")),
+            candidate("2", None, Some("a")),
+            candidate("3", Some("task"), Some("b")),
+            candidate("4", Some("task"), Some("b")),
+            candidate("5", None, Some("free")),
+            candidate("6", None, None),
+        ];
+        let tasks = HashMap::from([("task".to_owned(), 5)]);
+        let keys = HashMap::from([
+            (
+                ("t".to_owned(), "a".to_owned()),
+                KeyRoom {
+                    left: 1,
+                    rate_window: None,
+                },
+            ),
+            (
+                ("t".to_owned(), "b".to_owned()),
+                KeyRoom {
+                    left: 1,
+                    rate_window: Some(chrono::Duration::seconds(60)),
+                },
+            ),
+        ]);
+        let (ids, starts) = admit(candidates, tasks, keys, now);
+        assert_eq!(
+            ids,
+            ["1", "3", "5", "6"],
+            "one of each limited key; unlisted keys are unlimited"
+        );
+        assert_eq!(
+            starts,
+            [(
+                "t".to_owned(),
+                "b".to_owned(),
+                now + chrono::Duration::seconds(60)
+            )],
+            "only rate-limited keys record starts"
+        );
+    }
+
+    #[test]
+    fn a_job_needs_room_in_both_its_task_and_its_key() {
+        let now = Utc::now();
+        let candidates = vec![
+            candidate("1", Some("full"), Some("k")),
+            candidate("2", Some("open"), Some("k")),
+        ];
+        let tasks = HashMap::from([("full".to_owned(), 0), ("open".to_owned(), 1)]);
+        let keys = HashMap::from([(
+            ("t".to_owned(), "k".to_owned()),
+            KeyRoom {
+                left: 1,
+                rate_window: None,
+            },
+        )]);
+        let (ids, _) = admit(candidates, tasks, keys, now);
+        assert_eq!(
+            ids,
+            ["2"],
+            "the key's room is not spent on a job its task refuses"
+        );
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -71,6 +71,12 @@ pub async fn run(state: &AppState, task_count: usize, seconds: u64) -> Result<Re
             timeout_seconds: 60,
             misfire_grace_seconds: 30,
             concurrency: 1,
+            concurrency_key: None,
+            concurrency_limit: None,
+            rate_count: None,
+            rate_per_seconds: None,
+            dedupe_key: None,
+            dedupe_window_seconds: None,
             status: "active".to_owned(),
             next_run_at: Some(
                 chrono::DurationRound::duration_trunc(now, chrono::Duration::seconds(1))

@@ -38,6 +38,19 @@ pub struct TaskRow {
     pub timeout_seconds: i32,
     pub misfire_grace_seconds: i32,
     pub concurrency: i32,
+    /// Jobs of this task are limited together with every job of the same key (across tasks):
+    /// at most `concurrency_limit` running and at most `rate_limit` starts per interval. May use
+    /// `${params.…}` and `${event.…}`, rendered when an occurrence is enqueued.
+    pub concurrency_key: Option<String>,
+    pub concurrency_limit: Option<i32>,
+    #[serde(skip)]
+    pub rate_count: Option<i32>,
+    #[serde(skip)]
+    pub rate_per_seconds: Option<i32>,
+    /// An occurrence enqueued within `dedupe_window_seconds` of an earlier one with the same
+    /// rendered key (per tenant) is that earlier job. Templates as for `concurrency_key`.
+    pub dedupe_key: Option<String>,
+    pub dedupe_window_seconds: Option<i32>,
     /// `active`, `paused` or `completed` (a one-shot task that ran).
     pub status: String,
     pub next_run_at: Option<DateTime<Utc>>,
@@ -57,7 +70,7 @@ impl TaskRow {
 
     /// The job for an occurrence at `at`; the unique key makes its enqueue idempotent.
     pub fn job_for(&self, at: DateTime<Utc>) -> NewJob {
-        NewJob {
+        let mut job = NewJob {
             tenant_id: self.tenant_id.clone(),
             task_id: Some(self.id.clone()),
             kind: TASK_JOB_KIND.to_owned(),
@@ -69,7 +82,97 @@ impl TaskRow {
                 u64::try_from(self.timeout_seconds).unwrap_or(1),
             )),
             unique_key: Some(format!("task:{}:{}", self.id, at.to_rfc3339())),
+            concurrency_limit: self.concurrency_limit.and_then(|n| u32::try_from(n).ok()),
+            rate_limit: self
+                .rate_count
+                .zip(self.rate_per_seconds)
+                .and_then(|(count, per)| {
+                    Some(queue::RateLimit {
+                        count: u32::try_from(count).ok()?,
+                        per: std::time::Duration::from_secs(u64::try_from(per).ok()?),
+                    })
+                }),
+            dedupe_window: self
+                .dedupe_window_seconds
+                .and_then(|s| u64::try_from(s).ok())
+                .map(std::time::Duration::from_secs),
+            ..NewJob::default()
+        };
+        self.render_keys(&mut job);
+        job
+    }
+
+    /// Sets the job's keys from the task's templates, rendered against the job's payload (its
+    /// `payload.params` and `event`). Callers that change those after [`TaskRow::job_for`] call
+    /// this again.
+    pub fn render_keys(&self, job: &mut NewJob) {
+        let params = &job.payload["payload"]["params"];
+        let event = &job.payload["event"];
+        let render = |template: &Option<String>| {
+            template
+                .as_deref()
+                .map(|t| bounded_key(render_key(t, params, event).unwrap_or_else(|_| t.to_owned())))
+        };
+        job.concurrency_key = render(&self.concurrency_key);
+        job.dedupe_key = render(&self.dedupe_key);
+    }
+}
+
+/// Longest key as written in a task, and as stored after rendering.
+const MAX_KEY_CHARS: usize = 200;
+/// Longest dedupe window: a week.
+const MAX_DEDUPE_WINDOW_SECONDS: i32 = 604_800;
+
+/// Renders `${params.a.b}` (the occurrence's params) and `${event.a.b}` (the event that triggered
+/// it) in a key. A value that is missing renders as empty text: such jobs share the key's literal
+/// part, and its limits, rather than escaping them. Errors are syntax errors only, so stored keys
+/// (validated when saved) always render.
+fn render_key(template: &str, params: &Value, event: &Value) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed template in {template:?}"))?;
+        let source = after[..end].trim();
+        let unknown = || format!("${{{source}}}: use ${{params.name}} or ${{event.name}}");
+        let (root, path) = source.split_once('.').ok_or_else(unknown)?;
+        let mut value = match root {
+            "params" => params,
+            "event" => event,
+            _ => return Err(unknown()),
+        };
+        for segment in path.split('.') {
+            if segment.is_empty() {
+                return Err(format!("${{{source}}}: empty path segment"));
+            }
+            value = match value {
+                Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
+                _ => value.get(segment),
+            }
+            .unwrap_or(&Value::Null);
         }
+        match value {
+            Value::Null => {}
+            Value::String(text) => out.push_str(text),
+            other => out.push_str(&other.to_string()),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A rendered key longer than [`MAX_KEY_CHARS`] (a long parameter) is replaced by its digest, so
+/// stored keys stay small and distinct values stay distinct.
+fn bounded_key(key: String) -> String {
+    use sha2::{Digest, Sha256};
+    if key.chars().count() <= MAX_KEY_CHARS {
+        key
+    } else {
+        format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
     }
 }
 
@@ -82,6 +185,17 @@ pub struct Task {
     pub payload: Value,
     /// The next (up to) five occurrences, while the task is active.
     pub next_fire_times: Vec<DateTime<Utc>>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// At most `count` job starts per `per_seconds` (a sliding window) for a concurrency key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// 1-100000.
+    pub count: i32,
+    /// 1-86400.
+    pub per_seconds: i32,
 }
 
 impl Task {
@@ -98,6 +212,10 @@ impl Task {
         };
         Self {
             payload: row.payload(),
+            rate_limit: row
+                .rate_count
+                .zip(row.rate_per_seconds)
+                .map(|(count, per_seconds)| RateLimit { count, per_seconds }),
             task: row,
             next_fire_times,
         }
@@ -105,8 +223,9 @@ impl Task {
 }
 
 pub const COLUMNS: &str = "id, tenant_id, title, description, schedule_kind, schedule_expr, timezone, payload, priority, \
-                           max_retries, timeout_seconds, misfire_grace_seconds, concurrency, status, next_run_at, \
-                           created_by, created_at, updated_at";
+                           max_retries, timeout_seconds, misfire_grace_seconds, concurrency, concurrency_key, \
+                           concurrency_limit, rate_count, rate_per_seconds, dedupe_key, dedupe_window_seconds, status, \
+                           next_run_at, created_by, created_at, updated_at";
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -128,6 +247,16 @@ pub struct CreateTask {
     pub timeout_seconds: Option<i32>,
     pub misfire_grace_seconds: Option<i32>,
     pub concurrency: Option<i32>,
+    /// Limits shared by every job with this key (1-200 characters; `${params.…}` and
+    /// `${event.…}` are rendered per occurrence). Needs `concurrency_limit` or `rate_limit`.
+    pub concurrency_key: Option<String>,
+    /// At most this many jobs of the key run at once (1-10000).
+    pub concurrency_limit: Option<i32>,
+    pub rate_limit: Option<RateLimit>,
+    /// An occurrence with the same rendered key as one enqueued within the window is that job.
+    pub dedupe_key: Option<String>,
+    /// 1-604800; default 3600 when `dedupe_key` is given.
+    pub dedupe_window_seconds: Option<i32>,
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -145,6 +274,32 @@ pub struct UpdateTask {
     pub timeout_seconds: Option<i32>,
     pub misfire_grace_seconds: Option<i32>,
     pub concurrency: Option<i32>,
+    /// As when creating; `null` removes the key (and its limits).
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub concurrency_key: Option<Option<String>>,
+    /// `null` removes the limit.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<i32>)]
+    pub concurrency_limit: Option<Option<i32>>,
+    /// `null` removes the limit.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<RateLimit>)]
+    pub rate_limit: Option<Option<RateLimit>>,
+    /// `null` removes the key.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub dedupe_key: Option<Option<String>>,
+    pub dedupe_window_seconds: Option<i32>,
+}
+
+/// For fields that can be removed: absent is `None`, `null` is `Some(None)`.
+fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -226,6 +381,66 @@ fn validate_payload(state: &AppState, payload: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A key as written: trimmed, 1-200 characters, templates well formed.
+fn validate_key(field: &str, value: &str) -> Result<String, ApiError> {
+    let key = validate_text(field, value, MAX_KEY_CHARS, true)?;
+    render_key(&key, &Value::Null, &Value::Null).map_err(|e| ApiError::invalid_field(field, e))?;
+    Ok(key)
+}
+
+/// The key settings of a task taken together: limits need a key, a key needs a limit, and a
+/// dedupe key gets the default window.
+fn validate_keys(task: &mut TaskRow) -> Result<(), ApiError> {
+    if let Some(limit) = task.concurrency_limit {
+        in_range("concurrency_limit", limit, 1, 10_000)?;
+    }
+    if let Some(count) = task.rate_count {
+        in_range("rate_limit.count", count, 1, 100_000)?;
+    }
+    if let Some(per) = task.rate_per_seconds {
+        in_range("rate_limit.per_seconds", per, 1, 86_400)?;
+    }
+    let limited = task.concurrency_limit.is_some() || task.rate_count.is_some();
+    match (&task.concurrency_key, limited) {
+        (Some(_), false) => {
+            return Err(ApiError::invalid_field(
+                "concurrency_key",
+                "needs concurrency_limit or rate_limit",
+            ));
+        }
+        (None, true) => {
+            let field = if task.concurrency_limit.is_some() {
+                "concurrency_limit"
+            } else {
+                "rate_limit"
+            };
+            return Err(ApiError::invalid_field(field, "needs a concurrency_key"));
+        }
+        _ => {}
+    }
+    match (&task.dedupe_key, task.dedupe_window_seconds) {
+        (Some(_), None) => {
+            task.dedupe_window_seconds = i32::try_from(queue::DEFAULT_DEDUPE_WINDOW.as_secs()).ok();
+        }
+        (Some(_), Some(window)) => {
+            in_range(
+                "dedupe_window_seconds",
+                window,
+                1,
+                MAX_DEDUPE_WINDOW_SECONDS,
+            )?;
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::invalid_field(
+                "dedupe_window_seconds",
+                "needs a dedupe_key",
+            ));
+        }
+        (None, None) => {}
+    }
+    Ok(())
+}
+
 fn schedule_error(e: super::schedule::ScheduleError) -> ApiError {
     ApiError::invalid_field(e.field, e.message)
 }
@@ -265,7 +480,9 @@ async fn save(tx: &mut Tx, task: &TaskRow) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE tasks SET title = $1, description = $2, schedule_kind = $3, schedule_expr = $4, timezone = $5, \
              payload = $6, priority = $7, max_retries = $8, timeout_seconds = $9, misfire_grace_seconds = $10, \
-             concurrency = $11, status = $12, next_run_at = $13, updated_at = $14 WHERE tenant_id = $15 AND id = $16",
+             concurrency = $11, status = $12, next_run_at = $13, updated_at = $14, concurrency_key = $17, \
+             concurrency_limit = $18, rate_count = $19, rate_per_seconds = $20, dedupe_key = $21, dedupe_window_seconds = $22 \
+             WHERE tenant_id = $15 AND id = $16",
         )
         .bind(&task.title)
         .bind(&task.description)
@@ -283,6 +500,12 @@ async fn save(tx: &mut Tx, task: &TaskRow) -> Result<(), sqlx::Error> {
         .bind(task.updated_at)
         .bind(&task.tenant_id)
         .bind(&task.id)
+        .bind(&task.concurrency_key)
+        .bind(task.concurrency_limit)
+        .bind(task.rate_count)
+        .bind(task.rate_per_seconds)
+        .bind(&task.dedupe_key)
+        .bind(task.dedupe_window_seconds)
         .execute(conn)
         .await
         .map(|_| ())
@@ -293,6 +516,7 @@ fn summary(task: &TaskRow) -> Value {
     json!({
         "title": task.title, "status": task.status, "schedule_kind": task.schedule_kind,
         "schedule_expr": task.schedule_expr, "timezone": task.timezone, "next_run_at": task.next_run_at,
+        "concurrency_key": task.concurrency_key, "dedupe_key": task.dedupe_key,
     })
 }
 
@@ -319,8 +543,9 @@ pub async fn insert(tx: &mut Tx, task: &TaskRow) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO tasks (id, tenant_id, title, description, schedule_kind, schedule_expr, timezone, payload, \
              priority, max_retries, timeout_seconds, misfire_grace_seconds, concurrency, status, next_run_at, \
-             created_by, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+             created_by, created_at, updated_at, concurrency_key, concurrency_limit, rate_count, rate_per_seconds, \
+             dedupe_key, dedupe_window_seconds) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
         )
         .bind(&task.id)
         .bind(&task.tenant_id)
@@ -340,6 +565,12 @@ pub async fn insert(tx: &mut Tx, task: &TaskRow) -> Result<(), sqlx::Error> {
         .bind(&task.created_by)
         .bind(task.created_at)
         .bind(task.updated_at)
+        .bind(&task.concurrency_key)
+        .bind(task.concurrency_limit)
+        .bind(task.rate_count)
+        .bind(task.rate_per_seconds)
+        .bind(&task.dedupe_key)
+        .bind(task.dedupe_window_seconds)
         .execute(conn)
         .await
         .map(|_| ())
@@ -366,7 +597,7 @@ pub async fn create_task(
         Schedule::parse(&body.schedule_kind, &expr, &timezone).map_err(schedule_error)?;
     let payload = body.payload.unwrap_or_else(|| json!({}));
     validate_payload(&state, &payload)?;
-    let task = TaskRow {
+    let mut task = TaskRow {
         id: Uuid::now_v7().to_string(),
         tenant_id: principal.tenant_id.clone(),
         title,
@@ -393,6 +624,20 @@ pub async fn create_task(
             86_400,
         )?,
         concurrency: in_range("concurrency", body.concurrency.unwrap_or(1), 1, 1000)?,
+        concurrency_key: body
+            .concurrency_key
+            .as_deref()
+            .map(|k| validate_key("concurrency_key", k))
+            .transpose()?,
+        concurrency_limit: body.concurrency_limit,
+        rate_count: body.rate_limit.map(|r| r.count),
+        rate_per_seconds: body.rate_limit.map(|r| r.per_seconds),
+        dedupe_key: body
+            .dedupe_key
+            .as_deref()
+            .map(|k| validate_key("dedupe_key", k))
+            .transpose()?,
+        dedupe_window_seconds: body.dedupe_window_seconds,
         status: "active".to_owned(),
         created_by: match &principal.actor {
             audit::Actor::User(id) | audit::Actor::ApiKey(id) => id.clone(),
@@ -401,6 +646,7 @@ pub async fn create_task(
         created_at: now,
         updated_at: now,
     };
+    validate_keys(&mut task)?;
     let mut tx = state.store.begin().await?;
     insert(&mut tx, &task).await?;
     principal
@@ -571,6 +817,38 @@ pub async fn update_task(
     if let Some(v) = body.concurrency {
         task.concurrency = in_range("concurrency", v, 1, 1000)?;
     }
+    if let Some(key) = &body.concurrency_key {
+        task.concurrency_key = key
+            .as_deref()
+            .map(|k| validate_key("concurrency_key", k))
+            .transpose()?;
+        if key.is_none() && body.concurrency_limit.is_none() && body.rate_limit.is_none() {
+            // Removing the key removes what only it gave meaning to.
+            task.concurrency_limit = None;
+            task.rate_count = None;
+            task.rate_per_seconds = None;
+        }
+    }
+    if let Some(limit) = body.concurrency_limit {
+        task.concurrency_limit = limit;
+    }
+    if let Some(rate) = body.rate_limit {
+        task.rate_count = rate.map(|r| r.count);
+        task.rate_per_seconds = rate.map(|r| r.per_seconds);
+    }
+    if let Some(key) = &body.dedupe_key {
+        task.dedupe_key = key
+            .as_deref()
+            .map(|k| validate_key("dedupe_key", k))
+            .transpose()?;
+        if key.is_none() && body.dedupe_window_seconds.is_none() {
+            task.dedupe_window_seconds = None;
+        }
+    }
+    if let Some(window) = body.dedupe_window_seconds {
+        task.dedupe_window_seconds = Some(window);
+    }
+    validate_keys(&mut task)?;
     task.updated_at = now;
     let mut tx = state.store.begin().await?;
     save(&mut tx, &task).await?;
@@ -790,4 +1068,41 @@ pub async fn snooze(
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_render_params_and_event_values() {
+        let params = json!({ "customer": "c-42", "ids": [7, 8] });
+        let event = json!({ "topic": "order.paid", "payload": { "order": 99, "region": null } });
+        let render = |t: &str| render_key(t, &params, &event).unwrap();
+        assert_eq!(render("customer:${params.customer}"), "customer:c-42");
+        assert_eq!(render("${ event.payload.order }/${params.ids.1}"), "99/8");
+        assert_eq!(render("plain"), "plain");
+        // Missing values render empty: those jobs share the literal part's limits.
+        assert_eq!(
+            render("r:${event.payload.region}:${params.nope.deeper}"),
+            "r::"
+        );
+        for bad in [
+            "${params.x",
+            "${env.HOME}",
+            "${params}",
+            "${params..x}",
+            "${steps.a}",
+        ] {
+            assert!(render_key(bad, &params, &event).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn long_rendered_keys_become_their_digest() {
+        assert_eq!(bounded_key("short".to_owned()), "short");
+        let long = bounded_key("x".repeat(MAX_KEY_CHARS + 1));
+        assert!(long.starts_with("sha256:") && long.len() == 71, "{long}");
+        assert_ne!(long, bounded_key("y".repeat(MAX_KEY_CHARS + 1)));
+    }
 }

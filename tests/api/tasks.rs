@@ -274,3 +274,107 @@ on_both_backends! {
         assert_eq!(mine["status"], "active");
     }
 }
+
+on_both_backends! {
+    async fn tasks_give_their_jobs_concurrency_rate_and_dedupe_keys(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let ops = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let body = json!({
+            "title": "Sync customer", "schedule_kind": "manual", "payload": { "params": { "customer": "c-42" } },
+            "concurrency_key": "customer:${params.customer}", "concurrency_limit": 2,
+            "rate_limit": { "count": 10, "per_seconds": 60 },
+            "dedupe_key": "sync:${params.customer}", "dedupe_window_seconds": 120,
+        });
+        let (status, task) = app.call(Method::POST, "/api/v1/tasks", &ops.access_token, Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{task}");
+        assert_eq!(task["concurrency_key"], "customer:${params.customer}");
+        assert_eq!(task["concurrency_limit"], 2);
+        assert_eq!(task["rate_limit"], json!({ "count": 10, "per_seconds": 60 }));
+        assert_eq!(task["dedupe_key"], "sync:${params.customer}");
+        assert_eq!(task["dedupe_window_seconds"], 120);
+        let id = task["id"].as_str().unwrap();
+
+        let (status, job) = app.call(Method::POST, &format!("/api/v1/tasks/{id}/run_now"), &ops.access_token, None).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+        assert_eq!(job["concurrency_key"], "customer:c-42", "rendered from the params");
+        assert_eq!(job["dedupe_key"], "sync:c-42");
+        let (_, again) = app.call(Method::POST, &format!("/api/v1/tasks/{id}/run_now"), &ops.access_token, None).await;
+        assert_eq!(again["id"], job["id"], "within the dedupe window the first job is the answer");
+
+        // Removing a key removes the limits that belong to it; a dedupe key gets the default window.
+        let (status, changed) = app.call(Method::PATCH, &format!("/api/v1/tasks/{id}"), &ops.access_token,
+            Some(json!({ "concurrency_key": null, "dedupe_key": null }))).await;
+        assert_eq!(status, StatusCode::OK, "{changed}");
+        for field in ["concurrency_key", "concurrency_limit", "rate_limit", "dedupe_key", "dedupe_window_seconds"] {
+            assert_eq!(changed[field], Value::Null, "{field}: {changed}");
+        }
+        let (status, changed) = app.call(Method::PATCH, &format!("/api/v1/tasks/{id}"), &ops.access_token,
+            Some(json!({ "dedupe_key": "once", "rate_limit": { "count": 1, "per_seconds": 5 }, "concurrency_key": "k" }))).await;
+        assert_eq!(status, StatusCode::OK, "{changed}");
+        assert_eq!(changed["dedupe_window_seconds"], 3600);
+        assert_eq!(changed["rate_limit"], json!({ "count": 1, "per_seconds": 5 }));
+        assert_eq!(changed["concurrency_limit"], Value::Null);
+        let (_, fetched) = app.call(Method::GET, &format!("/api/v1/tasks/{id}"), &ops.access_token, None).await;
+        assert_eq!(fetched["rate_limit"], changed["rate_limit"], "stored");
+
+        let (_, spec) = app.get_json("/api/v1/openapi.json").await;
+        let schemas = &spec["components"]["schemas"];
+        // A task's response schema is its row's fields (flattened) plus its own.
+        let task_schema = format!("{}{}", schemas["Task"], schemas["TaskRow"]);
+        for (schema, text) in [("CreateTask", schemas["CreateTask"].to_string()), ("UpdateTask", schemas["UpdateTask"].to_string()), ("Task", task_schema)] {
+            for field in ["concurrency_key", "concurrency_limit", "rate_limit", "dedupe_key", "dedupe_window_seconds"] {
+                assert!(text.contains(&format!("\"{field}\"")), "{schema}.{field} missing from the spec: {text}");
+            }
+        }
+        assert!(schemas["RateLimit"]["properties"]["per_seconds"].is_object(), "{}", schemas["RateLimit"]);
+        assert!(schemas["Job"]["properties"]["concurrency_key"].is_object());
+    }
+
+    async fn invalid_task_keys_get_422_naming_the_field(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let ops = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let task = |extra: Value| {
+            let mut body = json!({ "title": "x", "schedule_kind": "manual" });
+            body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            body
+        };
+        let long = "k".repeat(201);
+        let cases = [
+            (json!({ "concurrency_key": "k" }), "concurrency_key"),
+            (json!({ "concurrency_key": "", "concurrency_limit": 1 }), "concurrency_key"),
+            (json!({ "concurrency_key": long, "concurrency_limit": 1 }), "concurrency_key"),
+            (json!({ "concurrency_key": "a:${secrets.x}", "concurrency_limit": 1 }), "concurrency_key"),
+            (json!({ "concurrency_key": "a:${params.x", "concurrency_limit": 1 }), "concurrency_key"),
+            (json!({ "concurrency_key": "a:${params..x}", "concurrency_limit": 1 }), "concurrency_key"),
+            (json!({ "concurrency_key": "k", "concurrency_limit": 0 }), "concurrency_limit"),
+            (json!({ "concurrency_key": "k", "concurrency_limit": 10_001 }), "concurrency_limit"),
+            (json!({ "concurrency_limit": 3 }), "concurrency_limit"),
+            (json!({ "rate_limit": { "count": 3, "per_seconds": 60 } }), "rate_limit"),
+            (json!({ "concurrency_key": "k", "rate_limit": { "count": 0, "per_seconds": 60 } }), "rate_limit.count"),
+            (json!({ "concurrency_key": "k", "rate_limit": { "count": 1, "per_seconds": 0 } }), "rate_limit.per_seconds"),
+            (json!({ "concurrency_key": "k", "rate_limit": { "count": 1, "per_seconds": 86_401 } }), "rate_limit.per_seconds"),
+            (json!({ "dedupe_window_seconds": 60 }), "dedupe_window_seconds"),
+            (json!({ "dedupe_key": "d", "dedupe_window_seconds": 0 }), "dedupe_window_seconds"),
+            (json!({ "dedupe_key": "d", "dedupe_window_seconds": 604_801 }), "dedupe_window_seconds"),
+            (json!({ "dedupe_key": "${event.}" }), "dedupe_key"),
+        ];
+        for (extra, field) in cases {
+            let body = task(extra);
+            let (status, response) = app.call(Method::POST, "/api/v1/tasks", &ops.access_token, Some(body.clone())).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {response}");
+            assert_eq!(response["error"]["details"]["field"], field, "{body}: {response}");
+        }
+        let (_, list) = app.call(Method::GET, "/api/v1/tasks", &ops.access_token, None).await;
+        assert_eq!(list["items"], json!([]), "nothing was created");
+
+        let (_, created) = app.call(Method::POST, "/api/v1/tasks", &ops.access_token,
+            Some(task(json!({ "concurrency_key": "k", "concurrency_limit": 2 })))).await;
+        let id = created["id"].as_str().unwrap();
+        let (status, response) = app.call(Method::PATCH, &format!("/api/v1/tasks/{id}"), &ops.access_token,
+            Some(json!({ "concurrency_limit": null }))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "a key left without limits: {response}");
+        assert_eq!(response["error"]["details"]["field"], "concurrency_key");
+        let (_, unchanged) = app.call(Method::GET, &format!("/api/v1/tasks/{id}"), &ops.access_token, None).await;
+        assert_eq!(unchanged["concurrency_limit"], 2);
+    }
+}

@@ -3,5 +3,6 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod job_keys;
 mod queue;
 mod scheduler;

@@ -62,6 +62,7 @@ impl Tool for RunTask {
                     existing.extend(input.params);
                 }
             }
+            task.render_keys(&mut job);
             job.unique_key = Some(format!(
                 "task:{}:pipeline:{}:{}",
                 task.id, ctx.job_id, ctx.step_id
