@@ -779,10 +779,13 @@ pub struct Swept {
     pub breached: usize,
     pub leases_returned: usize,
     pub holds_ended: usize,
+    /// Cases whose assessment pipeline failed or ran out of time, sent to people without it.
+    pub assessments_failed: usize,
 }
 
-/// Marks open cases past their SLA as breached (raising their priority one step) and returns
-/// cases whose reviewer's lease ran out. Safe to run in several processes at once: each case is
+/// Marks open cases past their SLA as breached (raising their priority one step), returns cases
+/// whose reviewer's lease ran out, ends holds, and sends cases whose assessment pipeline failed or
+/// ran out of time to people. Safe to run in several processes at once: each case is
 /// updated by whichever gets its row first, and only while the condition still holds.
 pub async fn sweep(state: &AppState, now: DateTime<Utc>) -> Result<Swept, sqlx::Error> {
     let mut swept = Swept::default();
@@ -850,6 +853,7 @@ pub async fn sweep(state: &AppState, now: DateTime<Utc>) -> Result<Swept, sqlx::
     swept.leases_returned = recorded.len();
     cases::announce(state, recorded);
     swept.holds_ended = end_holds(state, now).await?;
+    swept.assessments_failed = cases::assessment::sweep(state, now).await?;
     Ok(swept)
 }
 
@@ -900,6 +904,7 @@ pub async fn sweep_loop(state: AppState) {
                     breached = swept.breached,
                     leases_returned = swept.leases_returned,
                     holds_ended = swept.holds_ended,
+                    assessments_failed = swept.assessments_failed,
                     "review sweep"
                 );
             }
