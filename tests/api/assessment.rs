@@ -311,7 +311,16 @@ on_both_backends! {
         // A pipeline that never answers: the case waits until ASSESSMENT_TIMEOUT_SECONDS, then goes to people.
         let slow = create_task(&app, &admin, json!({ "pipeline": [{ "id": "pause", "uses": "wait", "with": { "seconds": 3600 } }] })).await;
         attach(&app, &admin, "cheque", slow["id"].as_str().unwrap()).await;
-        let (_, waiting) = submit(&app, &rita, "CHQ-2", json!({})).await;
+        let keyed = || {
+            app.client.post(app.url("/api/v1/cases")).bearer_auth(&rita.access_token).header("Idempotency-Key", "chq-2")
+                .json(&json!({ "type": "cheque", "reference": "CHQ-2", "amount": "120.00", "currency": "USD" }))
+        };
+        let first = keyed().send().await.unwrap();
+        assert_eq!(first.status(), StatusCode::ACCEPTED);
+        let waiting: Value = first.json().await.unwrap();
+        let repeat = keyed().send().await.unwrap();
+        assert_eq!(repeat.status(), StatusCode::ACCEPTED, "a repeat while it waits is still 202");
+        assert_eq!(repeat.json::<Value>().await.unwrap()["id"], waiting["id"]);
         wait_for_job(&app, &admin.tenant_id, waiting["assessment_job_id"].as_str().unwrap(), "waiting").await;
         let now = docket::clock::now();
         assert_eq!(docket::review::sweep(&app.state, now).await.unwrap().assessments_failed, 0, "not yet");
