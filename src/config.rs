@@ -119,6 +119,10 @@ pub struct Config {
     pub llm_timeout: Duration,
     /// Tokens a tenant may use per calendar month (UTC); 0 means no limit.
     pub llm_monthly_token_budget: u64,
+    /// Prices per model, for the cost of each call; a model not listed has no known cost.
+    pub llm_prices: Vec<ModelPrice>,
+    /// A case waiting longer than this for its assessment pipeline goes to people without one.
+    pub assessment_timeout: Duration,
     /// Environment variables pipelines may read as `${env.NAME}`.
     pub pipeline_env_allowlist: Vec<String>,
     /// How often a pipeline waiting for a wake-up (a review) checks anyway, in case one was missed.
@@ -410,6 +414,15 @@ impl Config {
             get("LLM_MONTHLY_TOKEN_BUDGET"),
             0,
         )?;
+        let llm_prices = get("LLM_PRICES")
+            .map(|raw| parse_prices(&raw))
+            .transpose()?
+            .unwrap_or_default();
+        let assessment_timeout = seconds(
+            "ASSESSMENT_TIMEOUT_SECONDS",
+            get("ASSESSMENT_TIMEOUT_SECONDS"),
+            600.0,
+        )?;
         let pipeline_env_allowlist = list(get("PIPELINE_ENV_ALLOWLIST"));
         let http_url = |var: &'static str| -> Result<Option<String>, ConfigError> {
             get(var)
@@ -512,6 +525,8 @@ impl Config {
             llm_embedding_model,
             llm_timeout,
             llm_monthly_token_budget,
+            llm_prices,
+            assessment_timeout,
             pipeline_env_allowlist,
             pipeline_wait_recheck_seconds,
             embedding_base_url,
@@ -647,6 +662,18 @@ impl Config {
             format!("LLM_TIMEOUT_SECONDS={}", self.llm_timeout.as_secs_f64()),
             format!("LLM_MONTHLY_TOKEN_BUDGET={}", self.llm_monthly_token_budget),
             format!(
+                "LLM_PRICES={}",
+                self.llm_prices
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            format!(
+                "ASSESSMENT_TIMEOUT_SECONDS={}",
+                self.assessment_timeout.as_secs_f64()
+            ),
+            format!(
                 "PIPELINE_ENV_ALLOWLIST={}",
                 self.pipeline_env_allowlist.join(",")
             ),
@@ -728,6 +755,59 @@ fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::write(path, contents)
+}
+
+/// What a model costs, in US dollars per million prompt and completion tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelPrice {
+    pub model: String,
+    pub prompt_per_million: rust_decimal::Decimal,
+    pub completion_per_million: rust_decimal::Decimal,
+}
+
+impl std::fmt::Display for ModelPrice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}={}/{}",
+            self.model, self.prompt_per_million, self.completion_per_million
+        )
+    }
+}
+
+/// `LLM_PRICES`: `model=prompt/completion` pairs separated by commas, e.g.
+/// `gpt-4o-mini=0.15/0.60,text-embedding-3-small=0.02/0`; a single price applies to both.
+fn parse_prices(raw: &str) -> Result<Vec<ModelPrice>, ConfigError> {
+    let bad = |item: &str| {
+        ConfigError::new(
+            "LLM_PRICES",
+            format!(
+                "{item:?} is not model=prompt/completion (US dollars per million tokens, e.g. gpt-4o-mini=0.15/0.60)"
+            ),
+        )
+    };
+    let price = |text: &str, item: &str| {
+        text.trim()
+            .parse::<rust_decimal::Decimal>()
+            .ok()
+            .filter(|p| !p.is_sign_negative())
+            .ok_or_else(|| bad(item))
+    };
+    let mut prices: Vec<ModelPrice> = Vec::new();
+    for item in raw.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (model, rest) = item.split_once('=').ok_or_else(|| bad(item))?;
+        let model = model.trim();
+        if model.is_empty() || prices.iter().any(|p| p.model == model) {
+            return Err(bad(item));
+        }
+        let (prompt, completion) = rest.split_once('/').unwrap_or((rest, rest));
+        prices.push(ModelPrice {
+            model: model.to_owned(),
+            prompt_per_million: price(prompt, item)?,
+            completion_per_million: price(completion, item)?,
+        });
+    }
+    Ok(prices)
 }
 
 fn parse_number<T: FromStr>(
@@ -1044,6 +1124,13 @@ mod tests {
             (&[("TRUSTED_PROXIES", "10.0.0.0/33")], "TRUSTED_PROXIES"),
             (&[("WORKER_POLL_INTERVAL", "0")], "WORKER_POLL_INTERVAL"),
             (&[("WORKER_CONCURRENCY", "0")], "WORKER_CONCURRENCY"),
+            (&[("LLM_PRICES", "gpt-4o=cheap")], "LLM_PRICES"),
+            (&[("LLM_PRICES", "a=1/2,a=3/4")], "LLM_PRICES"),
+            (&[("LLM_PRICES", "a=-1/2")], "LLM_PRICES"),
+            (
+                &[("ASSESSMENT_TIMEOUT_SECONDS", "0")],
+                "ASSESSMENT_TIMEOUT_SECONDS",
+            ),
         ];
         for (vars, expected) in cases {
             let err = load(vars).expect_err(&format!("{vars:?} should be rejected"));
@@ -1052,6 +1139,25 @@ mod tests {
             assert!(!line.contains('\n'), "one line: {line}");
             assert!(line.contains(expected), "{line}");
         }
+    }
+
+    #[test]
+    fn llm_prices_are_per_million_tokens_per_model() {
+        let config = load(&[(
+            "LLM_PRICES",
+            " gpt-4o-mini=0.15/0.60 , text-embedding-3-small=0.02",
+        )])
+        .unwrap();
+        let shown: Vec<String> = config.llm_prices.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            ["gpt-4o-mini=0.15/0.60", "text-embedding-3-small=0.02/0.02"]
+        );
+        assert!(load(&[]).unwrap().llm_prices.is_empty());
+        assert_eq!(
+            load(&[]).unwrap().assessment_timeout,
+            Duration::from_secs(600)
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use axum::Json as ResponseJson;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -48,7 +48,7 @@ pub struct CaseDetail {
     pub history: Vec<HistoryEntry>,
 }
 
-fn validate_name(field: &str, value: &str, max: usize) -> Result<(), CaseError> {
+pub(crate) fn validate_name(field: &str, value: &str, max: usize) -> Result<(), CaseError> {
     let ok = !value.is_empty()
         && value.len() <= max
         && value
@@ -65,7 +65,9 @@ fn validate_name(field: &str, value: &str, max: usize) -> Result<(), CaseError> 
 }
 
 /// Submits a case: it is routed by the tenant's policy at once, either decided automatically or
-/// queued for review. Also used by pipelines (`review.request`).
+/// queued for review, unless its type has an assessment pipeline: then it waits in `assessing`
+/// for the pipeline's job, enqueued in the same transaction. Also used by pipelines
+/// (`review.request`).
 pub async fn submit(
     state: &AppState,
     principal: &Principal,
@@ -197,40 +199,36 @@ pub async fn submit(
         hold_until: None,
         resume_state: None,
         parked_at: None,
+        assessment_job_id: None,
     };
-    let outcome = row.evaluate(&policy.policy);
-    row.priority = outcome.priority.as_str().to_owned();
-    row.priority_rank = outcome.priority.rank();
-    row.queue = outcome.queue.clone();
-    row.required_role = outcome.required_role.clone();
-    row.required_rank = role_rank(&outcome.required_role);
-    row.dual_control = outcome.dual_control;
-    row.risk_level = outcome.risk_level.as_str().to_owned();
-    row.flags = json!(outcome.flags).to_string();
-    row.require_reason = outcome.require_reason;
-    row.sla_hours = i32::try_from(outcome.sla_hours).unwrap_or(i32::MAX);
-    row.sla_due_at = now + Duration::hours(i64::from(outcome.sla_hours));
-    row.policy_trace = json!({ "fired": outcome.fired, "reason": outcome.reason }).to_string();
     let created_state = row.state.clone();
-    let mut routed = Change::new("routed", Some(&created_state), "system");
-    routed.details = json!({
-        "policy_version": policy.version,
-        "fired": outcome.fired.iter().map(|r| &r.name).collect::<Vec<_>>(),
-        "reason": outcome.reason,
-        "risk_level": outcome.risk_level,
-        "flags": outcome.flags,
-    });
-    match outcome.auto_decision {
-        Some(recommendation) => {
-            let decision = recommendation.as_str();
-            // Recorded as the system's decision, so reports count automatic decisions too.
-            routed.decision = Some(decision);
-            row.state = format!("auto_{decision}d");
-            row.decision = Some(decision.to_owned());
-            row.decided_at = Some(now);
+    // Routed at once even when an assessment follows, so the waiting case has a priority, queue
+    // and deadline to show; the assessment routes it again.
+    let details = route(&mut row, &policy, now);
+    let assessor =
+        super::assessment::pipeline_for(&mut tx, &principal.tenant_id, &row.case_type).await?;
+    let (next, assessment_job) = match assessor {
+        Some(task) => {
+            let job = super::assessment::request(&mut tx, state, &task, &row, now).await?;
+            row.state = super::assessment::ASSESSING.to_owned();
+            row.decision = None;
+            row.decided_at = None;
+            row.assessment_job_id = Some(job.id.clone());
+            row.policy_trace =
+                json!({ "fired": [], "reason": "Waiting for the assessment pipeline." })
+                    .to_string();
+            let mut requested = Change::new("assessment_requested", Some(&created_state), "system");
+            requested.details = json!({ "task_id": task.id, "job_id": job.id });
+            (requested, Some(job))
         }
-        None => row.state = "queued".to_owned(),
-    }
+        None => {
+            let mut routed = Change::new("routed", Some(&created_state), "system");
+            routed.details = details;
+            // An automatic decision is recorded as the system's, so reports count it.
+            routed.decision = row.decision.as_deref();
+            (routed, None)
+        }
+    };
     super::insert(&mut tx, &row).await.map_err(|e| {
         if e.as_database_error()
             .is_some_and(|d| d.is_unique_violation())
@@ -251,10 +249,48 @@ pub async fn submit(
     let mut created = Change::new("created", None, &principal.actor);
     created.details = json!({ "amount": row.amount, "currency": row.currency });
     let first = super::record(&mut tx, state, Some(principal), &snapshot, created, now).await?;
-    let second = super::record(&mut tx, state, Some(principal), &row, routed, now).await?;
+    let mut second = super::record(&mut tx, state, Some(principal), &row, next, now).await?;
+    second.1.extend(assessment_job);
     tx.commit().await?;
     super::announce(state, vec![first, second]);
     Ok((Case::from_row(row, now), true))
+}
+
+/// Applies the policy in force to a case that is arriving or has just been assessed: priority,
+/// queue, required role, dual control, the SLA deadline (counted from its arrival) and, where the
+/// policy allows, an automatic decision; otherwise the case is queued for people. Returns the
+/// details of the `routed` history entry.
+pub fn route(row: &mut CaseRow, policy: &crate::policy::Versioned, now: DateTime<Utc>) -> Value {
+    let outcome = row.evaluate(&policy.policy);
+    row.policy_version = policy.version;
+    row.priority = outcome.priority.as_str().to_owned();
+    row.priority_rank = outcome.priority.rank();
+    row.queue = outcome.queue.clone();
+    row.required_role = outcome.required_role.clone();
+    row.required_rank = role_rank(&outcome.required_role);
+    row.dual_control = outcome.dual_control;
+    row.risk_level = outcome.risk_level.as_str().to_owned();
+    row.flags = json!(outcome.flags).to_string();
+    row.require_reason = outcome.require_reason;
+    row.sla_hours = i32::try_from(outcome.sla_hours).unwrap_or(i32::MAX);
+    row.sla_due_at = row.created_at + Duration::hours(i64::from(outcome.sla_hours));
+    row.policy_trace = json!({ "fired": outcome.fired, "reason": outcome.reason }).to_string();
+    match outcome.auto_decision {
+        Some(recommendation) => {
+            let decision = recommendation.as_str();
+            row.state = format!("auto_{decision}d");
+            row.decision = Some(decision.to_owned());
+            row.decided_at = Some(now);
+        }
+        None => row.state = "queued".to_owned(),
+    }
+    json!({
+        "policy_version": policy.version,
+        "fired": outcome.fired.iter().map(|r| &r.name).collect::<Vec<_>>(),
+        "reason": outcome.reason,
+        "risk_level": outcome.risk_level,
+        "flags": outcome.flags,
+    })
 }
 
 /// Rank of a role name as stored on cases: reviewer 1, supervisor 2, admin 3.
@@ -269,10 +305,14 @@ pub fn role_rank(role: &str) -> i32 {
 /// Submit a case for a decision.
 #[utoipa::path(post, path = "/cases", tag = "cases",
     description = "Requires: reviewer or above (`WriteCases`), or an API key with `cases:write`. \
-                   Repeating a request with the same `Idempotency-Key` returns the first case (200).",
+                   Repeating a request with the same `Idempotency-Key` returns the first case (200). \
+                   A case whose type has an assessment pipeline is answered with 202 in state `assessing`; \
+                   poll `GET /cases/{id}` or subscribe to `case.queued` / `case.auto_approved` / \
+                   `case.auto_rejected` events for the outcome.",
     request_body = NewCase,
     params(("Idempotency-Key" = Option<String>, Header)),
     responses((status = 201, body = Case), (status = 200, description = "idempotent repeat", body = Case),
+               (status = 202, description = "waiting for its assessment pipeline", body = Case),
                (status = 409, body = crate::http::error::ErrorBody), (status = 422, body = crate::http::error::ErrorBody)))]
 pub async fn create_case(
     State(state): State<AppState>,
@@ -290,7 +330,9 @@ pub async fn create_case(
         .transpose()?
         .filter(|k| !k.is_empty());
     let (case, created) = submit(&state, &principal, body, key).await?;
-    let status = if created {
+    let status = if case.state == super::assessment::ASSESSING {
+        StatusCode::ACCEPTED
+    } else if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
@@ -320,7 +362,8 @@ pub struct CaseFilter {
     pub q: Option<String>,
 }
 
-const STATES: [&str; 12] = [
+const STATES: [&str; 13] = [
+    "assessing",
     "queued",
     "in_review",
     "pending_dual_control",

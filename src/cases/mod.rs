@@ -6,10 +6,12 @@
 //! returned`, by way of `escalated` (supervisors), `pending_dual_control` (a proposal waiting for
 //! its checker), and the parked states `on_hold` (until a time) and `needs_more_info` (until the
 //! submitter adds information), which come back to the queue; `cancelled` from any open or parked
-//! state. See `crate::review` for the actions. `new` only exists inside
+//! state. A case of a type with an assessment pipeline ([`assessment`]) waits in `assessing` until
+//! the pipeline (or the sweep, when it fails) routes it. See `crate::review` for the actions. `new` only exists inside
 //! the transaction that creates the case. Every change writes the case row, a history entry, an
 //! audit record and an event in one transaction; the event reaches subscribers after the commit.
 
+pub mod assessment;
 pub mod attachments;
 pub mod http;
 pub mod views;
@@ -40,6 +42,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(http::cancel_case))
         .routes(routes!(views::list_views))
         .merge(attachments::routes())
+        .merge(assessment::routes())
 }
 
 /// States in which a case waits for, or is with, a person.
@@ -184,13 +187,15 @@ pub struct CaseRow {
     pub hold_until: Option<DateTime<Utc>>,
     pub resume_state: Option<String>,
     pub parked_at: Option<DateTime<Utc>>,
+    /// The job of the assessment pipeline the case waits for (`assessing`) or was assessed by.
+    pub assessment_job_id: Option<String>,
 }
 
 pub const COLUMNS: &str = "id, tenant_id, type, reference, amount, amount_e4, currency, subject, ai_assessment, \
     state, priority, priority_rank, queue, required_role, required_rank, dual_control, sla_hours, sla_due_at, \
     sla_breached_at, policy_version, policy_trace, submitted_by, first_decision, first_decider, assignee_id, \
     lease_expires_at, decision, decided_at, idempotency_key, request_hash, created_at, updated_at, risk_level, flags, \
-    require_reason, reason_codes, proposal, hold_until, resume_state, parked_at";
+    require_reason, reason_codes, proposal, hold_until, resume_state, parked_at, assessment_job_id";
 
 impl CaseRow {
     pub fn is_open(&self) -> bool {
@@ -345,6 +350,9 @@ pub struct Case {
     pub proposal: Option<Proposal>,
     /// When an `on_hold` case comes back to the queue.
     pub hold_until: Option<DateTime<Utc>>,
+    /// The job of the case type's assessment pipeline (its runs: `GET /runs?job_id=`), while the case is
+    /// `assessing` and after.
+    pub assessment_job_id: Option<String>,
     /// The user holding the case, while their lease lasts.
     pub assignee_id: Option<String>,
     pub lease_expires_at: Option<DateTime<Utc>>,
@@ -395,6 +403,7 @@ impl Case {
             risk_level: row.risk_level,
             require_reason: row.require_reason,
             hold_until: row.hold_until,
+            assessment_job_id: row.assessment_job_id,
         }
     }
 }
@@ -403,7 +412,8 @@ impl Case {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct HistoryEntry {
     pub id: String,
-    /// E.g. `created`, `routed`, `claimed`, `released`, `decided`, `escalated`, `sla_breached`.
+    /// E.g. `created`, `assessment_requested`, `assessed`, `assessment_failed`, `routed`, `claimed`,
+    /// `released`, `decided`, `escalated`, `sla_breached`.
     pub action: String,
     pub from_state: Option<String>,
     pub to_state: String,
@@ -526,7 +536,7 @@ pub async fn insert(tx: &mut Tx, row: &CaseRow) -> Result<(), sqlx::Error> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO cases ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
              $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, \
-             $39, $40)"
+             $39, $40, $41)"
         )))
         .bind(&row.id)
         .bind(&row.tenant_id)
@@ -568,6 +578,7 @@ pub async fn insert(tx: &mut Tx, row: &CaseRow) -> Result<(), sqlx::Error> {
         .bind(row.hold_until)
         .bind(&row.resume_state)
         .bind(row.parked_at)
+        .bind(&row.assessment_job_id)
         .execute(conn)
         .await
         .map(|_| ())

@@ -43,7 +43,10 @@ pub fn routes() -> OpenApiRouter<crate::app::AppState> {
         .routes(routes!(http::get_document, http::delete_document))
         .routes(routes!(http::search))
         .routes(routes!(ask::ask))
-        .routes(routes!(ask::get_knowledge_settings, ask::put_knowledge_settings))
+        .routes(routes!(
+            ask::get_knowledge_settings,
+            ask::put_knowledge_settings
+        ))
 }
 
 pub fn register_handlers(registry: &mut crate::queue::worker::Registry) {

@@ -9,6 +9,7 @@ pub mod http;
 pub mod steps;
 pub mod template;
 pub mod tools;
+pub mod usage;
 
 use serde_json::{Map, Value};
 use utoipa_axum::router::OpenApiRouter;
@@ -20,7 +21,9 @@ use crate::queue::Outcome;
 use crate::queue::worker::JobContext;
 
 pub fn routes() -> OpenApiRouter<crate::app::AppState> {
-    OpenApiRouter::new().routes(routes!(http::list_tools))
+    OpenApiRouter::new()
+        .routes(routes!(http::list_tools))
+        .routes(routes!(usage::get_usage))
 }
 
 /// Keys whose values are never stored or shown.

@@ -213,7 +213,9 @@ impl Recommendation {
     }
 }
 
-/// An AI system's opinion about a case, submitted with it.
+/// An AI system's opinion about a case, submitted with it or written by an assessment pipeline
+/// (`cases.assess`). Only `recommendation` and `confidence` take part in routing; the rest is for
+/// the people who review the case.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AiAssessment {
@@ -222,10 +224,34 @@ pub struct AiAssessment {
     pub confidence: f64,
     #[serde(default)]
     pub reasons: Vec<String>,
+    /// A few sentences a reviewer reads first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// What weighed in the recommendation: factor name → weight (e.g. -1 to 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factors: Option<std::collections::BTreeMap<String, f64>>,
+    /// Where the evidence came from, e.g. knowledge search hits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub citations: Option<Vec<Citation>>,
+}
+
+/// A source an assessment relied on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Citation {
+    pub document_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snippet: Option<String>,
 }
 
 impl AiAssessment {
+    /// Longest summary or citation snippet.
+    const MAX_SUMMARY_CHARS: usize = 4000;
+
     pub fn validate(&self) -> Result<(), String> {
+        let max_summary = Self::MAX_SUMMARY_CHARS;
         // `contains` is false for NaN and the infinities, so this also rejects non-finite values.
         if !(0.0..=1.0).contains(&self.confidence) {
             return Err(format!(
@@ -238,6 +264,50 @@ impl AiAssessment {
                 "at most {MAX_AI_REASONS} reasons are allowed, got {}",
                 self.reasons.len()
             ));
+        }
+        if self
+            .summary
+            .as_ref()
+            .is_some_and(|s| s.chars().count() > max_summary)
+        {
+            return Err(format!("summary must be at most {max_summary} characters"));
+        }
+        if let Some(factors) = &self.factors {
+            if factors.len() > MAX_AI_REASONS {
+                return Err(format!(
+                    "at most {MAX_AI_REASONS} factors are allowed, got {}",
+                    factors.len()
+                ));
+            }
+            if let Some((name, weight)) = factors.iter().find(|(name, weight)| {
+                name.is_empty() || name.chars().count() > MAX_NAME_CHARS || !weight.is_finite()
+            }) {
+                return Err(format!(
+                    "factor {name:?} must have a name of 1-{MAX_NAME_CHARS} characters and a finite weight, got {weight}"
+                ));
+            }
+        }
+        if let Some(citations) = &self.citations {
+            if citations.len() > MAX_AI_REASONS {
+                return Err(format!(
+                    "at most {MAX_AI_REASONS} citations are allowed, got {}",
+                    citations.len()
+                ));
+            }
+            let too_long = |s: &Option<String>, max: usize| {
+                s.as_ref().is_some_and(|s| s.chars().count() > max)
+            };
+            if let Some(i) = citations.iter().position(|c| {
+                c.document_id.is_empty()
+                    || c.document_id.len() > MAX_NAME_CHARS
+                    || too_long(&c.chunk_id, MAX_NAME_CHARS)
+                    || too_long(&c.snippet, max_summary)
+            }) {
+                return Err(format!(
+                    "citation {i} needs a document_id of 1-{MAX_NAME_CHARS} characters, a chunk_id of at most \
+                     {MAX_NAME_CHARS} and a snippet of at most {max_summary}"
+                ));
+            }
         }
         Ok(())
     }
@@ -1902,6 +1972,9 @@ mod tests {
             recommendation,
             confidence,
             reasons: vec![],
+            summary: None,
+            factors: None,
+            citations: None,
         }
     }
 
@@ -3569,6 +3642,9 @@ mod tests {
                         },
                         confidence,
                         reasons: vec!["r".into(); reasons],
+                        summary: None,
+                        factors: None,
+                        citations: None,
                     }),
             )
         }

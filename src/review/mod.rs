@@ -29,7 +29,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(http::check))
         .routes(routes!(http::add_information))
         .routes(routes!(http::reassign))
-        .routes(routes!(reason_codes::list_reason_codes, reason_codes::create_reason_code))
+        .routes(routes!(
+            reason_codes::list_reason_codes,
+            reason_codes::create_reason_code
+        ))
         .routes(routes!(reason_codes::update_reason_code))
 }
 
@@ -784,10 +787,13 @@ pub struct Swept {
     pub breached: usize,
     pub leases_returned: usize,
     pub holds_ended: usize,
+    /// Cases whose assessment pipeline failed or ran out of time, sent to people without it.
+    pub assessments_failed: usize,
 }
 
-/// Marks open cases past their SLA as breached (raising their priority one step) and returns
-/// cases whose reviewer's lease ran out. Safe to run in several processes at once: each case is
+/// Marks open cases past their SLA as breached (raising their priority one step), returns cases
+/// whose reviewer's lease ran out, ends holds, and sends cases whose assessment pipeline failed or
+/// ran out of time to people. Safe to run in several processes at once: each case is
 /// updated by whichever gets its row first, and only while the condition still holds.
 pub async fn sweep(state: &AppState, now: DateTime<Utc>) -> Result<Swept, sqlx::Error> {
     let mut swept = Swept::default();
@@ -855,6 +861,7 @@ pub async fn sweep(state: &AppState, now: DateTime<Utc>) -> Result<Swept, sqlx::
     swept.leases_returned = recorded.len();
     cases::announce(state, recorded);
     swept.holds_ended = end_holds(state, now).await?;
+    swept.assessments_failed = cases::assessment::sweep(state, now).await?;
     Ok(swept)
 }
 
@@ -905,6 +912,7 @@ pub async fn sweep_loop(state: AppState) {
                     breached = swept.breached,
                     leases_returned = swept.leases_returned,
                     holds_ended = swept.holds_ended,
+                    assessments_failed = swept.assessments_failed,
                     "review sweep"
                 );
             }

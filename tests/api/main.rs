@@ -3,6 +3,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod assessment;
 mod attachments;
 mod audit;
 mod auth;

@@ -2,8 +2,9 @@
 //! (OpenAI, Azure OpenAI's v1 API, vLLM, Ollama, LiteLLM, …) at `LLM_BASE_URL`.
 //!
 //! Every successful call adds its tokens to the tenant's row of `llm_usage` for the current UTC
-//! month; with `LLM_MONTHLY_TOKEN_BUDGET` set, a tenant whose month is used up is refused before
-//! the provider is called. The API key travels only in the `Authorization` header and is scrubbed
+//! month, and is recorded in `llm_calls` with its job, task and case and its cost from
+//! `LLM_PRICES` (reported by `GET /llm/usage`); with `LLM_MONTHLY_TOKEN_BUDGET` set, a tenant
+//! whose month is used up is refused before the provider is called. The API key travels only in the `Authorization` header and is scrubbed
 //! from every error message.
 
 use std::error::Error as _;
@@ -14,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{Tool, ToolContext, ToolError, ToolFuture, ToolResult, parse_input, schema_of};
-use crate::config::{Config, Secret};
+use crate::config::{Config, ModelPrice, Secret};
 use crate::store::Store;
 use crate::with_pool;
 
@@ -59,6 +60,34 @@ impl LlmSettings {
 impl From<&Config> for LlmSettings {
     fn from(config: &Config) -> Self {
         Self::from_config(config)
+    }
+}
+
+/// Who a model call is for: the tenant and, for pipeline steps, the job, its task and the case
+/// the job was started for, so tokens and cost can be reported per task and per case. A bare
+/// tenant id converts into one (no job, no prices).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caller<'a> {
+    pub tenant_id: &'a str,
+    pub job_id: Option<&'a str>,
+    pub task_id: Option<&'a str>,
+    pub case_id: Option<&'a str>,
+    /// `LLM_PRICES`, for the call's cost.
+    pub prices: &'a [ModelPrice],
+}
+
+impl<'a> From<&'a str> for Caller<'a> {
+    fn from(tenant_id: &'a str) -> Self {
+        Self {
+            tenant_id,
+            ..Self::default()
+        }
+    }
+}
+
+impl<'a> From<&'a String> for Caller<'a> {
+    fn from(tenant_id: &'a String) -> Self {
+        Self::from(tenant_id.as_str())
     }
 }
 
@@ -243,10 +272,11 @@ impl Tool for LlmChat {
         Box::pin(async move {
             let input: ChatInput = parse_input(input)?;
             let settings = LlmSettings::from_config(&ctx.app.config);
+            let case_id = case_of_job(ctx).await;
             let output = chat(
                 &settings,
                 &ctx.app.store,
-                &ctx.tenant_id,
+                caller(ctx, case_id.as_deref()),
                 &input,
                 ctx.timeout,
             )
@@ -276,16 +306,42 @@ impl Tool for LlmEmbed {
         Box::pin(async move {
             let input: EmbedInput = parse_input(input)?;
             let settings = LlmSettings::from_config(&ctx.app.config);
+            let case_id = case_of_job(ctx).await;
             let output = embeddings(
                 &settings,
                 &ctx.app.store,
-                &ctx.tenant_id,
+                caller(ctx, case_id.as_deref()),
                 input,
                 ctx.timeout,
             )
             .await?;
             done(&output)
         })
+    }
+}
+
+/// A pipeline step's caller.
+fn caller<'a>(ctx: &'a ToolContext, case_id: Option<&'a str>) -> Caller<'a> {
+    Caller {
+        tenant_id: &ctx.tenant_id,
+        job_id: Some(&ctx.job_id),
+        task_id: ctx.task_id.as_deref(),
+        case_id,
+        prices: &ctx.app.config.llm_prices,
+    }
+}
+
+/// The case a job was started for (`params.case.id`, as case assessment pipelines get it), so
+/// its model calls count towards that case.
+async fn case_of_job(ctx: &ToolContext) -> Option<String> {
+    match crate::queue::get(&ctx.app.store, &ctx.tenant_id, &ctx.job_id).await {
+        Ok(job) => job?.payload["payload"]["params"]["case"]["id"]
+            .as_str()
+            .map(str::to_owned),
+        Err(e) => {
+            tracing::warn!(job_id = %ctx.job_id, error = %e, "cannot read the job to attribute LLM usage");
+            None
+        }
     }
 }
 
@@ -301,13 +357,14 @@ fn done(output: &impl Serialize) -> Result<ToolResult, ToolError> {
 
 /// Runs one chat completion for `tenant_id`: checks the budget, calls the provider, records the
 /// tokens. `step_timeout` is the caller's own limit (the step's timeout).
-pub async fn chat(
+pub async fn chat<'a>(
     settings: &LlmSettings,
     store: &Store,
-    tenant_id: &str,
+    caller: impl Into<Caller<'a>>,
     input: &ChatInput,
     step_timeout: Duration,
 ) -> Result<ChatOutput, ToolError> {
+    let caller = caller.into();
     let base_url = configured(settings)?;
     validate_chat(input)?;
     let model = pick_model(input.model.as_deref(), &settings.model)?;
@@ -329,11 +386,11 @@ pub async fn chat(
         body["response_format"] = json!({ "type": "json_object" });
     }
 
-    check_budget(settings, store, tenant_id).await?;
+    check_budget(settings, store, caller.tenant_id).await?;
     let reply: WireChatResponse =
         post_json(settings, base_url, "chat/completions", &body, timeout).await?;
     let usage = reply.usage.map(WireUsage::normalise).unwrap_or_default();
-    record_usage(store, tenant_id, &usage).await;
+    record_usage(store, settings, &caller, "chat", &model, &usage).await;
 
     let choice = reply
         .choices
@@ -366,13 +423,14 @@ pub async fn chat(
 }
 
 /// Runs one embeddings request (at most [`MAX_EMBED_INPUTS`] texts) for `tenant_id`.
-pub async fn embeddings(
+pub async fn embeddings<'a>(
     settings: &LlmSettings,
     store: &Store,
-    tenant_id: &str,
+    caller: impl Into<Caller<'a>>,
     input: EmbedInput,
     step_timeout: Duration,
 ) -> Result<EmbedOutput, ToolError> {
+    let caller = caller.into();
     let base_url = configured(settings)?;
     let texts = input.input.into_vec();
     validate_embed_texts(&texts)?;
@@ -381,18 +439,19 @@ pub async fn embeddings(
     }
     let model = pick_model(input.model.as_deref(), &settings.embedding_model)?;
     let timeout = effective_timeout(settings, input.timeout_seconds, step_timeout);
-    embed_batch(settings, store, tenant_id, base_url, &texts, model, timeout).await
+    embed_batch(settings, store, &caller, base_url, &texts, model, timeout).await
 }
 
 /// Embeds `inputs` with `LLM_EMBEDDING_MODEL` for `tenant_id`, in batches of
 /// [`MAX_EMBED_INPUTS`], with the same budget check and usage accounting as `llm.embed`.
 /// Returns one vector per input, in order; no inputs means no call.
-pub async fn embed(
+pub async fn embed<'a>(
     settings: &LlmSettings,
     store: &Store,
-    tenant_id: &str,
+    caller: impl Into<Caller<'a>>,
     inputs: &[String],
 ) -> Result<Vec<Vec<f32>>, ToolError> {
+    let caller = caller.into();
     if inputs.is_empty() {
         return Ok(Vec::new());
     }
@@ -406,7 +465,7 @@ pub async fn embed(
         let output = embed_batch(
             settings,
             store,
-            tenant_id,
+            &caller,
             base_url,
             batch,
             settings.embedding_model.clone(),
@@ -421,17 +480,17 @@ pub async fn embed(
 async fn embed_batch(
     settings: &LlmSettings,
     store: &Store,
-    tenant_id: &str,
+    caller: &Caller<'_>,
     base_url: &str,
     texts: &[String],
     model: String,
     timeout: Duration,
 ) -> Result<EmbedOutput, ToolError> {
     let body = json!({ "model": model, "input": texts });
-    check_budget(settings, store, tenant_id).await?;
+    check_budget(settings, store, caller.tenant_id).await?;
     let reply: WireEmbeddings = post_json(settings, base_url, "embeddings", &body, timeout).await?;
     let usage = reply.usage.map(WireUsage::normalise).unwrap_or_default();
-    record_usage(store, tenant_id, &usage).await;
+    record_usage(store, settings, caller, "embed", &model, &usage).await;
 
     let mut data = reply.data;
     if data.len() != texts.len() {
@@ -618,14 +677,73 @@ async fn check_budget(
     Ok(())
 }
 
-/// Adds one call's tokens to the tenant's month. The call already happened (and was paid for), so
-/// a database failure here is logged rather than failing the step into a costly retry.
-async fn record_usage(store: &Store, tenant_id: &str, usage: &TokenUsage) {
-    metrics::counter!("docket_llm_tokens_total", "kind" => "prompt").increment(usage.prompt_tokens);
-    metrics::counter!("docket_llm_tokens_total", "kind" => "completion")
+/// What `usage` cost at `prices`, in millionths of a US dollar (prices are dollars per million
+/// tokens, so this is tokens × price, rounded); `None` for a model without a price.
+pub fn cost_micros(prices: &[ModelPrice], model: &str, usage: &TokenUsage) -> Option<i64> {
+    let price = prices.iter().find(|p| p.model == model)?;
+    let cost = rust_decimal::Decimal::from(usage.prompt_tokens) * price.prompt_per_million
+        + rust_decimal::Decimal::from(usage.completion_tokens) * price.completion_per_million;
+    i64::try_from(cost.round()).ok()
+}
+
+/// The `model` label of the LLM metrics: configured and priced models by name, anything else
+/// (a name a pipeline step made up) as `other`, so the label's values stay few.
+fn model_label(settings: &LlmSettings, caller: &Caller<'_>, model: &str) -> String {
+    let known = model == settings.model
+        || model == settings.embedding_model
+        || caller.prices.iter().any(|p| p.model == model);
+    if known { model } else { "other" }.to_owned()
+}
+
+/// Adds one call's tokens to the tenant's month and records the call with what it was for and
+/// what it cost. The call already happened (and was paid for), so a database failure here is
+/// logged rather than failing the step into a costly retry.
+async fn record_usage(
+    store: &Store,
+    settings: &LlmSettings,
+    caller: &Caller<'_>,
+    kind: &'static str,
+    model: &str,
+    usage: &TokenUsage,
+) {
+    let tenant_id = caller.tenant_id;
+    let label = model_label(settings, caller, model);
+    let cost = cost_micros(caller.prices, model, usage);
+    metrics::counter!("docket_llm_tokens_total", "kind" => "prompt", "model" => label.clone())
+        .increment(usage.prompt_tokens);
+    metrics::counter!("docket_llm_tokens_total", "kind" => "completion", "model" => label.clone())
         .increment(usage.completion_tokens);
+    if let Some(cost) = cost {
+        metrics::counter!("docket_llm_cost_micros_total", "model" => label)
+            .increment(u64::try_from(cost).unwrap_or(0));
+    }
     let month = current_month();
     let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let call = crate::with_writer!(store, pool => {
+        sqlx::query(
+            "INSERT INTO llm_calls (id, tenant_id, job_id, task_id, case_id, kind, model, prompt_tokens, \
+             completion_tokens, total_tokens, cost_micros, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(tenant_id)
+        .bind(caller.job_id)
+        .bind(caller.task_id)
+        .bind(caller.case_id)
+        .bind(kind)
+        .bind(model)
+        .bind(as_i64(usage.prompt_tokens))
+        .bind(as_i64(usage.completion_tokens))
+        .bind(as_i64(usage.total_tokens))
+        .bind(cost)
+        .bind(crate::clock::now())
+        .execute(pool)
+        .await
+        .map(|_| ())
+    });
+    if let Err(e) = call {
+        tracing::warn!(tenant_id, error = %e, "cannot record an LLM call");
+    }
     let result = crate::with_writer!(store, pool => {
         sqlx::query(
             "INSERT INTO llm_usage \
@@ -1323,6 +1441,84 @@ mod tests {
             2,
             "nothing sent for an invalid list"
         );
+    }
+
+    #[test]
+    fn costs_are_tokens_times_dollars_per_million_in_micros() {
+        let prices = [ModelPrice {
+            model: "m".to_owned(),
+            prompt_per_million: "0.15".parse().unwrap(),
+            completion_per_million: "0.60".parse().unwrap(),
+        }];
+        let used = TokenUsage {
+            prompt_tokens: 1_000,
+            completion_tokens: 500,
+            total_tokens: 1_500,
+        };
+        assert_eq!(cost_micros(&prices, "m", &used), Some(450));
+        assert_eq!(cost_micros(&prices, "other", &used), None);
+        assert_eq!(cost_micros(&[], "m", &used), None);
+    }
+
+    #[tokio::test]
+    async fn every_call_is_recorded_with_its_job_task_case_and_cost() {
+        let h = harness(&[]).await;
+        let prices = [ModelPrice {
+            model: "priced".to_owned(),
+            prompt_per_million: "1".parse().unwrap(),
+            completion_per_million: "2".parse().unwrap(),
+        }];
+        let caller = Caller {
+            tenant_id: "t1",
+            job_id: Some("job-1"),
+            task_id: Some("task-1"),
+            case_id: Some("case-1"),
+            prices: &prices,
+        };
+        chat(&h.settings, &h.store, caller, &with_model("priced"), STEP)
+            .await
+            .unwrap();
+        chat(&h.settings, &h.store, caller, &hello(), STEP)
+            .await
+            .unwrap();
+        chat(&h.settings, &h.store, "t1", &hello(), STEP)
+            .await
+            .unwrap();
+        let now = crate::clock::now();
+        let range = (
+            now - chrono::Duration::hours(1),
+            now + chrono::Duration::hours(1),
+        );
+        let report = |group_by: &'static str| {
+            crate::pipeline::usage::report(&h.store, "t1", range.0, range.1, group_by)
+        };
+        let by_case = report("case").await.unwrap().unwrap();
+        let row = |key: Option<&str>, requests, cost_micros, unpriced_requests| {
+            crate::pipeline::usage::UsageRow {
+                key: key.map(str::to_owned),
+                requests,
+                prompt_tokens: 12 * requests,
+                completion_tokens: 5 * requests,
+                total_tokens: 17 * requests,
+                cost_micros,
+                unpriced_requests,
+            }
+        };
+        // 12 prompt and 5 completion tokens per call: 12 × 1 + 5 × 2 micros for the priced one.
+        assert_eq!(
+            by_case,
+            [row(Some("case-1"), 2, Some(22), 1), row(None, 1, None, 1)]
+        );
+        let by_model = report("model").await.unwrap().unwrap();
+        assert_eq!(by_model.len(), 2, "{by_model:?}");
+        let by_task = report("task").await.unwrap().unwrap();
+        assert_eq!(by_task[0].key.as_deref(), Some("task-1"));
+        let by_day = report("day").await.unwrap().unwrap();
+        assert_eq!(by_day.len(), 1);
+        assert_eq!(by_day[0].key, Some(now.format("%Y-%m-%d").to_string()));
+        assert!(report("colour").await.unwrap().is_none());
+        let other_tenant = crate::pipeline::usage::report(&h.store, "t2", range.0, range.1, "case");
+        assert!(other_tenant.await.unwrap().unwrap().is_empty());
     }
 
     #[tokio::test]

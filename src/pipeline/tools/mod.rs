@@ -1,6 +1,7 @@
 //! The tools pipeline steps use (`uses`). Adding one is one file implementing [`Tool`] and one line
 //! in [`Tools::builtin`]; `GET /tools` publishes each tool's input schema.
 
+pub mod cases_assess;
 pub mod http_request;
 pub mod knowledge_search;
 pub mod llm;
@@ -130,6 +131,7 @@ impl Tools {
         });
         tools.add(publish::PublishEvent);
         tools.add(run_task::RunTask);
+        tools.add(cases_assess::CasesAssess);
         tools.add(knowledge_search::KnowledgeSearch);
         tools.add(llm::LlmChat);
         tools.add(llm::LlmEmbed);
