@@ -224,22 +224,25 @@ bench_peer() {
 }
 
 # `docket bench queue` enqueues in batches of 500 while its worker loops drain (PROCS loops in
-# one process, each claiming up to WORKER_CONCURRENCY jobs at once), i.e. the concurrent mode.
+# one process, each claiming up to WORKER_CONCURRENCY jobs at once): the concurrent mode. With
+# `--enqueue-first` it enqueues everything before the loops start and counts from the first start:
+# the backlog mode.
 bench_docket() {
-    local backend=$1 url=$2
-    local out=$work/docket-$backend report load_at_start
+    local backend=$1 url=$2 mode=$3
+    local out=$work/docket-$backend-$mode report load_at_start flag=()
+    [[ $mode == backlog ]] && flag=(--enqueue-first)
     mkdir -p "$out"
-    echo "== Docket ($backend): docket bench queue --jobs $JOBS --workers $PROCS" >&2
+    echo "== Docket ($backend, $mode): docket bench queue --jobs $JOBS --workers $PROCS ${flag[*]}" >&2
     [[ $backend == postgres ]] && fresh_database docket
     load_at_start=$(load)
     report=$(DATABASE_URL=$url DATA_DIR=$out WORKER_CONCURRENCY=$CONCURRENCY LOG_LEVEL=warn \
-        "$DOCKET" bench queue --jobs "$JOBS" --workers "$PROCS" 2>"$out/docket.log") || return 1
+        "$DOCKET" bench queue --jobs "$JOBS" --workers "$PROCS" "${flag[@]}" 2>"$out/docket.log") || return 1
     echo "$report" >"$out/report.txt"
     field() { awk -v k="$1" '$0 ~ "^" k { print $(NF - 1) }' <<<"$report"; }
-    add_row "$(printf '| Docket | %s | %s | %.2f | %s | %s ms | %s ms | concurrent (docket bench queue); %s s; %s × WORKER_CONCURRENCY=%s worker loops in one process; start = claim time; load %s at start |' \
+    add_row "$(printf '| Docket | %s | %s | %.2f | %s | %s ms | %s ms | %s (docket bench queue %s); %s s; %s × WORKER_CONCURRENCY=%s worker loops in one process; start = claim time; load %s at start |' \
         "$backend" "$JOBS" "$(python3 -c "print($JOBS / $(field 'enqueue rate'))")" \
         "$(printf "%.0f" "$(field 'processing rate')")" "$(printf "%.0f" "$(field 'enqueue-to-start p50')")" \
-        "$(printf "%.0f" "$(field 'enqueue-to-start p99')")" "$(field 'wall time')" "$PROCS" "$CONCURRENCY" "$load_at_start")"
+        "$(printf "%.0f" "$(field 'enqueue-to-start p99')")" "$mode" "${flag[*]}" "$(field 'wall time')" "$PROCS" "$CONCURRENCY" "$load_at_start")"
 }
 
 bench_pgbench() {
@@ -280,8 +283,14 @@ for contender in $CONTENDERS; do
     case $contender in
         pgbench) bench_pgbench || failed pgbench postgres ;;
         redis-benchmark) bench_redis || failed redis-benchmark redis ;;
-        docket-sqlite) bench_docket sqlite "sqlite://$work/docket-sqlite/docket.db" || failed Docket sqlite ;;
-        docket-postgres) bench_docket postgres "$(pg_url docket)" || failed Docket postgres ;;
+        docket-sqlite)
+            for mode in $MODES; do
+                bench_docket sqlite "sqlite://$work/docket-sqlite-$mode/docket.db" "$mode" || failed Docket sqlite
+            done ;;
+        docket-postgres)
+            for mode in $MODES; do
+                bench_docket postgres "$(pg_url docket)" "$mode" || failed Docket postgres
+            done ;;
         celery | procrastinate | graphile | pgboss)
             for mode in $MODES; do
                 case $contender in

@@ -270,22 +270,21 @@ pub async fn ask(
         response_format: Some(ResponseFormat::Json),
         timeout_seconds: None,
     };
-    let reply = llm::chat(
-        &settings,
-        &state.store,
-        &principal.tenant_id,
-        &input,
-        settings.timeout,
-    )
-    .await
-    .map_err(|e| {
-        let status = if e.retryable {
-            StatusCode::BAD_GATEWAY
-        } else {
-            StatusCode::UNPROCESSABLE_ENTITY
-        };
-        ApiError::new(status, "model_failed", e.message)
-    })?;
+    let caller = llm::Caller {
+        tenant_id: &principal.tenant_id,
+        prices: &state.config.llm_prices,
+        ..llm::Caller::default()
+    };
+    let reply = llm::chat(&settings, &state.store, caller, &input, settings.timeout)
+        .await
+        .map_err(|e| {
+            let status = if e.retryable {
+                StatusCode::BAD_GATEWAY
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            ApiError::new(status, "model_failed", e.message)
+        })?;
     let (answer, cited) = read_reply(reply.json.as_ref().unwrap_or(&Value::Null));
     let citations: Vec<Citation> = cited
         .into_iter()

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use crate::config::ModelPrice;
 use crate::pipeline::tools::ToolError;
 use crate::pipeline::tools::llm::{self, LlmSettings};
 use crate::store::Store;
@@ -32,13 +33,16 @@ const FIRST_DELAY: Duration = Duration::from_millis(200);
 
 pub struct OpenAiCompatible {
     settings: LlmSettings,
+    /// `LLM_PRICES`, so embedding calls carry their cost in the usage records.
+    prices: Vec<ModelPrice>,
     in_flight: Semaphore,
 }
 
 impl OpenAiCompatible {
-    pub fn new(settings: LlmSettings, concurrency: usize) -> Self {
+    pub fn new(settings: LlmSettings, prices: Vec<ModelPrice>, concurrency: usize) -> Self {
         Self {
             settings,
+            prices,
             in_flight: Semaphore::new(concurrency.max(1)),
         }
     }
@@ -61,7 +65,12 @@ impl Embedder for OpenAiCompatible {
             let mut tries = 0;
             loop {
                 tries += 1;
-                match llm::embed(&self.settings, store, tenant_id, texts).await {
+                let caller = llm::Caller {
+                    tenant_id,
+                    prices: &self.prices,
+                    ..llm::Caller::default()
+                };
+                match llm::embed(&self.settings, store, caller, texts).await {
                     Err(e) if e.retryable && tries < TRIES => {
                         tracing::info!(error = %e.message, tries, "embedding failed; retrying");
                         tokio::time::sleep(delay).await;

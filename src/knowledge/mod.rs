@@ -73,6 +73,7 @@ impl Knowledge {
             };
             Arc::new(embed::OpenAiCompatible::new(
                 settings,
+                config.llm_prices.clone(),
                 config.embedding_concurrency,
             )) as Arc<dyn embed::Embedder>
         });

@@ -1,5 +1,6 @@
-//! `docket bench queue`: enqueue N no-op jobs while W workers drain them, and report enqueue rate,
-//! processing rate and enqueue-to-start latency. Runs against whatever `DATABASE_URL` points at.
+//! `docket bench queue`: enqueue N no-op jobs while W workers drain them (or, with
+//! `--enqueue-first`, all of them before the workers start), and report enqueue rate, processing
+//! rate and enqueue-to-start latency. Runs against whatever `DATABASE_URL` points at.
 //! With `--keys K` the jobs take turns over K concurrency keys limited to [`KEY_LIMIT`] each, which
 //! measures what the per-key checks of the claim cost.
 
@@ -25,6 +26,7 @@ pub struct Report {
     pub workers: usize,
     pub concurrency: u32,
     pub keys: usize,
+    pub enqueue_first: bool,
     pub enqueue_per_second: f64,
     pub processed_per_second: f64,
     pub start_latency_p50_ms: f64,
@@ -47,6 +49,15 @@ impl std::fmt::Display for Report {
                 self.keys
             )?;
         }
+        writeln!(
+            f,
+            "mode                      {}",
+            if self.enqueue_first {
+                "backlog (all enqueued, then the workers start; rate from the first start)"
+            } else {
+                "concurrent (enqueued while the workers drain)"
+            }
+        )?;
         writeln!(
             f,
             "enqueue rate              {:.0} jobs/s",
@@ -77,6 +88,7 @@ pub async fn run(
     jobs: usize,
     workers: usize,
     keys: usize,
+    enqueue_first: bool,
 ) -> Result<Report, sqlx::Error> {
     let tenant = format!("bench-{}", uuid::Uuid::now_v7());
     let shutdown = CancellationToken::new();
@@ -90,12 +102,19 @@ pub async fn run(
         async { Ok(json!({})) }
     });
     let registry = Arc::new(registry);
-    let handles: Vec<_> = (0..workers)
-        .map(|i| {
-            let worker = Worker::new(queue.clone(), registry.clone(), format!("{tenant}-w{i}"));
-            tokio::spawn(worker.run(shutdown.clone(), Duration::from_secs(30)))
-        })
-        .collect();
+    let spawn_workers = || -> Vec<_> {
+        (0..workers)
+            .map(|i| {
+                let worker = Worker::new(queue.clone(), registry.clone(), format!("{tenant}-w{i}"));
+                tokio::spawn(worker.run(shutdown.clone(), Duration::from_secs(30)))
+            })
+            .collect()
+    };
+    let mut handles = if enqueue_first {
+        Vec::new()
+    } else {
+        spawn_workers()
+    };
 
     let started = Instant::now();
     let started_at = crate::clock::now();
@@ -119,6 +138,9 @@ pub async fn run(
         enqueued += batch;
     }
     let enqueue_seconds = started.elapsed().as_secs_f64();
+    if enqueue_first {
+        handles = spawn_workers();
+    }
 
     while executed.load(Ordering::Relaxed) < jobs {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -148,8 +170,20 @@ pub async fn run(
             .fetch_one(pool)
             .await
     })?;
+    // With a backlog the rate counts from the first job's start, as peers' benchmarks do.
+    let first_started: Option<chrono::DateTime<chrono::Utc>> = with_pool!(&queue.store, pool => {
+        sqlx::query_scalar("SELECT MIN(started_at) FROM runs WHERE tenant_id = $1")
+            .bind(&tenant)
+            .fetch_one(pool)
+            .await
+    })?;
+    let from = if enqueue_first {
+        first_started.unwrap_or(started_at)
+    } else {
+        started_at
+    };
     let wall_seconds = finished_at
-        .map(|end| (end - started_at).num_microseconds().unwrap_or(0) as f64 / 1e6)
+        .map(|end| (end - from).num_microseconds().unwrap_or(0) as f64 / 1e6)
         .unwrap_or_else(|| started.elapsed().as_secs_f64());
 
     let mut delays: Vec<f64> = with_pool!(&queue.store, pool => {
@@ -175,6 +209,7 @@ pub async fn run(
         workers,
         concurrency: queue.settings.concurrency,
         keys,
+        enqueue_first,
         enqueue_per_second: jobs as f64 / enqueue_seconds,
         processed_per_second: jobs as f64 / wall_seconds,
         start_latency_p50_ms: percentile(0.5),
