@@ -218,6 +218,15 @@ impl CaseRow {
         )
     }
 
+    /// Whether `principal` may act for the submitter (cancel, answer a request for information):
+    /// the submitter themselves, or a supervisor or admin.
+    pub fn answers_to(&self, principal: &Principal) -> bool {
+        self.submitted_by == principal.actor.to_string()
+            || principal
+                .role
+                .is_some_and(|r| r >= crate::auth::Role::Supervisor)
+    }
+
     /// Who holds the case right now (a lease that ran out holds nothing).
     pub fn holder(&self, now: DateTime<Utc>) -> Option<&str> {
         match (&self.assignee_id, self.lease_expires_at) {

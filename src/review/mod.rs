@@ -554,10 +554,7 @@ pub async fn add_information(
     let now = crate::clock::now();
     let mut tx = state.store.begin().await?;
     let mut row = cases::lock(&mut tx, &state.store, &principal.tenant_id, id).await?;
-    let supervises = principal
-        .role
-        .is_some_and(|r| r >= crate::auth::Role::Supervisor);
-    let refusal = if row.submitted_by != principal.actor.to_string() && !supervises {
+    let refusal = if !row.answers_to(principal) {
         Some(CaseError::forbidden(
             "not_submitter",
             "Only the submitter or a supervisor may add information to a case.",
