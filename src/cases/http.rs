@@ -523,7 +523,7 @@ pub struct CancelCase {
     pub reason: String,
 }
 
-/// Withdraw an open case.
+/// Withdraw a case that is not decided yet (open, parked, or waiting for its assessment).
 #[utoipa::path(post, path = "/cases/{id}/cancel", tag = "cases",
     description = "Requires: the submitter (`WriteCases`, or an API key with `cases:write`), or a supervisor or admin.",
     params(("id" = String, Path)), request_body = CancelCase,
@@ -550,7 +550,7 @@ pub async fn cancel_case(
             "not_submitter",
             "Only the submitter or a supervisor may cancel a case.",
         ))
-    } else if !row.is_open() && !row.is_parked() {
+    } else if !row.is_open() && !row.is_parked() && row.state != super::assessment::ASSESSING {
         Some(CaseError::IllegalTransition {
             current: row.state.clone(),
             attempted: "cancelled",

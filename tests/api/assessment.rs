@@ -331,6 +331,14 @@ on_both_backends! {
         let reason = late["history"][2]["reason"].as_str().unwrap();
         assert!(reason.contains("no assessment within 600 s"), "{reason}");
 
+        // A case waiting for its assessment can be withdrawn; the sweep then leaves it alone.
+        let (_, withdrawn) = submit(&app, &rita, "CHQ-4", json!({})).await;
+        let cancel = format!("/api/v1/cases/{}/cancel", withdrawn["id"].as_str().unwrap());
+        let (status, cancelled) = app.call(Method::POST, &cancel, &rita.access_token, Some(json!({ "reason": "sent twice" }))).await;
+        assert_eq!((status, cancelled["state"].as_str()), (StatusCode::OK, Some("cancelled")), "{cancelled}");
+        let much_later = later + chrono::Duration::minutes(11);
+        assert_eq!(docket::review::sweep(&app.state, much_later).await.unwrap().assessments_failed, 0, "cancelled stays cancelled");
+
         // A pipeline that ends without assessing.
         let silent = create_task(&app, &admin, json!({ "pipeline": [{ "id": "note", "uses": "events.publish", "with": { "topic": "looked" } }] })).await;
         attach(&app, &admin, "cheque", silent["id"].as_str().unwrap()).await;
