@@ -179,6 +179,31 @@ on_both_backends! {
         assert_eq!(events_on(&app, &sue.tenant_id, "briefing.rejected").await, 0);
         let (_, cases) = app.call(Method::GET, "/api/v1/cases?type=briefing", &sue.access_token, None).await;
         assert_eq!(cases["items"].as_array().unwrap().len(), 1, "one case, even though the job ran twice");
+
+        // Under maker-checker both people are the reviewers; a returned case says so.
+        let admin = app.sign_in("acme", "ada@acme.test", Role::Admin).await;
+        let policy = json!({ "rules": [{ "name": "briefings need two", "when": { "field": "type", "op": "==", "value": "briefing" },
+                                          "then": { "dual_control": true } }] });
+        let (status, body) = app.call(Method::PUT, "/api/v1/policy", &admin.access_token, Some(policy)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let job_id = run_now(&app, &sue, &task).await;
+        wait_for_job(&app, &sue.tenant_id, &job_id, "waiting").await;
+        let bob = app.sign_in("acme", "bob@acme.test", Role::Reviewer).await;
+        let (_, case) = app.call(Method::POST, "/api/v1/reviews/next", &rita.access_token, None).await;
+        let id = case["id"].as_str().unwrap();
+        let (_, proposed) = app.call(Method::POST, &format!("/api/v1/cases/{id}/decision"), &rita.access_token,
+            Some(json!({ "decision": "return", "reason": "wrong city" }))).await;
+        assert_eq!(proposed["state"], "pending_dual_control", "{proposed}");
+        app.call(Method::POST, &format!("/api/v1/cases/{id}/claim"), &bob.access_token, None).await;
+        let (status, confirmed) = app.call(Method::POST, &format!("/api/v1/cases/{id}/check"), &bob.access_token,
+            Some(json!({ "verdict": "approve" }))).await;
+        assert_eq!((status, confirmed["state"].as_str()), (StatusCode::OK, Some("returned")), "{confirmed}");
+        wait_for_job(&app, &sue.tenant_id, &job_id, "succeeded").await;
+        let steps = steps_of(&app, &sue, &job_id).await;
+        assert_eq!(steps[0]["output"]["decision"], "returned");
+        assert_eq!(steps[0]["output"]["reason"], "wrong city");
+        assert_eq!(steps[0]["output"]["reviewers"], json!([format!("user:{}", rita.user_id), format!("user:{}", bob.user_id)]));
+        assert_eq!(steps[2]["status"], "skipped", "neither approved nor rejected");
     }
 
     async fn a_durable_wait_parks_the_job_and_earlier_steps_are_not_repeated(backend) {

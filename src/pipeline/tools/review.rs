@@ -1,7 +1,7 @@
 //! `review.request`: ask people for a decision. Creates a case through the policy engine and
 //! suspends the pipeline (no worker held) until the case is decided; a case the policy decides
 //! automatically continues at once. The step's result is `{case_id, state, decision, reviewers,
-//! reason}` with `decision` one of `approved`, `rejected` or `cancelled`.
+//! reason_codes, reason}` with `decision` one of `approved`, `rejected`, `returned` or `cancelled`.
 
 use std::time::Duration;
 
@@ -64,21 +64,27 @@ impl ReviewRequest {
             .iter()
             .filter(|h| h.decision.is_some() || h.action == "cancelled")
             .collect();
-        let reviewers: Vec<&str> = decisions
-            .iter()
-            .filter(|h| h.action == "decided")
-            .map(|h| h.actor.as_str())
-            .collect();
+        // Under maker-checker both the maker (proposed) and the checker (confirmed) decided.
+        let mut reviewers: Vec<&str> = Vec::new();
+        for entry in &history {
+            if matches!(entry.action.as_str(), "decided" | "proposed" | "confirmed")
+                && !reviewers.contains(&entry.actor.as_str())
+            {
+                reviewers.push(entry.actor.as_str());
+            }
+        }
         let reason = decisions.last().and_then(|h| h.reason.clone());
         let decision = match case.state.as_str() {
             "approved" | "auto_approved" => "approved",
             "rejected" | "auto_rejected" => "rejected",
+            "returned" => "returned",
             _ => "cancelled",
         };
         Ok(ToolResult::Done(json!({
             "case_id": case.id,
             "state": case.state,
             "decision": decision,
+            "reason_codes": case.reason_codes(),
             "reviewers": reviewers,
             "reason": reason,
         })))
