@@ -247,8 +247,8 @@ async fn save_routed(tx: &mut Tx, row: &CaseRow) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE cases SET ai_assessment = $1, state = $2, priority = $3, priority_rank = $4, queue = $5, \
              required_role = $6, required_rank = $7, dual_control = $8, sla_hours = $9, sla_due_at = $10, \
-             policy_version = $11, policy_trace = $12, decision = $13, decided_at = $14, updated_at = $15 \
-             WHERE tenant_id = $16 AND id = $17",
+             policy_version = $11, policy_trace = $12, decision = $13, decided_at = $14, updated_at = $15, \
+             risk_level = $16, flags = $17, require_reason = $18 WHERE tenant_id = $19 AND id = $20",
         )
         .bind(&row.ai_assessment)
         .bind(&row.state)
@@ -265,6 +265,9 @@ async fn save_routed(tx: &mut Tx, row: &CaseRow) -> Result<(), sqlx::Error> {
         .bind(&row.decision)
         .bind(row.decided_at)
         .bind(row.updated_at)
+        .bind(&row.risk_level)
+        .bind(&row.flags)
+        .bind(row.require_reason)
         .bind(&row.tenant_id)
         .bind(&row.id)
         .execute(conn)

@@ -234,12 +234,19 @@ on_both_backends! {
         assert!(matches!(other, Err(docket::cases::CaseError::IllegalTransition { .. })), "{other:?}");
         assert_eq!(actions(&case(&app, &rita, confident["id"].as_str().unwrap()).await).len(), 4);
 
-        // A doubtful one goes to people, with the assessment for them to read.
+        // A doubtful one goes to people, with the assessment for them to read and the policy's
+        // risk and flags from it.
+        let policy = json!({ "ai": { "enabled": true, "confidence_threshold": 0.8 }, "rules": [
+            { "name": "doubtful AI", "when": { "field": "ai.confidence", "op": "<", "value": 0.7 },
+              "then": { "add_flag": "LOW_AI_CONFIDENCE", "risk_level": "high" } }] });
+        let (status, body) = app.call(Method::PUT, "/api/v1/policy", &admin.access_token, Some(policy)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
         let (status, waiting) = submit(&app, &rita, "CHQ-2", json!({ "note": "doubtful signature" })).await;
         assert_eq!(status, StatusCode::ACCEPTED);
         let doubtful = routed(&app, &rita, waiting["id"].as_str().unwrap()).await;
         assert_eq!(doubtful["state"], "queued", "{doubtful}");
         assert_eq!(doubtful["ai_assessment"]["confidence"], 0.55);
+        assert_eq!((doubtful["risk_level"].as_str(), &doubtful["flags"]), (Some("high"), &json!(["LOW_AI_CONFIDENCE"])), "{doubtful}");
         let (status, again) = app.call(Method::GET, "/api/v1/cases?state=assessing", &rita.access_token, None).await;
         assert_eq!((status, again["items"].as_array().unwrap().len()), (StatusCode::OK, 0));
 
