@@ -308,11 +308,22 @@ pub async fn enqueue(
     new: NewJob,
     now: DateTime<Utc>,
 ) -> Result<Job, sqlx::Error> {
+    Ok(enqueue_or_existing(tx, settings, new, now).await?.0)
+}
+
+/// [`enqueue`], saying whether this call created the job (`false`: the earlier job with the same
+/// unique or dedupe key is returned).
+pub async fn enqueue_or_existing(
+    tx: &mut Tx,
+    settings: &Settings,
+    new: NewJob,
+    now: DateTime<Utc>,
+) -> Result<(Job, bool), sqlx::Error> {
     let (job, inserted) = enqueue_one(tx, settings, new, now).await?;
     if inserted {
         notify_workers(tx).await?;
     }
-    Ok(job)
+    Ok((job, inserted))
 }
 
 /// On PostgreSQL, wakes the workers of every process once the caller's transaction commits.

@@ -73,6 +73,8 @@ pub async fn wake(state: &AppState) {
 pub struct Tick {
     pub tasks: usize,
     pub enqueued: usize,
+    /// Occurrences answered by an earlier job: the task's dedupe key was taken within its window.
+    pub deduplicated: usize,
     pub missed: usize,
     /// The jobs enqueued, to announce once the pass has committed.
     pub jobs: Vec<queue::Job>,
@@ -119,11 +121,16 @@ pub async fn tick(
                 let (first, _, count) = missed.unwrap_or((at, at, 0));
                 missed = Some((first, at, count + 1));
             } else {
-                let job = queue::enqueue(&mut tx, settings, task.job_for(at), now).await?;
-                report.jobs.push(job);
-                let lag = (now - at).num_microseconds().unwrap_or(0) as f64 / 1e6;
-                metrics::histogram!("docket_scheduler_lag_seconds").record(lag);
-                report.enqueued += 1;
+                let (job, created) =
+                    queue::enqueue_or_existing(&mut tx, settings, task.job_for(at), now).await?;
+                if created {
+                    report.jobs.push(job);
+                    let lag = (now - at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+                    metrics::histogram!("docket_scheduler_lag_seconds").record(lag);
+                    report.enqueued += 1;
+                } else {
+                    report.deduplicated += 1;
+                }
             }
             walked += 1;
             next = if walked >= MAX_OCCURRENCES_PER_TICK {

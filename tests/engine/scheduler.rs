@@ -112,6 +112,22 @@ on_both_backends! {
         }
     }
 
+    async fn occurrences_inside_a_dedupe_window_are_not_counted_as_enqueued(backend) {
+        let Some(h) = harness(backend).await else { return };
+        insert_task(&h.store, "sync", "cron", "* * * * *", at(8, 0, 0), 30).await;
+        with_pool!(&h.store, pool => {
+            sqlx::query("UPDATE tasks SET dedupe_key = 'sync-all', dedupe_window_seconds = 3600 WHERE id = 'sync'").execute(pool).await.map(|_| ())
+        })
+        .unwrap();
+        let first = scheduler::tick(&h.store, &h.settings, at(8, 0, 1)).await.unwrap();
+        assert_eq!((first.enqueued, first.deduplicated, first.jobs.len()), (1, 0, 1));
+        let second = scheduler::tick(&h.store, &h.settings, at(8, 1, 1)).await.unwrap();
+        assert_eq!((second.enqueued, second.deduplicated), (0, 1), "08:01 is answered by the 08:00 job");
+        assert!(second.jobs.is_empty(), "nothing new to announce");
+        assert_eq!(jobs_of(&h.store, "sync").await, [("queued".to_owned(), at(8, 0, 0))]);
+        assert_eq!(task(&h.store, "sync").await.next_run_at, Some(at(8, 2, 0)), "the schedule moves on");
+    }
+
     async fn downtime_beyond_the_grace_is_one_missed_record(backend) {
         let Some(h) = harness(backend).await else { return };
         insert_task(&h.store, "minutely", "cron", "* * * * *", at(10, 0, 0), 30).await;
