@@ -20,7 +20,7 @@ use crate::scheduler::{self, Scheduler};
 use crate::store::{Store, StoreError};
 use crate::{audit, http, telemetry};
 
-const AUDIT_PURGE_INTERVAL: Duration = Duration::from_secs(60 * 60);
+const PURGE_INTERVAL: Duration = Duration::from_secs(60 * 60);
 
 /// Heartbeats older than this mark a process as gone; its registry row is then pruned.
 const NODE_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
@@ -257,9 +257,9 @@ impl Server {
             .with_app(state.clone());
             tokio::spawn(worker.run(shutdown.clone(), grace))
         });
-        let retention = role
+        let purge = role
             .runs_scheduler()
-            .then(|| tokio::spawn(audit_retention_loop(state.clone())));
+            .then(|| tokio::spawn(purge_loop(state.clone())));
         let review_sweep = role
             .runs_scheduler()
             .then(|| tokio::spawn(crate::review::sweep_loop(state.clone())));
@@ -292,8 +292,8 @@ impl Server {
             let _ = worker.await;
         }
         heartbeat.abort();
-        if let Some(retention) = retention {
-            retention.abort();
+        if let Some(purge) = purge {
+            purge.abort();
         }
         if let Some(sweep) = review_sweep {
             let _ = sweep.await;
@@ -310,25 +310,23 @@ impl Server {
     }
 }
 
-/// Purges audit records past `AUDIT_RETENTION_DAYS`, hourly. Concurrent purges from several
-/// schedulers are harmless: they delete the same expired rows.
-async fn audit_retention_loop(state: AppState) {
-    let mut ticker = tokio::time::interval(AUDIT_PURGE_INTERVAL);
+/// Hourly: purges audit records past `AUDIT_RETENTION_DAYS` and dedupe keys whose window ended.
+/// Concurrent purges from several schedulers are harmless: they delete the same expired rows.
+async fn purge_loop(state: AppState) {
+    let mut ticker = tokio::time::interval(PURGE_INTERVAL);
     loop {
         tokio::select! {
             () = state.shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        match audit::purge_expired(
-            &state.store,
-            state.config.audit_retention_days,
-            crate::clock::now(),
-        )
-        .await
-        {
+        let now = crate::clock::now();
+        match audit::purge_expired(&state.store, state.config.audit_retention_days, now).await {
             Ok(0) => {}
             Ok(removed) => tracing::info!(removed, "expired audit records purged"),
             Err(e) => tracing::warn!(error = %e, "audit retention purge failed"),
+        }
+        if let Err(e) = queue::purge_expired_dedupe_keys(&state.store, now).await {
+            tracing::warn!(error = %e, "purging expired dedupe keys failed");
         }
     }
 }

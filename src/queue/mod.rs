@@ -460,6 +460,21 @@ async fn take_dedupe_key(
     }
 }
 
+/// Removes dedupe keys whose window ended before `now` (they answer no enqueue any more); returns
+/// how many. Safe alongside enqueues: one taking such a key replaces the row or inserts it again.
+pub async fn purge_expired_dedupe_keys(
+    store: &Store,
+    now: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    with_pool!(store, pool => {
+        sqlx::query("DELETE FROM job_dedupe WHERE expires_at <= $1")
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+    })
+}
+
 async fn point_dedupe_key(
     tx: &mut Tx,
     tenant_id: &str,

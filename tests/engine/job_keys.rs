@@ -284,6 +284,14 @@ on_both_backends! {
         assert_eq!(enqueue(5, at(100)).await.id, after.id, "and a new window from it");
         assert_eq!(count_jobs(&h.queue.store, "dedupe_key = 'order-7'").await, 2);
 
+        // Maintenance drops keys whose window ended, and only those.
+        assert_eq!(queue::purge_expired_dedupe_keys(&h.queue.store, at(120)).await.unwrap(), 0, "the window runs to 121 s");
+        assert_eq!(enqueue(6, at(120)).await.id, after.id);
+        assert_eq!(queue::purge_expired_dedupe_keys(&h.queue.store, at(122)).await.unwrap(), 1);
+        let renewed = enqueue(7, at(123)).await;
+        assert_ne!(renewed.id, after.id, "a purged key is taken afresh");
+        assert_eq!(enqueue(8, at(124)).await.id, renewed.id);
+
         let mut other = NewJob { tenant_id: "t2".to_owned(), kind: "noop".to_owned(), payload: json!({}), ..NewJob::default() };
         other.dedupe_key = Some("order-7".to_owned());
         assert_ne!(h.queue.enqueue(other).await.unwrap().id, after.id, "keys are per tenant");
