@@ -879,7 +879,10 @@ async fn key_room(
             lock.push(if i == 0 { "(" } else { ", (" });
             lock.push_bind(tenant_id).push(", ").push_bind(key).push(")");
         }
-        lock.push(") ORDER BY tenant_id, key ").push(lock_clause(store, skip_locked));
+        // Bytewise, the order in which enqueues write keys' rows (sorted in Rust).
+        let bytes = store.byte_order();
+        lock.push(format!(") ORDER BY tenant_id{bytes}, key{bytes} "))
+            .push(lock_clause(store, skip_locked));
         lock.build_query_as().fetch_all(conn).await
     })?;
     let mut room = HashMap::new();
