@@ -352,31 +352,49 @@ pub async fn assess(
     let first = super::record(&mut tx, state, None, &assessed_snapshot, assessed, now).await?;
     let second = super::record(&mut tx, state, None, &row, routed, now).await?;
     tx.commit().await?;
+    count_outcome("assessed");
     super::announce(state, vec![first, second]);
     Ok(Routed::of(&row))
 }
 
-/// Why a waiting case's assessment will not come, if it will not.
+/// Counts how assessments end: `assessed`, or why a case went to people without one.
+fn count_outcome(outcome: &'static str) {
+    metrics::counter!("docket_case_assessments_total", "outcome" => outcome).increment(1);
+}
+
+/// Why a waiting case's assessment will not come, if it will not: the metric's outcome label and
+/// the reason recorded on the case.
 fn failure(
     row: &CaseRow,
     job: Option<&Job>,
     deadline: DateTime<Utc>,
     timeout_seconds: f64,
-) -> Option<String> {
+) -> Option<(&'static str, String)> {
     let Some(job) = job else {
-        return Some("the assessment job no longer exists".to_owned());
+        return Some((
+            "job_missing",
+            "the assessment job no longer exists".to_owned(),
+        ));
     };
     match job.status.as_str() {
-        "dead" => Some(format!(
-            "the assessment pipeline failed: {}",
-            job.last_error.as_deref().unwrap_or("no error recorded")
+        "dead" => Some((
+            "pipeline_failed",
+            format!(
+                "the assessment pipeline failed: {}",
+                job.last_error.as_deref().unwrap_or("no error recorded")
+            ),
         )),
-        "cancelled" => Some("the assessment job was cancelled".to_owned()),
-        "succeeded" => {
-            Some("the assessment pipeline finished without assessing the case".to_owned())
-        }
-        status if row.created_at <= deadline => Some(format!(
-            "no assessment within {timeout_seconds} s (the job is {status})"
+        "cancelled" => Some((
+            "job_cancelled",
+            "the assessment job was cancelled".to_owned(),
+        )),
+        "succeeded" => Some((
+            "not_assessed",
+            "the assessment pipeline finished without assessing the case".to_owned(),
+        )),
+        status if row.created_at <= deadline => Some((
+            "timed_out",
+            format!("no assessment within {timeout_seconds} s (the job is {status})"),
         )),
         _ => None,
     }
@@ -409,6 +427,7 @@ pub async fn sweep(state: &AppState, now: DateTime<Utc>) -> Result<usize, sqlx::
             return Ok(routed);
         }
         let mut recorded = Vec::with_capacity(candidates.len() * 2);
+        let mut outcomes = Vec::with_capacity(candidates.len());
         let mut tx = state.store.begin().await?;
         for (tenant_id, case_id) in &candidates {
             let mut row = match super::lock(&mut tx, &state.store, tenant_id, case_id).await {
@@ -421,7 +440,9 @@ pub async fn sweep(state: &AppState, now: DateTime<Utc>) -> Result<usize, sqlx::
                 Some(id) => crate::queue::get(&state.store, tenant_id, id).await?,
                 None => None,
             };
-            let Some(reason) = failure(&row, job.as_ref(), deadline, timeout.as_secs_f64()) else {
+            let Some((outcome, reason)) =
+                failure(&row, job.as_ref(), deadline, timeout.as_secs_f64())
+            else {
                 continue;
             };
             let policy = crate::policy::current(&mut tx, &state.config, tenant_id).await?;
@@ -447,9 +468,11 @@ pub async fn sweep(state: &AppState, now: DateTime<Utc>) -> Result<usize, sqlx::
             recorded
                 .push(super::record(&mut tx, state, None, &failed_snapshot, failed, now).await?);
             recorded.push(super::record(&mut tx, state, None, &row, routed_change, now).await?);
-            routed += 1;
+            outcomes.push(outcome);
         }
         tx.commit().await?;
+        routed += outcomes.len();
+        outcomes.into_iter().for_each(count_outcome);
         let progressed = !recorded.is_empty();
         super::announce(state, recorded);
         // Candidates that turned out healthy (assessed meanwhile) are not selected again; stop if a

@@ -563,6 +563,15 @@ pub async fn cancel_case(
         return Err(refusal.into());
     }
     let from = row.state.clone();
+    // The assessment is no longer wanted: its job stops unless a worker is already running it (its
+    // `cases.assess` step is then refused).
+    let assessment_cancelled = match (&row.assessment_job_id, from == super::assessment::ASSESSING)
+    {
+        (Some(job_id), true) => {
+            crate::queue::cancel_pending(&mut tx, &principal.tenant_id, job_id, now).await?
+        }
+        _ => false,
+    };
     row.state = "cancelled".to_owned();
     row.assignee_id = None;
     row.lease_expires_at = None;
@@ -573,6 +582,9 @@ pub async fn cancel_case(
     super::save(&mut tx, &row).await?;
     let mut change = Change::new("cancelled", Some(&from), &principal.actor);
     change.reason = Some(reason);
+    if assessment_cancelled {
+        change.details = json!({ "assessment_job_cancelled": row.assessment_job_id });
+    }
     let recorded = super::record(&mut tx, &state, Some(&principal), &row, change, now).await?;
     tx.commit().await?;
     super::announce(&state, vec![recorded]);

@@ -661,17 +661,39 @@ pub async fn cancel_pending_for_task(
     task_id: &str,
     now: DateTime<Utc>,
 ) -> Result<u64, sqlx::Error> {
+    cancel_pending_where(tx, "task_id", tenant_id, task_id, now).await
+}
+
+/// Cancels job `job_id` unless it is running or has ended (a running job is left to finish); says
+/// whether it was cancelled.
+pub async fn cancel_pending(
+    tx: &mut Tx,
+    tenant_id: &str,
+    job_id: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    Ok(cancel_pending_where(tx, "id", tenant_id, job_id, now).await? > 0)
+}
+
+async fn cancel_pending_where(
+    tx: &mut Tx,
+    column: &'static str,
+    tenant_id: &str,
+    value: &str,
+    now: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    let sql = format!(
+        "UPDATE jobs SET status = 'cancelled', finished_at = $1, updated_at = $1 \
+         WHERE tenant_id = $2 AND {column} = $3 AND status IN ('queued', 'failed', 'waiting')"
+    );
     with_tx!(tx, conn => {
-        sqlx::query(
-            "UPDATE jobs SET status = 'cancelled', finished_at = $1, updated_at = $1 \
-             WHERE tenant_id = $2 AND task_id = $3 AND status IN ('queued', 'failed', 'waiting')",
-        )
-        .bind(now)
-        .bind(tenant_id)
-        .bind(task_id)
-        .execute(conn)
-        .await
-        .map(|done| done.rows_affected())
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(now)
+            .bind(tenant_id)
+            .bind(value)
+            .execute(conn)
+            .await
+            .map(|done| done.rows_affected())
     })
 }
 

@@ -338,11 +338,19 @@ on_both_backends! {
         let reason = late["history"][2]["reason"].as_str().unwrap();
         assert!(reason.contains("no assessment within 600 s"), "{reason}");
 
-        // A case waiting for its assessment can be withdrawn; the sweep then leaves it alone.
+        // A case waiting for its assessment can be withdrawn, which cancels its pipeline's job; the
+        // sweep then leaves it alone.
         let (_, withdrawn) = submit(&app, &rita, "CHQ-4", json!({})).await;
+        let withdrawn_job = withdrawn["assessment_job_id"].as_str().unwrap();
+        wait_for_job(&app, &admin.tenant_id, withdrawn_job, "waiting").await;
         let cancel = format!("/api/v1/cases/{}/cancel", withdrawn["id"].as_str().unwrap());
         let (status, cancelled) = app.call(Method::POST, &cancel, &rita.access_token, Some(json!({ "reason": "sent twice" }))).await;
         assert_eq!((status, cancelled["state"].as_str()), (StatusCode::OK, Some("cancelled")), "{cancelled}");
+        let job = docket::queue::get(&app.state.store, &admin.tenant_id, withdrawn_job).await.unwrap().unwrap();
+        assert_eq!(job.status, "cancelled", "the pipeline stops with the case");
+        let cancelled = case(&app, &rita, withdrawn["id"].as_str().unwrap()).await;
+        let last = cancelled["history"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!((&last["action"], &last["details"]["assessment_job_cancelled"]), (&json!("cancelled"), &json!(withdrawn_job)), "{last}");
         let much_later = later + chrono::Duration::minutes(11);
         assert_eq!(docket::review::sweep(&app.state, much_later).await.unwrap().assessments_failed, 0, "cancelled stays cancelled");
 

@@ -709,12 +709,13 @@ async fn record_usage(
     let tenant_id = caller.tenant_id;
     let label = model_label(settings, caller, model);
     let cost = cost_micros(caller.prices, model, usage);
-    metrics::counter!("docket_llm_tokens_total", "kind" => "prompt", "model" => label.clone())
+    let tenant = tenant_id.to_owned();
+    metrics::counter!("docket_llm_tokens_total", "kind" => "prompt", "model" => label.clone(), "tenant" => tenant.clone())
         .increment(usage.prompt_tokens);
-    metrics::counter!("docket_llm_tokens_total", "kind" => "completion", "model" => label.clone())
+    metrics::counter!("docket_llm_tokens_total", "kind" => "completion", "model" => label.clone(), "tenant" => tenant.clone())
         .increment(usage.completion_tokens);
     if let Some(cost) = cost {
-        metrics::counter!("docket_llm_cost_micros_total", "model" => label)
+        metrics::counter!("docket_llm_cost_micros_total", "model" => label, "tenant" => tenant)
             .increment(u64::try_from(cost).unwrap_or(0));
     }
     let month = current_month();
