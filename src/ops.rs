@@ -75,7 +75,7 @@ impl Check {
 }
 
 /// Liveness and version.
-#[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/health", tag = "health", security(()), responses((status = 200, body = Health)))]
 pub async fn health() -> Json<Health> {
     Json(Health {
         status: "ok",
@@ -84,13 +84,13 @@ pub async fn health() -> Json<Health> {
 }
 
 /// Liveness and version, under the API prefix for clients that only know the API's base URL.
-#[utoipa::path(get, path = "/health", tag = "health", operation_id = "api_health", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/health", tag = "health", operation_id = "api_health", security(()), responses((status = 200, body = Health)))]
 pub async fn api_health() -> Json<Health> {
     health().await
 }
 
 /// The process is up (it does not look at dependencies; restart only if this fails).
-#[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/health/live", tag = "health", security(()), responses((status = 200, body = Health)))]
 pub async fn live() -> Json<Health> {
     health().await
 }
@@ -101,6 +101,7 @@ pub async fn live() -> Json<Health> {
     get,
     path = "/health/ready",
     tag = "health",
+    security(()),
     responses((status = 200, body = Readiness), (status = 503, body = Readiness))
 )]
 pub async fn ready(State(state): State<AppState>) -> Response {

@@ -306,6 +306,7 @@ async fn record_failed_login(
     description = "Public. Unknown email and wrong password give the same 401. Repeated failures lock the account \
                    (exponentially) and throttle the address (429).",
     request_body = LoginRequest,
+    security(()),
     responses((status = 200, body = TokenPair), (status = 401, body = crate::http::error::ErrorBody), (status = 429, body = crate::http::error::ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
@@ -463,6 +464,7 @@ struct RefreshRow {
 #[utoipa::path(post, path = "/auth/refresh", tag = "auth",
     description = "Public (the refresh token is the credential).",
     request_body = RefreshRequest,
+    security(()),
     responses((status = 200, body = TokenPair), (status = 401, body = crate::http::error::ErrorBody)))]
 pub async fn refresh(
     State(state): State<AppState>,

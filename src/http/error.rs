@@ -32,7 +32,7 @@ pub struct ErrorDetail {
     /// Human-readable sentence.
     pub message: String,
     /// Structured context (e.g. the offending field); `null` when there is none.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub details: Value,
 }
 

@@ -115,7 +115,8 @@ pub fn router(state: AppState, role: Role) -> Router {
         });
         app = app.nest(&prefix, v1);
     }
-    let (router, openapi) = app.split_for_parts();
+    let (router, mut openapi) = app.split_for_parts();
+    document_common_errors(&mut openapi);
 
     let mut router = router;
     if let Some(api) = console_api {
@@ -147,6 +148,74 @@ pub fn router(state: AppState, role: Role) -> Router {
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(state);
     middleware::apply(router, &config)
+}
+
+/// Adds the refusals that middleware and extractors give on any operation, which handlers do not
+/// list one by one, so clients and contract tests know every status an operation may answer:
+/// authentication, authorisation and rate limits (unless the operation is public, `security(())`),
+/// bad parameters, and refused JSON bodies. A status an operation documents itself is kept.
+fn document_common_errors(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::SecurityRequirement;
+    use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+
+    for item in openapi.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let public = operation
+                .security
+                .as_ref()
+                .is_some_and(|any_of| any_of.contains(&SecurityRequirement::default()));
+            let has_parameters = operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
+            let has_body = operation.request_body.is_some();
+            let common = [
+                (!public, "401", "Missing, invalid or expired credentials"),
+                (
+                    !public,
+                    "403",
+                    "The role, scope or client address is not allowed",
+                ),
+                (!public, "429", "Rate limit exceeded; see `Retry-After`"),
+                (
+                    has_parameters || has_body,
+                    "400",
+                    "Malformed parameter or JSON body",
+                ),
+                (
+                    has_parameters || has_body,
+                    "422",
+                    "Invalid value (`details` names the field)",
+                ),
+                (has_body, "413", "Request body too large"),
+                (has_body, "415", "Unsupported `Content-Type` for the body"),
+            ];
+            for (applies, status, description) in common {
+                if !applies {
+                    continue;
+                }
+                operation
+                    .responses
+                    .responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| {
+                        RefOr::T(
+                            ResponseBuilder::new()
+                                .description(description)
+                                .content(
+                                    "application/json",
+                                    Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+                                )
+                                .build(),
+                        )
+                    });
+            }
+        }
+    }
 }
 
 async fn not_found() -> impl IntoResponse {

@@ -121,6 +121,33 @@ on_both_backends! {
         unique.dedup();
         assert_eq!(ids.len(), unique.len(), "operation ids must be unique: {ids:?}");
 
+        // Every operation lists the refusals the middleware and extractors may give it.
+        let mut public = Vec::new();
+        for (path, item) in spec["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let listed = operation["responses"].as_object().unwrap();
+                let lacks = |statuses: &[&str]| -> Vec<String> {
+                    statuses.iter().filter(|s| !listed.contains_key(**s)).map(|s| (*s).to_owned()).collect()
+                };
+                if operation["security"].as_array().is_some_and(|any_of| any_of.contains(&serde_json::json!({}))) {
+                    public.push(format!("{method} {path}"));
+                } else {
+                    assert_eq!(lacks(&["401", "403", "429"]), Vec::<String>::new(), "{method} {path}");
+                }
+                if operation["requestBody"].is_object() {
+                    assert_eq!(lacks(&["400", "413", "415", "422"]), Vec::<String>::new(), "{method} {path}");
+                }
+                if operation["parameters"].as_array().is_some_and(|p| !p.is_empty()) {
+                    assert_eq!(lacks(&["400", "422"]), Vec::<String>::new(), "{method} {path}");
+                }
+            }
+        }
+        public.sort();
+        assert_eq!(public, ["get /api/v1/health", "get /health", "get /health/live", "get /health/ready",
+                            "post /api/v1/auth/login", "post /api/v1/auth/refresh"]);
+        let details = &spec["components"]["schemas"]["ErrorDetail"]["properties"]["details"];
+        assert!(details.to_string().contains("null"), "details may be null: {details}");
+
         for (path, marker) in [("/docs", "swagger-ui"), ("/redoc", "redoc")] {
             let response = app.get(path).await;
             assert_eq!(response.status(), StatusCode::OK, "{path}");
