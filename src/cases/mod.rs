@@ -359,6 +359,9 @@ pub struct Case {
     pub proposal: Option<Proposal>,
     /// When an `on_hold` case comes back to the queue.
     pub hold_until: Option<DateTime<Utc>>,
+    /// Since when an `on_hold` or `needs_more_info` case has been out of the queue (its SLA clock
+    /// stopped then).
+    pub parked_at: Option<DateTime<Utc>>,
     /// The job of the case type's assessment pipeline (its runs: `GET /runs?job_id=`), while the case is
     /// `assessing` and after.
     pub assessment_job_id: Option<String>,
@@ -412,6 +415,7 @@ impl Case {
             risk_level: row.risk_level,
             require_reason: row.require_reason,
             hold_until: row.hold_until,
+            parked_at: row.parked_at,
             assessment_job_id: row.assessment_job_id,
         }
     }

@@ -1125,6 +1125,24 @@ on_both_backends! {
         let moved = seed::case_now(&app, &tenant, &late).await;
         assert_eq!(moved["assignee_id"], rob_id.as_str(), "{moved}");
         assert_ne!(moved["assignee_id"], rita_id.as_str());
+
+        // Parked cases leave the queue overview and are listed on their own.
+        let rita_token = login["access_token"].as_str().unwrap();
+        let until = now + chrono::Duration::days(2);
+        for (case, decision) in [(&soon, json!({ "decision": "hold", "reason": "cheque clearing", "hold_until": until })),
+                                 (&fine, json!({ "decision": "needs_more_info", "reason": "identity", "notes": "send the payee's ID" }))] {
+            let (status, claimed) = app.call(Method::POST, &format!("/api/v1/cases/{case}/claim"), rita_token, None).await;
+            assert_eq!(status, StatusCode::OK, "{claimed}");
+            let (status, parked) = app.call(Method::POST, &format!("/api/v1/cases/{case}/decision"), rita_token, Some(decision)).await;
+            assert_eq!(status, StatusCode::OK, "{parked}");
+            assert!(parked["parked_at"].is_string(), "{parked}");
+        }
+        let page = sam.get("/console/supervise").await;
+        page.assert_well_formed("supervision");
+        let parked = page.text_of("parked-cases");
+        assert!(parked.contains("CHQ-SOON") && parked.contains("Hold until") && parked.contains("CHQ-FINE")
+                && parked.contains("Information from the submitter"), "{parked}");
+        assert!(!page.text_of("queue-overview").contains("CHQ-SOON"), "no longer in the queue");
     }
 
     async fn a_task_is_previewed_created_and_run_from_the_console(backend) {

@@ -70,6 +70,7 @@ pub(super) struct Case {
     pub require_reason: bool,
     pub proposal: Option<Proposal>,
     pub hold_until: Option<DateTime<Utc>>,
+    pub parked_at: Option<DateTime<Utc>>,
     pub assignee_id: Option<String>,
     pub lease_expires_at: Option<DateTime<Utc>>,
     pub decision: Option<String>,
@@ -89,7 +90,7 @@ impl Case {
 
     /// Waiting outside the queue: for a time (`on_hold`) or for information (`needs_more_info`).
     pub fn is_parked(&self) -> bool {
-        matches!(self.state.as_str(), "on_hold" | "needs_more_info")
+        PARKED_STATES.contains(&self.state.as_str())
     }
 
     pub fn sla(&self, now: DateTime<Utc>) -> Sla {
@@ -218,6 +219,9 @@ pub(super) struct Page<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
 }
+
+/// States in which a case is out of the queue until a time or until the submitter answers.
+pub(super) const PARKED_STATES: [&str; 2] = ["on_hold", "needs_more_info"];
 
 /// States in which a case waits for, or is with, a person.
 pub(super) const OPEN_STATES: [&str; 4] =
@@ -1556,7 +1560,7 @@ mod tests {
             "required_role": "reviewer", "dual_control": true, "sla_hours": 4,
             "sla_due_at": "2030-01-01T12:00:00Z", "sla_breached_at": null, "sla_status": "on_track",
             "policy_version": 0, "policy_trace": {}, "submitted_by": "user:carl", "risk_level": "low",
-            "flags": [], "require_reason": false, "proposal": null, "hold_until": null,
+            "flags": [], "require_reason": false, "proposal": null, "hold_until": null, "parked_at": null,
             "assignee_id": null, "lease_expires_at": null, "decision": null, "reason_codes": [],
             "decided_at": null, "created_at": "2030-01-01T08:00:00Z"
         });

@@ -1,6 +1,6 @@
 //! The supervisor's page: the open queue by priority and SLA, the cases reviewers hold (with a
-//! form to give each to someone else), escalations waiting for a supervisor, and decisions per
-//! reviewer.
+//! form to give each to someone else), escalations waiting for a supervisor, cases parked out of
+//! the queue, and decisions per reviewer.
 
 use std::collections::BTreeMap;
 
@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::review::{
-    Case, OPEN_STATES, People, Sla, TenantUser, case_cells, case_columns, cases_in, duration_text,
-    not_found, post_failed, sla_cell, valid_id,
+    Case, OPEN_STATES, PARKED_STATES, People, Sla, TenantUser, case_cells, case_columns, cases_in,
+    duration_text, not_found, post_failed, sla_cell, valid_id,
 };
 use crate::app::AppState;
 use crate::auth::Role;
@@ -102,14 +102,16 @@ async fn overview(console: Console, Query(query): Query<OverviewQuery>) -> Respo
         Ok(stats) => stats,
         Err(failure) => return console.fail(&failure),
     };
-    let (open, people) = tokio::join!(
+    let (open, parked, people) = tokio::join!(
         cases_in(&console, &OPEN_STATES, false),
+        cases_in(&console, &PARKED_STATES, false),
         People::load(&console)
     );
-    let (open, more) = match open {
-        Ok(open) => open,
-        Err(failure) => return console.fail(&failure),
+    let ((open, more), (mut parked, more_parked)) = match (open, parked) {
+        (Ok(open), Ok(parked)) => (open, parked),
+        (Err(failure), _) | (_, Err(failure)) => return console.fail(&failure),
     };
+    parked.sort_by_key(|c| c.parked_at);
     let now = crate::clock::now();
     let held: Vec<&Case> = open.iter().filter(|c| c.assignee_id.is_some()).collect();
     let escalated: Vec<&Case> = open.iter().filter(|c| c.state == "escalated").collect();
@@ -134,6 +136,10 @@ async fn overview(console: Console, Query(query): Query<OverviewQuery>) -> Respo
         section #escalations aria-labelledby="escalations-heading" {
             h2 #escalations-heading { "Escalations to decide" }
             (escalations(&escalated, &people, now))
+        }
+        section #parked-cases aria-labelledby="parked-heading" {
+            h2 #parked-heading { "Parked cases" }
+            (parked_cases(&parked, more_parked))
         }
         section #reviewer-stats aria-labelledby="stats-heading" {
             h2 #stats-heading { "Decisions per reviewer, " (window_label(stats.window_hours)) }
@@ -272,6 +278,43 @@ fn escalations(escalated: &[&Case], people: &People, now: DateTime<Utc>) -> Mark
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Cases out of the queue (their SLA clock stopped), longest parked first: on hold until a time, or
+/// waiting for the submitter's information.
+fn parked_cases(parked: &[Case], more: bool) -> Markup {
+    html! {
+        @if parked.is_empty() {
+            p.muted { "No case is on hold or waiting for information." }
+        } @else {
+            table {
+                thead { tr {
+                    th scope="col" { "Case" } th scope="col" { "Priority" } th scope="col" { "Amount" }
+                    th scope="col" { "Parked since" } th scope="col" { "Waiting for" }
+                } }
+                tbody {
+                    @for case in parked {
+                        tr data-case-id=(case.id) {
+                            td { a href=(case.href()) { (case.reference) } " " span.muted { (case.case_type) } }
+                            td { (badge(&case.priority)) }
+                            td { (case.amount_text()) }
+                            td { (layout::optional_time(case.parked_at.as_ref())) }
+                            td {
+                                @if case.state == "on_hold" {
+                                    "Hold until " (layout::optional_time(case.hold_until.as_ref()))
+                                } @else {
+                                    "Information from the submitter"
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if more {
+                p.muted { "More cases are parked than this page lists." }
             }
         }
     }
