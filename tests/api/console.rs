@@ -965,10 +965,10 @@ on_both_backends! {
         assert_eq!(page.text_of("case-reason-codes"), "NSF (Insufficient funds)");
         assert!(page.text_of("history").contains("NSF (Insufficient funds)"), "{}", page.text_of("history"));
 
-        // A hold needs its time, read as UTC.
+        // A hold needs its time (without the console script, as here, read as UTC).
         let reply = act(&mut rita, &held, "hold", &[("reason_codes", "CLEARING")]).await;
         let (flash, error) = flash_after(&mut rita, reply).await;
-        assert!(error && flash.contains("UTC"), "{flash}");
+        assert!(error && flash.contains("until when to hold"), "{flash}");
         assert_eq!(seed::case_now(&app, &tenant, &held).await["state"], "queued", "refused before anything was claimed");
         let until = (chrono::Utc::now() + chrono::Duration::days(2)).format("%Y-%m-%dT%H:%M").to_string();
         let reply = act(&mut rita, &held, "hold", &[("reason_codes", "CLEARING"), ("hold_until", &until)]).await;

@@ -37,6 +37,9 @@ pub struct Chromedriver {
     _child: Child,
 }
 
+/// The browsers' time zone: UTC+09:00 all year.
+pub const BROWSER_TIME_ZONE: &str = "Asia/Tokyo";
+
 fn start_chromedriver() -> Result<Chromedriver, String> {
     for (what, path) in [
         ("Chromium", chromium_bin()),
@@ -51,8 +54,11 @@ fn start_chromedriver() -> Result<Chromedriver, String> {
     }
     let port = free_port();
     let mut command = Command::new(chromedriver_bin());
+    // The browsers run in a zone other than the server's (UTC), without daylight saving, so the
+    // tests see times typed in the browser's zone arrive as the right instant.
     command
         .arg(format!("--port={port}"))
+        .env("TZ", BROWSER_TIME_ZONE)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let child = spawn_tied_to_process(command).map_err(|e| format!("chromedriver: {e}"))?;

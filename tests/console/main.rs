@@ -15,6 +15,7 @@ mod seed;
 
 use std::panic::AssertUnwindSafe;
 
+use chrono::Timelike;
 use futures_util::FutureExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -278,13 +279,21 @@ async fn a_return_with_a_reason_code_and_a_hold_until_a_time() {
 
         rita.goto(&format!("/console/cases/{held}")).await;
         rita.click("#code-CLEARING").await;
+        // The field takes the browser's time and says so.
+        let label = rita.text("label[for=hold-until]").await;
+        assert!(label.contains(browser::BROWSER_TIME_ZONE), "{label}");
         let until = (chrono::Utc::now() + chrono::Duration::days(3))
+            .with_second(0)
+            .and_then(|at| at.with_nanosecond(0))
+            .unwrap();
+        let typed = until
+            .with_timezone(&chrono_tz::Asia::Tokyo)
             .format("%Y-%m-%dT%H:%M")
             .to_string();
         // Typing into a datetime-local field depends on the browser's locale; setting it does not.
         rita.js(
             "document.querySelector('#hold-until').value = arguments[0]; return true;",
-            vec![json!(until)],
+            vec![json!(typed)],
         )
         .await;
         rita.click_and_wait("#hold").await;
@@ -294,7 +303,7 @@ async fn a_return_with_a_reason_code_and_a_hold_until_a_time() {
         assert_eq!(case["state"], "on_hold", "{case}");
         let stored: chrono::DateTime<chrono::Utc> =
             case["hold_until"].as_str().unwrap().parse().unwrap();
-        assert_eq!(stored.format("%Y-%m-%dT%H:%M").to_string(), until);
+        assert_eq!(stored, until, "typed {typed} in the browser's zone");
         rita.goto(&format!("/console/cases/{held}")).await;
         assert!(rita.text("#parked").await.contains("On hold until"));
     })

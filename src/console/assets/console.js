@@ -76,6 +76,31 @@
     });
   }
 
+  // Times typed into the datetime-local fields of POST forms are in the browser's time zone: the
+  // label names it (elements with data-time-zone), and the value is sent as UTC in RFC 3339, which
+  // the server reads with its offset. Without this script the fields are labelled and read as UTC.
+  // Registered after confirmations(), so a cancelled submit leaves the fields as they were.
+  function localTimeInputs() {
+    var zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+    if (zone) {
+      document.querySelectorAll("[data-time-zone]").forEach(function (el) { el.textContent = zone; });
+    }
+    document.addEventListener("submit", function (event) {
+      var form = event.target;
+      if (event.defaultPrevented || (form.getAttribute("method") || "").toLowerCase() !== "post") return;
+      form.querySelectorAll("input[type=datetime-local][name]").forEach(function (field) {
+        var at = new Date(field.value);
+        if (!field.value || isNaN(at)) return;
+        var utc = document.createElement("input");
+        utc.type = "hidden";
+        utc.name = field.name;
+        utc.value = at.toISOString();
+        field.removeAttribute("name");
+        form.appendChild(utc);
+      });
+    });
+  }
+
   // Zoomable images: click toggles 2x.
   function zoom() {
     document.querySelectorAll("img[data-zoom]").forEach(function (img) {
@@ -129,6 +154,7 @@
     drafts();
     shortcuts();
     confirmations();
+    localTimeInputs();
     zoom();
     live();
     var autofocus = document.querySelector("[data-autofocus]");

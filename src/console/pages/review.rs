@@ -1033,7 +1033,7 @@ fn decision_form(csrf: &str, case: &Case, codes: &[ReasonCode], mine: bool) -> M
             }
             div {
                 label for="hold-until" {
-                    "Hold until (UTC)"
+                    "Hold until (" span data-time-zone { "UTC" } ")"
                     span.hint { "For Hold only: the case comes back to the queue then, at most 90 days ahead." }
                 }
                 input #hold-until type="datetime-local" name="hold_until";
@@ -1409,11 +1409,12 @@ async fn decide(
             "Choose approve, reject, return, hold, escalate or needs more info.",
         );
     }
-    // `datetime-local` carries no zone: the field is labelled UTC and read as UTC.
+    // `datetime-local` carries no zone: the console script sends it in RFC 3339 with the browser's
+    // offset; without the script the field is labelled UTC and read as UTC.
     let hold_until = match form.decision.as_str() {
         "hold" => match super::admin::parse_time(&form.hold_until) {
             Some(until) => Some(until),
-            None => return session::error(&back, "Enter until when to hold the case (UTC)."),
+            None => return session::error(&back, "Enter until when to hold the case."),
         },
         _ => None,
     };

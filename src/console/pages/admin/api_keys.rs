@@ -53,7 +53,8 @@ pub struct CreateForm {
     name: String,
     #[serde(default)]
     scopes: Vec<String>,
-    /// `datetime-local`, read as UTC; empty for a key that does not expire.
+    /// `datetime-local` (RFC 3339 with the browser's offset when the console script runs, else read
+    /// as UTC); empty for a key that does not expire.
     #[serde(default)]
     expires_at: String,
 }
@@ -181,7 +182,7 @@ fn create_form(csrf: &str) -> Markup {
                 }
                 div {
                     label for="key-expires" {
-                        "Expires (UTC, optional)"
+                        "Expires (" span data-time-zone { "UTC" } ", optional)"
                         span.hint { "Leave empty for a key that does not expire." }
                     }
                     input #key-expires type="datetime-local" name="expires_at";

@@ -63,8 +63,8 @@ fn query(pairs: &[(&str, &str)]) -> String {
     }
 }
 
-/// A time typed into a `datetime-local` field, read as UTC (the console shows times in UTC), or an
-/// RFC 3339 time with its own offset.
+/// An RFC 3339 time with its offset (what the console script sends for a `datetime-local` field,
+/// typed in the browser's zone), or a `datetime-local` value as sent without the script, read as UTC.
 pub(super) fn parse_time(value: &str) -> Option<DateTime<Utc>> {
     let value = value.trim();
     if let Ok(at) = DateTime::parse_from_rfc3339(value) {
