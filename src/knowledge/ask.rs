@@ -229,7 +229,7 @@ pub async fn ask(
         filter: serde_json::Map::new(),
         mode: None,
     };
-    let found = super::search::search(&state, &scope, &request)
+    let found = super::search::search(&state, &scope, &request, (&principal.tenant_id).into())
         .await
         .map_err(|e| match e {
             SearchError::Upstream(m) => ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", m),

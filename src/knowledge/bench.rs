@@ -195,7 +195,7 @@ pub async fn run(
             mode: Some(Mode::Lexical),
         };
         let t = Instant::now();
-        super::search::search(state, &scope, &request)
+        super::search::search(state, &scope, &request, (&scope.tenant_id).into())
             .await
             .map_err(|e| e.to_string())?;
         latencies.push(t.elapsed().as_secs_f64() * 1000.0);

@@ -17,11 +17,12 @@ pub type EmbedFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Vec<Vec<f32>>, ToolError>> + Send + 'a>>;
 
 pub trait Embedder: Send + Sync + 'static {
-    /// One vector per text, in order. Token use is counted for `tenant_id`.
+    /// One vector per text, in order. Token use and cost are recorded for `caller` (the tenant,
+    /// and the job, task and case the embedding is for, when there is one).
     fn embed<'a>(
         &'a self,
         store: &'a Store,
-        tenant_id: &'a str,
+        caller: llm::Caller<'a>,
         texts: &'a [String],
     ) -> EmbedFuture<'a>;
 }
@@ -52,7 +53,7 @@ impl Embedder for OpenAiCompatible {
     fn embed<'a>(
         &'a self,
         store: &'a Store,
-        tenant_id: &'a str,
+        caller: llm::Caller<'a>,
         texts: &'a [String],
     ) -> EmbedFuture<'a> {
         Box::pin(async move {
@@ -66,9 +67,8 @@ impl Embedder for OpenAiCompatible {
             loop {
                 tries += 1;
                 let caller = llm::Caller {
-                    tenant_id,
                     prices: &self.prices,
-                    ..llm::Caller::default()
+                    ..caller
                 };
                 match llm::embed(&self.settings, store, caller, texts).await {
                     Err(e) if e.retryable && tries < TRIES => {

@@ -614,7 +614,7 @@ pub async fn search(
         tenant_id: principal.tenant_id.clone(),
         collection_id: collection.id,
     };
-    super::search::search(&state, &scope, &body)
+    super::search::search(&state, &scope, &body, (&principal.tenant_id).into())
         .await
         .map(ResponseJson)
         .map_err(|e| match e {

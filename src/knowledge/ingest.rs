@@ -11,6 +11,7 @@ use super::extract::{self, Format};
 use super::vectors::{Entry, Scope};
 use super::{Document, find_document};
 use crate::app::AppState;
+use crate::pipeline::tools::llm::Caller;
 use crate::queue::Outcome;
 use crate::queue::worker::JobContext;
 use crate::store::Tx;
@@ -56,7 +57,12 @@ pub async fn run(job: JobContext) -> Outcome {
         Ok(None) => return Outcome::Succeeded(json!({ "skipped": "the document was deleted" })),
         Err(e) => return Outcome::Failed(format!("database: {e}")),
     };
-    match ingest(&app, &document).await {
+    let caller = Caller {
+        job_id: Some(&job.job_id),
+        task_id: job.task_id.as_deref(),
+        ..Caller::from(&job.tenant_id)
+    };
+    match ingest(&app, &document, caller).await {
         Ok(chunks) => Outcome::Succeeded(json!({ "document_id": document.id, "chunks": chunks })),
         Err(failure) => {
             let last = !failure.retry || job.attempt >= job.max_attempts;
@@ -73,7 +79,7 @@ pub async fn run(job: JobContext) -> Outcome {
     }
 }
 
-async fn ingest(app: &AppState, document: &Document) -> Result<usize, Failure> {
+async fn ingest(app: &AppState, document: &Document, caller: Caller<'_>) -> Result<usize, Failure> {
     let path = object_store::path::Path::from(document.object_key.as_str());
     let bytes = app
         .objects
@@ -115,7 +121,7 @@ async fn ingest(app: &AppState, document: &Document) -> Result<usize, Failure> {
             })
             .collect();
         let vectors = embedder
-            .embed(&app.store, &document.tenant_id, &texts)
+            .embed(&app.store, caller, &texts)
             .await
             .map_err(|e| Failure {
                 message: format!("embedding: {}", e.message),

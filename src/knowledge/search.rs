@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::vectors::Scope;
 use crate::app::AppState;
+use crate::pipeline::tools::llm::Caller;
 use crate::store::Store;
 use crate::with_pool;
 
@@ -220,11 +221,12 @@ struct Fused<'a> {
     snippet: Option<&'a str>,
 }
 
-/// Runs a search in the collection `scope`.
+/// Runs a search in the collection `scope`. Embedding the query counts towards `caller`.
 pub async fn search(
     app: &AppState,
     scope: &Scope,
     request: &SearchRequest,
+    caller: Caller<'_>,
 ) -> Result<SearchResponse, SearchError> {
     let query = request.query.trim();
     if query.is_empty() || query.len() > 2000 {
@@ -255,7 +257,7 @@ pub async fn search(
     } else {
         let embedder = embeddings.ok_or(SearchError::NoEmbeddings)?;
         let vectors = embedder
-            .embed(&app.store, &scope.tenant_id, &[query.to_owned()])
+            .embed(&app.store, caller, &[query.to_owned()])
             .await
             .map_err(|e| SearchError::Upstream(format!("embedding the query: {}", e.message)))?;
         let vector = vectors.into_iter().next().unwrap_or_default();

@@ -58,12 +58,12 @@ async fn model_server() -> String {
     base
 }
 
-/// Recommend, criticise, assess: the pipeline the issue describes (without knowledge search, which
-/// needs an embeddings endpoint).
+/// Retrieve similar decisions, recommend, criticise, assess: the pipeline the issue describes.
 fn assessment_pipeline(model: &str) -> Value {
     json!({ "pipeline": [
+        { "id": "similar", "uses": "knowledge.search", "with": { "collection": "decisions", "query": "cheque ${params.case.reference}", "k": 3 } },
         { "id": "recommend", "uses": "llm.chat", "retry": 1, "with": { "model": model, "response_format": "json", "messages": [
-            { "role": "user", "content": "Recommend approve or reject for cheque ${params.case.reference} of ${params.case.amount} ${params.case.currency}: ${params.case.subject}" }
+            { "role": "user", "content": "Recommend approve or reject for cheque ${params.case.reference} of ${params.case.amount} ${params.case.currency}: ${params.case.subject}. Similar: ${steps.similar.results}" }
         ] } },
         { "id": "critic", "uses": "llm.chat", "retry": 1, "with": { "model": model, "response_format": "json", "messages": [
             { "role": "user", "content": "CRITIC: check ${steps.recommend.text} against ${params.case.subject}" }
@@ -188,11 +188,15 @@ fn actions(case: &Value) -> Vec<&str> {
 on_both_backends! {
     async fn an_assessment_pipeline_routes_each_new_case_by_the_policy(backend) {
         let llm = model_server().await;
-        let env = [("LLM_BASE_URL", llm.as_str()), ("LLM_MODEL", "tiny"), ("LLM_PRICES", "tiny=1/2"),
+        let (embeddings, _) = crate::knowledge::embedding_server(0, false).await;
+        let env = [("LLM_BASE_URL", llm.as_str()), ("LLM_MODEL", "tiny"), ("LLM_PRICES", "tiny=1/2,tiny-embed=0.5"),
+                   ("EMBEDDING_BASE_URL", embeddings.as_str()), ("EMBEDDING_MODEL", "tiny-embed"),
                    ("AI_ENABLED", "true"), ("AI_CONFIDENCE_THRESHOLD", "0.8")];
         let Some(app) = TestApp::spawn_with(backend, ProcessRole::All, &env).await else { return };
         let admin = app.sign_in("acme", "ada@acme.test", Role::Admin).await;
         let rita = app.sign_in("acme", "rita@acme.test", Role::Reviewer).await;
+        let (status, body) = app.call(Method::POST, "/api/v1/collections", &admin.access_token, Some(json!({ "name": "decisions" }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
 
         // Attaching: the task must be the tenant's and hold a pipeline; reviewers may not.
         let plain = create_task(&app, &admin, json!({ "note": "no pipeline" })).await;
@@ -256,25 +260,29 @@ on_both_backends! {
         let (status, direct) = submit(&app, &rita, "CHQ-3", json!({})).await;
         assert_eq!((status, direct["state"].as_str()), (StatusCode::CREATED, Some("queued")), "{direct}");
 
-        // Tokens and cost per case and per task: two calls per assessed case, 12 × 1 + 5 × 2 micros each.
+        // Tokens and cost per case and per task. Each assessed case made two chat calls (12 × 1 +
+        // 5 × 2 micros each) and embedded its search query (10 tokens × 0.5 micros).
         let (status, by_case) = app.call(Method::GET, "/api/v1/llm/usage?group_by=case", &admin.access_token, None).await;
         assert_eq!(status, StatusCode::OK, "{by_case}");
         let items = by_case["items"].as_array().unwrap();
         assert_eq!(items.len(), 2, "{by_case}");
         for item in items {
             assert!([&confident["id"], &doubtful["id"]].contains(&&item["key"]), "{item}");
-            assert_eq!((item["requests"].as_i64(), item["total_tokens"].as_i64(), item["cost_micros"].as_i64()), (Some(2), Some(34), Some(44)), "{item}");
+            assert_eq!((item["requests"].as_i64(), item["total_tokens"].as_i64(), item["cost_micros"].as_i64()), (Some(3), Some(44), Some(49)), "{item}");
         }
-        assert_eq!(by_case["total"]["cost_micros"], 88);
+        assert_eq!(by_case["total"]["cost_micros"], 98);
         let (_, by_task) = app.call(Method::GET, "/api/v1/llm/usage?group_by=task", &admin.access_token, None).await;
         assert_eq!(by_task["items"][0]["key"], task_id);
-        assert_eq!(by_task["items"][0]["requests"], 4);
+        assert_eq!(by_task["items"][0]["requests"], 6);
         let response = app.client.get(app.url("/api/v1/llm/usage?group_by=model&format=csv")).bearer_auth(&admin.access_token).send().await.unwrap();
         assert_eq!(response.headers()["content-type"], "text/csv; charset=utf-8");
         let csv = response.text().await.unwrap();
-        assert_eq!(csv.lines().collect::<Vec<_>>(), [
+        let mut rows: Vec<&str> = csv.lines().collect();
+        rows[1..].sort_unstable();
+        assert_eq!(rows, [
             "key,requests,prompt_tokens,completion_tokens,total_tokens,cost_micros,unpriced_requests",
             "tiny,4,48,20,68,88,0",
+            "tiny-embed,2,20,0,20,10,0",
         ]);
         let (status, _) = app.call(Method::GET, "/api/v1/llm/usage", &rita.access_token, None).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "supervisors and admins only");
@@ -284,9 +292,13 @@ on_both_backends! {
 
     async fn a_failing_or_silent_pipeline_never_loses_the_case(backend) {
         let llm = model_server().await;
-        let env = [("LLM_BASE_URL", llm.as_str()), ("AI_ENABLED", "true"), ("WORKER_BACKOFF_MAX_DELAY", "0.2")];
+        let (embeddings, _) = crate::knowledge::embedding_server(0, false).await;
+        let env = [("LLM_BASE_URL", llm.as_str()), ("EMBEDDING_BASE_URL", embeddings.as_str()), ("AI_ENABLED", "true"),
+                   ("WORKER_BACKOFF_MAX_DELAY", "0.2")];
         let Some(app) = TestApp::spawn_with(backend, ProcessRole::All, &env).await else { return };
         let admin = app.sign_in("acme", "ada@acme.test", Role::Admin).await;
+        let (status, body) = app.call(Method::POST, "/api/v1/collections", &admin.access_token, Some(json!({ "name": "decisions" }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
         let rita = app.sign_in("acme", "rita@acme.test", Role::Reviewer).await;
         let sam = app.sign_in("acme", "sam@acme.test", Role::Reviewer).await;
 
@@ -299,7 +311,8 @@ on_both_backends! {
         let job_id = waiting["assessment_job_id"].as_str().unwrap();
         wait_for_job(&app, &admin.tenant_id, job_id, "dead").await;
         let steps = docket::pipeline::steps::load(&app.state.store, job_id).await.unwrap();
-        assert_eq!((steps.len(), steps[0].attempts), (1, 2), "one retry, and nothing after the failed step");
+        let ran: Vec<(&str, u32)> = steps.iter().map(|s| (s.step_id.as_str(), s.attempts)).collect();
+        assert_eq!(ran, [("similar", 1), ("recommend", 2)], "the model step retried once, and nothing after it");
         let swept = docket::review::sweep(&app.state, docket::clock::now()).await.unwrap();
         assert_eq!(swept.assessments_failed, 1);
         let failed = case(&app, &rita, waiting["id"].as_str().unwrap()).await;

@@ -38,7 +38,10 @@ const CORPUS: [(&str, &str, &str); 4] = [
 
 /// A deterministic stand-in for an embedding model: each word adds to one of 64 dimensions, so
 /// texts sharing words point the same way. `failures` makes the first calls answer 503.
-async fn embedding_server(failures: usize, permanent: bool) -> (String, Arc<AtomicUsize>) {
+pub(crate) async fn embedding_server(
+    failures: usize,
+    permanent: bool,
+) -> (String, Arc<AtomicUsize>) {
     use axum::Json;
     use axum::routing::post;
     let calls = Arc::new(AtomicUsize::new(0));

@@ -60,7 +60,9 @@ impl Tool for KnowledgeSearch {
                 filter: input.filter,
                 mode: input.mode,
             };
-            let found = crate::knowledge::search::search(app, &scope, &request)
+            let case_id = super::llm::case_of_job(ctx).await;
+            let caller = super::llm::caller(ctx, case_id.as_deref());
+            let found = crate::knowledge::search::search(app, &scope, &request, caller)
                 .await
                 .map_err(|e| match e {
                     SearchError::Upstream(m) => ToolError::transient(m),

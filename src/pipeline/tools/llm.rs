@@ -321,7 +321,7 @@ impl Tool for LlmEmbed {
 }
 
 /// A pipeline step's caller.
-fn caller<'a>(ctx: &'a ToolContext, case_id: Option<&'a str>) -> Caller<'a> {
+pub(super) fn caller<'a>(ctx: &'a ToolContext, case_id: Option<&'a str>) -> Caller<'a> {
     Caller {
         tenant_id: &ctx.tenant_id,
         job_id: Some(&ctx.job_id),
@@ -333,7 +333,7 @@ fn caller<'a>(ctx: &'a ToolContext, case_id: Option<&'a str>) -> Caller<'a> {
 
 /// The case a job was started for (`params.case.id`, as case assessment pipelines get it), so
 /// its model calls count towards that case.
-async fn case_of_job(ctx: &ToolContext) -> Option<String> {
+pub(super) async fn case_of_job(ctx: &ToolContext) -> Option<String> {
     match crate::queue::get(&ctx.app.store, &ctx.tenant_id, &ctx.job_id).await {
         Ok(job) => job?.payload["payload"]["params"]["case"]["id"]
             .as_str()
