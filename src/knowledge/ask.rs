@@ -188,11 +188,10 @@ async fn instructions(state: &AppState, tenant_id: &str) -> Result<Option<String
                    `k` best chunks (hybrid search when embeddings are configured); if none is relevant the \
                    answer is `no_answer` without calling the model. Otherwise the configured model \
                    (`LLM_BASE_URL`, `LLM_MODEL`) answers from those chunks only, citing them; an answer that \
-                   cites none of them is `no_answer`. 503 when no model is configured, 502 when it fails.",
+                   cites none of them is `no_answer`. 422 `llm_not_configured` when no model is configured, 502 when it fails.",
     params(("id" = String, Path)), request_body = AskRequest,
     responses((status = 200, body = AskResponse), (status = 404, body = crate::http::error::ErrorBody),
-               (status = 422, body = crate::http::error::ErrorBody), (status = 502, body = crate::http::error::ErrorBody),
-               (status = 503, body = crate::http::error::ErrorBody)))]
+               (status = 422, body = crate::http::error::ErrorBody), (status = 502, body = crate::http::error::ErrorBody)))]
 pub async fn ask(
     State(state): State<AppState>,
     Authorized(principal, ..): Authorized<ReadKnowledge>,
@@ -211,12 +210,13 @@ pub async fn ask(
         return Err(ApiError::invalid_field("k", "must be between 1 and 20"));
     }
     let settings = LlmSettings::from_config(&state.config);
+    // Like vector search without embeddings: this deployment cannot answer the request, which is
+    // not a server fault (5xx) but nothing the client can retry either.
     if settings.base_url.is_none() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "llm_not_configured",
+        return Err(ApiError::validation(
             "Answers need a model: set LLM_BASE_URL (and LLM_MODEL).",
-        ));
+        )
+        .with_code("llm_not_configured"));
     }
     let collection = super::http::collection_or_404(&state, &principal, &id).await?;
     let scope = Scope {

@@ -491,12 +491,12 @@ on_both_backends! {
         assert_eq!(status, StatusCode::NOT_FOUND);
     }
 
-    async fn asking_without_a_model_is_503(backend) {
+    async fn asking_without_a_model_is_refused(backend) {
         let Some(app) = TestApp::spawn(backend).await else { return };
         let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
         let kb = collection(&app, &sue, "procedures").await;
         let (status, error) = app.call(Method::POST, &format!("/api/v1/collections/{kb}/ask"), &sue.access_token, Some(json!({ "question": "x" }))).await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
         assert_eq!(error["error"]["code"], "llm_not_configured");
     }
 }
