@@ -153,12 +153,13 @@ pub fn router(state: AppState, role: Role) -> Router {
 /// Adds the refusals that middleware and extractors give on any operation, which handlers do not
 /// list one by one, so clients and contract tests know every status an operation may answer:
 /// authentication, authorisation and rate limits (unless the operation is public, `security(())`),
-/// bad parameters, and refused JSON bodies. A status an operation documents itself is kept.
+/// bad parameters, refused JSON bodies, and unknown ids in the path. A status an operation documents itself is kept.
 fn document_common_errors(openapi: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::security::SecurityRequirement;
     use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 
-    for item in openapi.paths.paths.values_mut() {
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        let names_a_resource = path.contains('{');
         let operations = [
             &mut item.get,
             &mut item.put,
@@ -193,6 +194,11 @@ fn document_common_errors(openapi: &mut utoipa::openapi::OpenApi) {
                 ),
                 (has_body, "413", "Request body too large"),
                 (has_body, "415", "Unsupported `Content-Type` for the body"),
+                (
+                    names_a_resource,
+                    "404",
+                    "No such resource (or not this tenant's)",
+                ),
             ];
             for (applies, status, description) in common {
                 if !applies {

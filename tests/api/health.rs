@@ -140,6 +140,9 @@ on_both_backends! {
                 if operation["parameters"].as_array().is_some_and(|p| !p.is_empty()) {
                     assert_eq!(lacks(&["400", "422"]), Vec::<String>::new(), "{method} {path}");
                 }
+                if path.contains('{') {
+                    assert_eq!(lacks(&["404"]), Vec::<String>::new(), "{method} {path}");
+                }
             }
         }
         public.sort();
