@@ -95,8 +95,18 @@
         utc.type = "hidden";
         utc.name = field.name;
         utc.value = at.toISOString();
+        utc.setAttribute("data-utc", "");
+        field.setAttribute("data-local-name", field.name);
         field.removeAttribute("name");
         form.appendChild(utc);
+      });
+    });
+    // A page restored from the back-forward cache gets its fields back as they were.
+    window.addEventListener("pageshow", function () {
+      document.querySelectorAll("input[data-utc]").forEach(function (utc) { utc.remove(); });
+      document.querySelectorAll("input[data-local-name]").forEach(function (field) {
+        field.name = field.getAttribute("data-local-name");
+        field.removeAttribute("data-local-name");
       });
     });
   }
