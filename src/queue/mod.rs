@@ -466,10 +466,10 @@ pub async fn purge_expired_dedupe_keys(
     store: &Store,
     now: DateTime<Utc>,
 ) -> Result<u64, sqlx::Error> {
-    with_pool!(store, pool => {
+    crate::with_writer!(store, conn => {
         sqlx::query("DELETE FROM job_dedupe WHERE expires_at <= $1")
             .bind(now)
-            .execute(pool)
+            .execute(conn)
             .await
             .map(|done| done.rows_affected())
     })
