@@ -24,8 +24,8 @@ use crate::with_pool;
 pub struct PublishEvent {
     /// Topic name, e.g. `orders.created`.
     pub topic: String,
+    /// Any JSON value; `null` when left out.
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub payload: Value,
     /// Publishing again with the same key returns the first event (the `Idempotency-Key` header works too).
     pub idempotency_key: Option<String>,

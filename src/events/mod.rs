@@ -57,7 +57,7 @@ pub struct Envelope {
     pub tenant_id: String,
     /// E.g. `orders.created` (from the API) or `job.succeeded` (from Docket).
     pub topic: String,
-    #[schema(value_type = Object)]
+    /// Any JSON value (`null` when the publisher sent none).
     pub payload: Value,
     /// `api` or `docket`.
     pub source: String,
