@@ -116,7 +116,7 @@ pub fn router(state: AppState, role: Role) -> Router {
         app = app.nest(&prefix, v1);
     }
     let (router, mut openapi) = app.split_for_parts();
-    document_common_errors(&mut openapi);
+    document_common_errors(&mut openapi, &prefix);
 
     let mut router = router;
     if let Some(api) = console_api {
@@ -152,13 +152,30 @@ pub fn router(state: AppState, role: Role) -> Router {
 
 /// Adds the refusals that middleware and extractors give on any operation, which handlers do not
 /// list one by one, so clients and contract tests know every status an operation may answer:
-/// authentication, authorisation and rate limits (unless the operation is public, `security(())`),
-/// bad parameters, refused JSON bodies, and unknown ids in the path. A status an operation documents itself is kept.
-fn document_common_errors(openapi: &mut utoipa::openapi::OpenApi) {
+/// authentication, authorisation and rate limits (API operations under `prefix` that are not
+/// public, `security(())`), bad parameters, refused JSON bodies, and unknown ids in the path. A
+/// status an operation documents itself is kept.
+fn document_common_errors(openapi: &mut utoipa::openapi::OpenApi, prefix: &str) {
     use utoipa::openapi::security::SecurityRequirement;
     use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 
+    const SIGNED_IN: [(&str, &str); 3] = [
+        ("401", "Missing, invalid or expired credentials"),
+        ("403", "The role, scope or client address is not allowed"),
+        ("429", "Rate limit exceeded; see `Retry-After`"),
+    ];
+    const INPUT: [(&str, &str); 2] = [
+        ("400", "Malformed parameter or JSON body"),
+        ("422", "Invalid value (`details` names the field)"),
+    ];
+    const BODY: [(&str, &str); 2] = [
+        ("413", "Request body too large"),
+        ("415", "Unsupported `Content-Type` for the body"),
+    ];
+    const RESOURCE: [(&str, &str); 1] = [("404", "No such resource (or not this tenant's)")];
+
     for (path, item) in openapi.paths.paths.iter_mut() {
+        let in_api = path.starts_with(prefix);
         let names_a_resource = path.contains('{');
         let operations = [
             &mut item.get,
@@ -174,44 +191,25 @@ fn document_common_errors(openapi: &mut utoipa::openapi::OpenApi) {
                 .is_some_and(|any_of| any_of.contains(&SecurityRequirement::default()));
             let has_parameters = operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
             let has_body = operation.request_body.is_some();
-            let common = [
-                (!public, "401", "Missing, invalid or expired credentials"),
-                (
-                    !public,
-                    "403",
-                    "The role, scope or client address is not allowed",
-                ),
-                (!public, "429", "Rate limit exceeded; see `Retry-After`"),
-                (
-                    has_parameters || has_body,
-                    "400",
-                    "Malformed parameter or JSON body",
-                ),
-                (
-                    has_parameters || has_body,
-                    "422",
-                    "Invalid value (`details` names the field)",
-                ),
-                (has_body, "413", "Request body too large"),
-                (has_body, "415", "Unsupported `Content-Type` for the body"),
-                (
-                    names_a_resource,
-                    "404",
-                    "No such resource (or not this tenant's)",
-                ),
+            let groups: [(bool, &[(&str, &str)]); 4] = [
+                (in_api && !public, &SIGNED_IN),
+                (has_parameters || has_body, &INPUT),
+                (has_body, &BODY),
+                (names_a_resource, &RESOURCE),
             ];
-            for (applies, status, description) in common {
-                if !applies {
-                    continue;
-                }
+            let statuses = groups
+                .into_iter()
+                .filter(|(applies, _)| *applies)
+                .flat_map(|(_, statuses)| statuses.iter());
+            for (status, description) in statuses {
                 operation
                     .responses
                     .responses
-                    .entry(status.to_owned())
+                    .entry((*status).to_owned())
                     .or_insert_with(|| {
                         RefOr::T(
                             ResponseBuilder::new()
-                                .description(description)
+                                .description(*description)
                                 .content(
                                     "application/json",
                                     Content::new(Some(Ref::from_schema_name("ErrorBody"))),
