@@ -573,6 +573,7 @@ pub async fn cancel_case(
         _ => false,
     };
     row.state = "cancelled".to_owned();
+    row.proposal = None;
     row.assignee_id = None;
     row.lease_expires_at = None;
     row.hold_until = None;

@@ -602,7 +602,7 @@ pub async fn add_information(
     Ok(row)
 }
 
-/// A final decision: the case leaves the review desk.
+/// A final decision: the case leaves the review desk (a confirmed proposal stays in the history).
 fn settle(row: &mut CaseRow, action: Action, reason_codes: &[String], now: DateTime<Utc>) {
     row.state = match action {
         Action::Reject => "rejected",
@@ -614,6 +614,7 @@ fn settle(row: &mut CaseRow, action: Action, reason_codes: &[String], now: DateT
     row.reason_codes = json!(reason_codes).to_string();
     row.decided_at = Some(now);
     row.resume_state = None;
+    row.proposal = None;
 }
 
 /// Where a case goes back to after a hold, a request for information or a proposal sent back:
