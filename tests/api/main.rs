@@ -18,5 +18,6 @@ mod pipelines;
 mod policy;
 mod reports;
 mod review_desk;
+mod review_machine;
 mod shutdown;
 mod tasks;
