@@ -1,9 +1,9 @@
 //! The review state machine as a property: random sequences of what two reviewers, two supervisors
 //! and the submitter may try on one case (claim, release, every action, maker-checker verdicts,
-//! answering a request for information, cancelling, and the sweep that ends leases and holds),
-//! driven through the HTTP API. After every step the answer (200, 403 or 409) and the case's
-//! state, holder and proposal must agree with a small reference model written from the rules in
-//! docs/review.md.
+//! answering a request for information, cancelling, reassigning, and the sweep that ends leases and
+//! holds), driven through the HTTP API. After every step the answer (200, 403, 409 or 422) and the
+//! case's state, holder, proposal and required role must agree with a small reference model
+//! written from the rules in docs/review.md.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -79,6 +79,8 @@ enum Step {
     Check(Who, bool),
     Inform(Who),
     Cancel(Who),
+    /// The first gives the case to the second, or back to the queue.
+    Reassign(Who, Option<Who>),
     /// The scheduler's sweep two hours on: leases have run out, holds have ended.
     Sweep,
 }
@@ -117,6 +119,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (actor(), any::<bool>()).prop_map(|(who, confirm)| Step::Check(who, confirm)),
         1 => who().prop_map(Step::Inform),
         1 => who().prop_map(Step::Cancel),
+        1 => (who(), prop::option::of(who())).prop_map(|(by, to)| Step::Reassign(by, to)),
         1 => Just(Step::Sweep),
     ]
 }
@@ -142,6 +145,7 @@ struct Model {
 enum Refused {
     Forbidden,
     Conflict,
+    Invalid,
 }
 
 impl Refused {
@@ -149,6 +153,7 @@ impl Refused {
         match self {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::Conflict => StatusCode::CONFLICT,
+            Self::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 }
@@ -167,6 +172,7 @@ impl Step {
             Self::Check(w, confirm) => Self::Check(who(w), confirm),
             Self::Inform(w) => Self::Inform(who(w)),
             Self::Cancel(w) => Self::Cancel(who(w)),
+            Self::Reassign(by, to) => Self::Reassign(who(by), to.map(who)),
             Self::Sweep => Self::Sweep,
         }
     }
@@ -313,6 +319,33 @@ impl Model {
                 self.holder = None;
                 self.proposed = None;
             }
+            Step::Reassign(by, to) => {
+                if !by.is_supervisor() {
+                    return Err(Refused::Forbidden);
+                }
+                if !self.is_open() {
+                    return Err(Refused::Conflict);
+                }
+                match to {
+                    // Nobody to take it from, the holder already, or someone who may not decide it.
+                    None if self.holder.is_none() => return Err(Refused::Invalid),
+                    Some(to) if self.holder == Some(to) || self.refusal(to).is_some() => {
+                        return Err(Refused::Invalid);
+                    }
+                    Some(to) => {
+                        if self.state == "queued" {
+                            self.state = "in_review";
+                        }
+                        self.holder = Some(to);
+                    }
+                    None => {
+                        if self.state == "in_review" {
+                            self.state = "queued";
+                        }
+                        self.holder = None;
+                    }
+                }
+            }
             Step::Sweep => {
                 if self.is_open() && self.holder.take().is_some() && self.state == "in_review" {
                     self.state = "queued";
@@ -353,7 +386,7 @@ impl People {
     }
 }
 
-/// One request for `step` on case `id`, and its status (the sweep answers 200).
+/// One request for `step` on case `id`, and its status (the sweep counts as 200).
 async fn perform(app: &TestApp, people: &People, id: &str, step: Step) -> StatusCode {
     let (who, path, body) = match step {
         Step::Claim(who) => (who, "claim", None),
@@ -375,6 +408,14 @@ async fn perform(app: &TestApp, people: &People, id: &str, step: Step) -> Status
         }
         Step::Inform(who) => (who, "information", Some(json!({ "notes": "ID attached" }))),
         Step::Cancel(who) => (who, "cancel", Some(json!({ "reason": "sent twice" }))),
+        Step::Reassign(by, to) => {
+            let to = to.map(|to| people.login(to).user_id.clone());
+            (
+                by,
+                "reassign",
+                Some(json!({ "assignee_id": to, "reason": "workload" })),
+            )
+        }
         Step::Sweep => {
             let later = docket::clock::now() + chrono::Duration::hours(2);
             docket::review::sweep(&app.state, later)
