@@ -26,12 +26,17 @@ use crate::with_pool;
 pub struct NewCase {
     /// What kind of item this is, e.g. `cheque` or `payment` (letters, digits, `_ . -`).
     #[serde(rename = "type")]
+    #[schema(pattern = r"^[A-Za-z0-9_.\-]{1,50}$", example = "cheque")]
     pub case_type: String,
-    /// Your reference; unique per tenant and type.
+    /// Your reference; unique per tenant and type (no control characters).
+    #[schema(min_length = 1, max_length = 200, example = "CHQ-000123")]
     pub reference: String,
     /// Decimal string, e.g. `"1250.00"`; never a JSON number, so nothing is lost to floating point.
+    /// Not negative, with at most the currency's decimal places.
+    #[schema(value_type = String, pattern = r"^[0-9]+(\.[0-9]+)?$", max_length = 40, example = "1250.00")]
     pub amount: Value,
     /// ISO 4217 code.
+    #[schema(pattern = "^[A-Z]{3}$", example = "USD")]
     pub currency: String,
     /// Attributes the policy may look at (`subject.account_age_days`, …).
     #[serde(default)]
@@ -520,6 +525,7 @@ pub async fn get_case(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelCase {
+    #[schema(min_length = 1, max_length = 2000)]
     pub reason: String,
 }
 

@@ -92,7 +92,9 @@ pub struct DecisionRequest {
     #[serde(default)]
     pub reason_codes: Vec<String>,
     /// Free text; every action but `approve` needs a reason or a reason code.
+    #[schema(max_length = 2000)]
     pub reason: Option<String>,
+    #[schema(max_length = 10000)]
     pub notes: Option<String>,
     /// For `hold`: when the case comes back to the queue (at most 90 days ahead).
     pub hold_until: Option<DateTime<Utc>>,
@@ -155,6 +157,7 @@ pub async fn decide(
 pub struct CheckRequest {
     pub verdict: CheckVerdict,
     /// Required to reject (send back) a proposal.
+    #[schema(max_length = 10000)]
     pub notes: Option<String>,
 }
 
@@ -184,6 +187,7 @@ pub async fn check(
 pub struct InformationRequest {
     /// What you add, for the reviewer (1-10,000 characters). Attach files with
     /// `POST /cases/{id}/attachments` first.
+    #[schema(min_length = 1, max_length = 10000)]
     pub notes: String,
     /// Keys to add to (or replace in) the case's subject, e.g. account context.
     #[schema(value_type = Option<Object>)]
