@@ -151,31 +151,6 @@ async fn routed(app: &TestApp, who: &Login, id: &str) -> Value {
     }
 }
 
-async fn wait_for_job(
-    app: &TestApp,
-    tenant: &str,
-    job_id: &str,
-    status: &str,
-) -> docket::queue::Job {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let job = docket::queue::get(&app.state.store, tenant, job_id)
-            .await
-            .unwrap()
-            .unwrap();
-        if job.status == status {
-            return job;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "job stuck in {} ({:?})",
-            job.status,
-            job.last_error
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 fn actions(case: &Value) -> Vec<&str> {
     case["history"]
         .as_array()
@@ -227,7 +202,7 @@ on_both_backends! {
         assert_eq!(confident["ai_assessment"]["citations"][0]["document_id"], "policy-cheques");
         assert_eq!(actions(&confident), ["created", "assessment_requested", "assessed", "routed"]);
         assert_eq!(confident["history"][2]["details"]["job_id"], job_id.as_str());
-        let job = wait_for_job(&app, &admin.tenant_id, &job_id, "succeeded").await;
+        let job = app.wait_for_job(&admin.tenant_id, &job_id, "succeeded").await;
         assert_eq!(job.payload["payload"]["params"]["case"]["reference"], "CHQ-1");
 
         // Repeating the step after success changes nothing; another job cannot assess it.
@@ -309,7 +284,7 @@ on_both_backends! {
         let (status, waiting) = submit(&app, &rita, "CHQ-1", json!({})).await;
         assert_eq!(status, StatusCode::ACCEPTED);
         let job_id = waiting["assessment_job_id"].as_str().unwrap();
-        wait_for_job(&app, &admin.tenant_id, job_id, "dead").await;
+        app.wait_for_job(&admin.tenant_id, job_id, "dead").await;
         let steps = docket::pipeline::steps::load(&app.state.store, job_id).await.unwrap();
         let ran: Vec<(&str, u32)> = steps.iter().map(|s| (s.step_id.as_str(), s.attempts)).collect();
         assert_eq!(ran, [("similar", 1), ("recommend", 2)], "the model step retried once, and nothing after it");
@@ -341,7 +316,7 @@ on_both_backends! {
         let repeat = keyed().send().await.unwrap();
         assert_eq!(repeat.status(), StatusCode::ACCEPTED, "a repeat while it waits is still 202");
         assert_eq!(repeat.json::<Value>().await.unwrap()["id"], waiting["id"]);
-        wait_for_job(&app, &admin.tenant_id, waiting["assessment_job_id"].as_str().unwrap(), "waiting").await;
+        app.wait_for_job(&admin.tenant_id, waiting["assessment_job_id"].as_str().unwrap(), "waiting").await;
         let now = docket::clock::now();
         assert_eq!(docket::review::sweep(&app.state, now).await.unwrap().assessments_failed, 0, "not yet");
         let later = now + chrono::Duration::minutes(11);
@@ -355,7 +330,7 @@ on_both_backends! {
         // sweep then leaves it alone.
         let (_, withdrawn) = submit(&app, &rita, "CHQ-4", json!({})).await;
         let withdrawn_job = withdrawn["assessment_job_id"].as_str().unwrap();
-        wait_for_job(&app, &admin.tenant_id, withdrawn_job, "waiting").await;
+        app.wait_for_job(&admin.tenant_id, withdrawn_job, "waiting").await;
         let cancel = format!("/api/v1/cases/{}/cancel", withdrawn["id"].as_str().unwrap());
         let (status, cancelled) = app.call(Method::POST, &cancel, &rita.access_token, Some(json!({ "reason": "sent twice" }))).await;
         assert_eq!((status, cancelled["state"].as_str()), (StatusCode::OK, Some("cancelled")), "{cancelled}");
@@ -371,7 +346,7 @@ on_both_backends! {
         let silent = create_task(&app, &admin, json!({ "pipeline": [{ "id": "note", "uses": "events.publish", "with": { "topic": "looked" } }] })).await;
         attach(&app, &admin, "cheque", silent["id"].as_str().unwrap()).await;
         let (_, waiting) = submit(&app, &rita, "CHQ-3", json!({})).await;
-        wait_for_job(&app, &admin.tenant_id, waiting["assessment_job_id"].as_str().unwrap(), "succeeded").await;
+        app.wait_for_job(&admin.tenant_id, waiting["assessment_job_id"].as_str().unwrap(), "succeeded").await;
         assert_eq!(docket::review::sweep(&app.state, docket::clock::now()).await.unwrap().assessments_failed, 1);
         let silent_case = case(&app, &rita, waiting["id"].as_str().unwrap()).await;
         assert_eq!(silent_case["state"], "queued");
@@ -397,7 +372,7 @@ on_both_backends! {
         ] })).await;
         let (status, job) = app.call(Method::POST, &format!("/api/v1/tasks/{}/run_now", task["id"].as_str().unwrap()), &sue.access_token, None).await;
         assert_eq!(status, StatusCode::ACCEPTED);
-        wait_for_job(&app, &sue.tenant_id, job["id"].as_str().unwrap(), "succeeded").await;
+        app.wait_for_job(&sue.tenant_id, job["id"].as_str().unwrap(), "succeeded").await;
         let steps = docket::pipeline::steps::load(&app.state.store, job["id"].as_str().unwrap()).await.unwrap();
         let errors: Vec<&str> = steps.iter().map(|s| s.error.as_deref().unwrap_or_default()).collect();
         assert!(errors[0].contains("the case is queued") && errors[0].contains("not waiting for an assessment"), "{errors:?}");

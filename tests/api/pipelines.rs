@@ -36,31 +36,6 @@ async fn run_now(app: &TestApp, who: &Login, task: &Value) -> String {
     job["id"].as_str().unwrap().to_owned()
 }
 
-async fn wait_for_job(
-    app: &TestApp,
-    tenant: &str,
-    job_id: &str,
-    status: &str,
-) -> docket::queue::Job {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let job = docket::queue::get(&app.state.store, tenant, job_id)
-            .await
-            .unwrap()
-            .unwrap();
-        if job.status == status {
-            return job;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "job stuck in {} (last error {:?})",
-            job.status,
-            job.last_error
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 async fn steps_of(app: &TestApp, who: &Login, job_id: &str) -> Vec<Value> {
     let (_, runs) = app
         .call(
@@ -156,7 +131,7 @@ on_both_backends! {
         })).await;
         assert_eq!(status, StatusCode::CREATED, "{task}");
         let job_id = run_now(&app, &sue, &task).await;
-        let waiting = wait_for_job(&app, &sue.tenant_id, &job_id, "waiting").await;
+        let waiting = app.wait_for_job(&sue.tenant_id, &job_id, "waiting").await;
         assert_eq!(waiting.attempts, 0, "suspending does not use up an attempt");
 
         let (status, case) = app.call(Method::POST, "/api/v1/reviews/next", &rita.access_token, None).await;
@@ -167,7 +142,7 @@ on_both_backends! {
         let (status, decided) = app.call(Method::POST, &format!("/api/v1/cases/{}/decision", case["id"].as_str().unwrap()), &rita.access_token, Some(json!({ "decision": "approve" }))).await;
         assert_eq!(status, StatusCode::OK, "{decided}");
 
-        let done = wait_for_job(&app, &sue.tenant_id, &job_id, "succeeded").await;
+        let done = app.wait_for_job(&sue.tenant_id, &job_id, "succeeded").await;
         assert_eq!(done.attempts, 1);
         let steps = steps_of(&app, &sue, &job_id).await;
         let statuses: Vec<(&str, &str)> = steps.iter().map(|s| (s["id"].as_str().unwrap(), s["status"].as_str().unwrap())).collect();
@@ -187,7 +162,7 @@ on_both_backends! {
         let (status, body) = app.call(Method::PUT, "/api/v1/policy", &admin.access_token, Some(policy)).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let job_id = run_now(&app, &sue, &task).await;
-        wait_for_job(&app, &sue.tenant_id, &job_id, "waiting").await;
+        app.wait_for_job(&sue.tenant_id, &job_id, "waiting").await;
         let bob = app.sign_in("acme", "bob@acme.test", Role::Reviewer).await;
         let (_, case) = app.call(Method::POST, "/api/v1/reviews/next", &rita.access_token, None).await;
         let id = case["id"].as_str().unwrap();
@@ -198,7 +173,7 @@ on_both_backends! {
         let (status, confirmed) = app.call(Method::POST, &format!("/api/v1/cases/{id}/check"), &bob.access_token,
             Some(json!({ "verdict": "approve" }))).await;
         assert_eq!((status, confirmed["state"].as_str()), (StatusCode::OK, Some("returned")), "{confirmed}");
-        wait_for_job(&app, &sue.tenant_id, &job_id, "succeeded").await;
+        app.wait_for_job(&sue.tenant_id, &job_id, "succeeded").await;
         let steps = steps_of(&app, &sue, &job_id).await;
         assert_eq!(steps[0]["output"]["decision"], "returned");
         assert_eq!(steps[0]["output"]["reason"], "wrong city");
@@ -215,9 +190,9 @@ on_both_backends! {
             { "id": "after", "uses": "events.publish", "with": { "topic": "step.after", "payload": { "first": "${steps.before.event_id}" } } }
         ] })).await;
         let job_id = run_now(&app, &sue, &task).await;
-        let parked = wait_for_job(&app, &sue.tenant_id, &job_id, "waiting").await;
+        let parked = app.wait_for_job(&sue.tenant_id, &job_id, "waiting").await;
         assert!(parked.run_at > docket::clock::now() - chrono::Duration::milliseconds(100), "due again when the wait ends");
-        wait_for_job(&app, &sue.tenant_id, &job_id, "succeeded").await;
+        app.wait_for_job(&sue.tenant_id, &job_id, "succeeded").await;
         assert_eq!(events_on(&app, &sue.tenant_id, "step.before").await, 1, "not repeated on resume");
         assert_eq!(events_on(&app, &sue.tenant_id, "step.after").await, 1);
         let runs = docket::queue::runs_of(&app.state.store, &sue.tenant_id, &job_id).await.unwrap();
@@ -234,14 +209,14 @@ on_both_backends! {
         ] });
         let (_, failing) = create_task(&app, &sue, pipeline("fail")).await;
         let job_id = run_now(&app, &sue, &failing).await;
-        let dead = wait_for_job(&app, &sue.tenant_id, &job_id, "dead").await;
+        let dead = app.wait_for_job(&sue.tenant_id, &job_id, "dead").await;
         let error = dead.last_error.unwrap();
         assert!(error.contains("step start (tasks.run) failed") && error.contains("no-such-task"), "{error}");
         assert_eq!(events_on(&app, &sue.tenant_id, "after.fail").await, 0);
 
         let (_, lenient) = create_task(&app, &sue, pipeline("continue")).await;
         let job_id = run_now(&app, &sue, &lenient).await;
-        wait_for_job(&app, &sue.tenant_id, &job_id, "succeeded").await;
+        app.wait_for_job(&sue.tenant_id, &job_id, "succeeded").await;
         let steps = steps_of(&app, &sue, &job_id).await;
         assert_eq!(steps[0]["status"], "failed_continued");
         assert_eq!(steps[0]["attempts"], 1, "a permanent error is not retried");
@@ -278,7 +253,7 @@ on_both_backends! {
         let worker = docket::queue::worker::Worker::new(app.state.queue.clone(), app.state.job_handlers.clone(), "rescuer").with_app(app.state.clone());
         let stop = tokio_util::sync::CancellationToken::new();
         let handle = tokio::spawn(worker.run(stop.clone(), Duration::from_secs(5)));
-        wait_for_job(&app, &sue.tenant_id, &job_id, "succeeded").await;
+        app.wait_for_job(&sue.tenant_id, &job_id, "succeeded").await;
         stop.cancel();
         handle.await.unwrap();
         assert_eq!(events_on(&app, &sue.tenant_id, "resume.first").await, 0, "the finished step was not run again");
@@ -345,7 +320,7 @@ on_both_backends! {
         let (status, task) = create_task(&app, &sue, weather_pipeline(&base)).await;
         assert_eq!(status, StatusCode::CREATED, "{task}");
         let job_id = run_now(&app, &sue, &task).await;
-        wait_for_job(&app, &sue.tenant_id, &job_id, "succeeded").await;
+        app.wait_for_job(&sue.tenant_id, &job_id, "succeeded").await;
         let steps = steps_of(&app, &sue, &job_id).await;
         assert_eq!(steps[0]["output"]["status"], 200);
         assert_eq!(steps[0]["output"]["body"]["temp_c"], 4);
@@ -363,7 +338,7 @@ on_both_backends! {
             { "id": "call", "uses": "http.request", "with": { "url": format!("{base}/flaky") }, "retry": 3 }
         ] })).await;
         let job_id = run_now(&app, &sue, &task).await;
-        wait_for_job(&app, &sue.tenant_id, &job_id, "succeeded").await;
+        app.wait_for_job(&sue.tenant_id, &job_id, "succeeded").await;
         let steps = steps_of(&app, &sue, &job_id).await;
         assert_eq!(steps[0]["attempts"], 3, "two 503s, then success");
         assert_eq!(steps[0]["output"]["body"], json!({ "ok": true }));
@@ -375,7 +350,7 @@ on_both_backends! {
         let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
         let (_, task) = create_task(&app, &sue, weather_pipeline(&base)).await;
         let job_id = run_now(&app, &sue, &task).await;
-        let dead = wait_for_job(&app, &sue.tenant_id, &job_id, "dead").await;
+        let dead = app.wait_for_job(&sue.tenant_id, &job_id, "dead").await;
         let error = dead.last_error.unwrap();
         assert!(error.contains("step weather (http.request) failed") && error.contains("loopback"), "{error}");
         let steps = steps_of(&app, &sue, &job_id).await;

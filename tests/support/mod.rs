@@ -572,6 +572,32 @@ impl TestApp {
         (status, response.json().await.unwrap())
     }
 
+    /// Waits (at most 30 s) until job `job_id` of `tenant` is in `status`, and returns it.
+    pub async fn wait_for_job(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        status: &str,
+    ) -> docket::queue::Job {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let job = docket::queue::get(&self.state.store, tenant, job_id)
+                .await
+                .unwrap()
+                .unwrap();
+            if job.status == status {
+                return job;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job stuck in {} (last error {:?})",
+                job.status,
+                job.last_error
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Creates a user with `role` and signs them in; admins are enrolled in MFA on the way, as they
     /// must be before they can do anything else.
     pub async fn sign_in(&self, slug: &str, email: &str, role: docket::auth::Role) -> Login {
