@@ -241,41 +241,6 @@ pub async fn request(
     crate::queue::enqueue(tx, &state.queue.settings, job, now).await
 }
 
-/// Writes routing back: the assessment and everything [`super::http::route`] sets.
-async fn save_routed(tx: &mut Tx, row: &CaseRow) -> Result<(), sqlx::Error> {
-    with_tx!(tx, conn => {
-        sqlx::query(
-            "UPDATE cases SET ai_assessment = $1, state = $2, priority = $3, priority_rank = $4, queue = $5, \
-             required_role = $6, required_rank = $7, dual_control = $8, sla_hours = $9, sla_due_at = $10, \
-             policy_version = $11, policy_trace = $12, decision = $13, decided_at = $14, updated_at = $15, \
-             risk_level = $16, flags = $17, require_reason = $18 WHERE tenant_id = $19 AND id = $20",
-        )
-        .bind(&row.ai_assessment)
-        .bind(&row.state)
-        .bind(&row.priority)
-        .bind(row.priority_rank)
-        .bind(&row.queue)
-        .bind(&row.required_role)
-        .bind(row.required_rank)
-        .bind(row.dual_control)
-        .bind(row.sla_hours)
-        .bind(row.sla_due_at)
-        .bind(row.policy_version)
-        .bind(&row.policy_trace)
-        .bind(&row.decision)
-        .bind(row.decided_at)
-        .bind(row.updated_at)
-        .bind(&row.risk_level)
-        .bind(&row.flags)
-        .bind(row.require_reason)
-        .bind(&row.tenant_id)
-        .bind(&row.id)
-        .execute(conn)
-        .await
-        .map(|_| ())
-    })
-}
-
 /// What `cases.assess` reports: where the case went.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Routed {
@@ -339,7 +304,7 @@ pub async fn assess(
     row.updated_at = now;
     let assessed_snapshot = row.clone();
     let details = super::http::route(&mut row, &policy, now);
-    save_routed(&mut tx, &row).await?;
+    super::save(&mut tx, &row).await?;
     let mut assessed = Change::new("assessed", Some(ASSESSING), "system");
     assessed.details = json!({
         "job_id": job_id,
@@ -453,7 +418,7 @@ pub async fn sweep(state: &AppState, now: DateTime<Utc>) -> Result<usize, sqlx::
             let details = super::http::route(&mut row, &policy, now);
             row.ai_assessment = submitted;
             row.updated_at = now;
-            save_routed(&mut tx, &row).await?;
+            super::save(&mut tx, &row).await?;
             let mut failed = Change::new("assessment_failed", Some(ASSESSING), "system");
             failed.details = json!({
                 "job_id": row.assessment_job_id,

@@ -598,21 +598,33 @@ pub async fn insert(tx: &mut Tx, row: &CaseRow) -> Result<(), sqlx::Error> {
     })
 }
 
-/// Writes back the mutable part of a case.
+/// Writes back every column that can change after a case is created, so no path that changes a
+/// case (a decision, the sweep, an assessment's routing) can leave part of it unsaved.
 pub async fn save(tx: &mut Tx, row: &CaseRow) -> Result<(), sqlx::Error> {
     with_tx!(tx, conn => {
         sqlx::query(
-            "UPDATE cases SET state = $1, priority = $2, priority_rank = $3, required_role = $4, required_rank = $5, \
-             sla_breached_at = $6, first_decision = $7, first_decider = $8, assignee_id = $9, lease_expires_at = $10, \
-             decision = $11, decided_at = $12, updated_at = $13, reason_codes = $14, proposal = $15, hold_until = $16, \
-             resume_state = $17, parked_at = $18, sla_due_at = $19, subject = $20 WHERE tenant_id = $21 AND id = $22",
+            "UPDATE cases SET subject = $1, ai_assessment = $2, state = $3, priority = $4, priority_rank = $5, \
+             queue = $6, required_role = $7, required_rank = $8, dual_control = $9, sla_hours = $10, \
+             sla_due_at = $11, sla_breached_at = $12, policy_version = $13, policy_trace = $14, \
+             first_decision = $15, first_decider = $16, assignee_id = $17, lease_expires_at = $18, \
+             decision = $19, decided_at = $20, updated_at = $21, risk_level = $22, flags = $23, \
+             require_reason = $24, reason_codes = $25, proposal = $26, hold_until = $27, \
+             resume_state = $28, parked_at = $29 WHERE tenant_id = $30 AND id = $31",
         )
+        .bind(&row.subject)
+        .bind(&row.ai_assessment)
         .bind(&row.state)
         .bind(&row.priority)
         .bind(row.priority_rank)
+        .bind(&row.queue)
         .bind(&row.required_role)
         .bind(row.required_rank)
+        .bind(row.dual_control)
+        .bind(row.sla_hours)
+        .bind(row.sla_due_at)
         .bind(row.sla_breached_at)
+        .bind(row.policy_version)
+        .bind(&row.policy_trace)
         .bind(&row.first_decision)
         .bind(&row.first_decider)
         .bind(&row.assignee_id)
@@ -620,13 +632,14 @@ pub async fn save(tx: &mut Tx, row: &CaseRow) -> Result<(), sqlx::Error> {
         .bind(&row.decision)
         .bind(row.decided_at)
         .bind(row.updated_at)
+        .bind(&row.risk_level)
+        .bind(&row.flags)
+        .bind(row.require_reason)
         .bind(&row.reason_codes)
         .bind(&row.proposal)
         .bind(row.hold_until)
         .bind(&row.resume_state)
         .bind(row.parked_at)
-        .bind(row.sla_due_at)
-        .bind(&row.subject)
         .bind(&row.tenant_id)
         .bind(&row.id)
         .execute(conn)
