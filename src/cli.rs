@@ -86,6 +86,9 @@ enum BenchCommand {
         /// (0: jobs without keys).
         #[arg(long, default_value_t = 0)]
         keys: usize,
+        /// Spread the jobs over this many tasks, each with `concurrency` 4 (0: jobs without a task).
+        #[arg(long, default_value_t = 0)]
+        tasks: usize,
         /// Enqueue every job before the workers start (a backlog), and count the processing rate
         /// from the first job's start: how other queues' benchmarks measure.
         #[arg(long)]
@@ -193,8 +196,9 @@ pub async fn run() -> ExitCode {
             jobs,
             workers,
             keys,
+            tasks,
             enqueue_first,
-        }) => bench_queue(config, jobs, workers, keys, enqueue_first).await,
+        }) => bench_queue(config, jobs, workers, keys, tasks, enqueue_first).await,
         Command::Bench(BenchCommand::Chaos(args)) => bench_chaos(config, args).await,
         Command::Config => {
             for line in config.redacted_lines() {
@@ -419,6 +423,7 @@ async fn bench_queue(
     jobs: usize,
     workers: usize,
     keys: usize,
+    tasks: usize,
     enqueue_first: bool,
 ) -> ExitCode {
     let result = async {
@@ -428,7 +433,7 @@ async fn bench_queue(
             crate::queue::Settings::from_config(&config),
             crate::events::EventBus::new(None),
         );
-        let report = crate::queue::bench::run(&queue, jobs, workers, keys, enqueue_first)
+        let report = crate::queue::bench::run(&queue, jobs, workers, keys, tasks, enqueue_first)
             .await
             .map_err(|e| e.to_string());
         store.close().await;

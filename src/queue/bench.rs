@@ -1,8 +1,9 @@
 //! `docket bench queue`: enqueue N no-op jobs while W workers drain them (or, with
 //! `--enqueue-first`, all of them before the workers start), and report enqueue rate, processing
 //! rate and enqueue-to-start latency. Runs against whatever `DATABASE_URL` points at.
-//! With `--keys K` the jobs take turns over K concurrency keys limited to [`KEY_LIMIT`] each, which
-//! measures what the per-key checks of the claim cost.
+//! With `--keys K` the jobs take turns over K concurrency keys limited to [`KEY_LIMIT`] each, and
+//! with `--tasks T` over T tasks of that `concurrency`, which measures what the claim's per-key and
+//! per-task checks cost.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +27,7 @@ pub struct Report {
     pub workers: usize,
     pub concurrency: u32,
     pub keys: usize,
+    pub tasks: usize,
     pub enqueue_first: bool,
     pub enqueue_per_second: f64,
     pub processed_per_second: f64,
@@ -47,6 +49,13 @@ impl std::fmt::Display for Report {
                 f,
                 "concurrency keys          {} (limit {KEY_LIMIT} each)",
                 self.keys
+            )?;
+        }
+        if self.tasks > 0 {
+            writeln!(
+                f,
+                "tasks                     {} (concurrency {KEY_LIMIT} each)",
+                self.tasks
             )?;
         }
         writeln!(
@@ -88,9 +97,11 @@ pub async fn run(
     jobs: usize,
     workers: usize,
     keys: usize,
+    tasks: usize,
     enqueue_first: bool,
 ) -> Result<Report, sqlx::Error> {
     let tenant = format!("bench-{}", uuid::Uuid::now_v7());
+    let task_ids = create_tasks(queue, &tenant, tasks).await?;
     let shutdown = CancellationToken::new();
     // A no-op handler that counts, so waiting for the end costs the database nothing until the
     // last job has run; the end time then comes from the jobs themselves.
@@ -126,6 +137,7 @@ pub async fn run(
                 tenant_id: tenant.clone(),
                 kind: "noop".to_owned(),
                 payload: json!({}),
+                task_id: (tasks > 0).then(|| task_ids[i % tasks].clone()),
                 concurrency_key: (keys > 0).then(|| format!("key-{}", i % keys)),
                 concurrency_limit: (keys > 0).then_some(KEY_LIMIT),
                 ..NewJob::default()
@@ -209,6 +221,7 @@ pub async fn run(
         workers,
         concurrency: queue.settings.concurrency,
         keys,
+        tasks,
         enqueue_first,
         enqueue_per_second: jobs as f64 / enqueue_seconds,
         processed_per_second: jobs as f64 / wall_seconds,
@@ -216,4 +229,47 @@ pub async fn run(
         start_latency_p99_ms: percentile(0.99),
         wall_seconds,
     })
+}
+
+/// `count` manual tasks of the bench tenant, each allowing [`KEY_LIMIT`] running jobs.
+async fn create_tasks(
+    queue: &Queue,
+    tenant: &str,
+    count: usize,
+) -> Result<Vec<String>, sqlx::Error> {
+    let now = crate::clock::now();
+    let mut tx = queue.store.begin().await?;
+    let mut ids = Vec::with_capacity(count);
+    for i in 0..count {
+        let task = crate::scheduler::tasks::TaskRow {
+            id: format!("{tenant}-task-{i}"),
+            tenant_id: tenant.to_owned(),
+            title: format!("bench task {i}"),
+            description: String::new(),
+            schedule_kind: "manual".to_owned(),
+            schedule_expr: String::new(),
+            timezone: "UTC".to_owned(),
+            payload: "{}".to_owned(),
+            priority: 0,
+            max_retries: 0,
+            timeout_seconds: 60,
+            misfire_grace_seconds: 60,
+            concurrency: KEY_LIMIT as i32,
+            concurrency_key: None,
+            concurrency_limit: None,
+            rate_count: None,
+            rate_per_seconds: None,
+            dedupe_key: None,
+            dedupe_window_seconds: None,
+            status: "active".to_owned(),
+            next_run_at: None,
+            created_by: "bench".to_owned(),
+            created_at: now,
+            updated_at: now,
+        };
+        crate::scheduler::tasks::insert(&mut tx, &task).await?;
+        ids.push(task.id);
+    }
+    tx.commit().await?;
+    Ok(ids)
 }

@@ -407,6 +407,12 @@ on_both_backends! {
         for line in ["jobs                      200", "processing rate", "enqueue-to-start p99"] {
             assert!(report.contains(line), "{line} missing:\n{report}");
         }
+        let out = run(db.dir.path(), &env, &["bench", "queue", "--jobs", "200", "--tasks", "3", "--keys", "5"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let report = text(&out.stdout);
+        for line in ["tasks                     3 (concurrency 4 each)", "concurrency keys          5 (limit 4 each)"] {
+            assert!(report.contains(line), "{line} missing:\n{report}");
+        }
     }
 
     async fn a_worker_process_killed_with_sigkill_loses_its_jobs_to_another(backend) {
