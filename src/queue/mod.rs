@@ -731,6 +731,14 @@ const FULL_KEYS: &str = "full_keys AS MATERIALIZED (\
      WHERE s.expires_at > $1 AND k.rate_count IS NOT NULL \
      GROUP BY s.tenant_id, s.key, k.rate_count HAVING COUNT(*) >= k.rate_count)";
 
+/// The tasks running as many jobs as their `concurrency` allows (a task whose row is gone allows
+/// one), computed once per candidate selection like [`FULL_KEYS`]; [`task_room`] then counts
+/// exactly under the tasks' locks.
+const FULL_TASKS: &str = "full_tasks AS MATERIALIZED (\
+     SELECT r.task_id FROM jobs r LEFT JOIN tasks t ON t.id = r.task_id \
+     WHERE r.status = 'running' AND r.task_id IS NOT NULL \
+     GROUP BY r.task_id, t.concurrency HAVING COUNT(*) >= COALESCE(t.concurrency, 1))";
+
 /// Excludes a keyed job whose key is in [`FULL_KEYS`]; a job without a key stops at the first test.
 const KEY_HAS_ROOM: &str = "(j.concurrency_key IS NULL OR NOT EXISTS (SELECT 1 FROM full_keys f \
      WHERE f.tenant_id = j.tenant_id AND f.key = j.concurrency_key))";
@@ -753,10 +761,9 @@ pub async fn claim(
     // Due jobs, skipping tasks that already run as many jobs as their `concurrency` allows and
     // keys at their limits.
     let sql = format!(
-        "WITH {FULL_KEYS} \
+        "WITH {FULL_KEYS}, {FULL_TASKS} \
          SELECT id, tenant_id, task_id, concurrency_key FROM jobs j WHERE status IN ('queued', 'failed', 'waiting') AND run_at <= $1 \
-         AND (task_id IS NULL OR (SELECT COUNT(*) FROM jobs r WHERE r.task_id = j.task_id AND r.status = 'running') \
-              < COALESCE((SELECT t.concurrency FROM tasks t WHERE t.id = j.task_id), 1)) \
+         AND (task_id IS NULL OR NOT EXISTS (SELECT 1 FROM full_tasks f WHERE f.task_id = j.task_id)) \
          AND {KEY_HAS_ROOM} \
          ORDER BY priority DESC, run_at, id LIMIT $2 {}",
         store.skip_locked()
