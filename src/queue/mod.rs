@@ -832,10 +832,12 @@ pub async fn claim(
     Ok(claimed)
 }
 
-/// Room left per task among the candidates, from its `concurrency`. The task row is locked first
-/// (in id order, so claimers cannot deadlock), which makes the running count exact even when
-/// several workers claim jobs of the same task at once. With `skip_locked`, a task whose row
-/// another claimer holds (or that is missing) has no room this time.
+/// Room left per task among the candidates, from its `concurrency`. The tasks' rows are locked
+/// first, in one statement and in bytewise id order (claimers cannot deadlock); the running counts
+/// come from a later statement, which on PostgreSQL (read committed) sees every claim committed
+/// before the locks were granted, so they are exact even when several workers claim jobs of the
+/// same task at once. A task whose row is gone allows one job; with `skip_locked`, a task whose
+/// row another claimer holds (or that is gone) has no room this time.
 async fn task_room(
     tx: &mut Tx,
     store: &Store,
@@ -846,29 +848,46 @@ async fn task_room(
         .iter()
         .filter_map(|c| c.task_id.as_ref())
         .collect();
+    if tasks.is_empty() {
+        return Ok(HashMap::new());
+    }
     tasks.sort();
     tasks.dedup();
-    let mut room = HashMap::new();
-    for task_id in tasks {
-        let lock = format!(
-            "SELECT concurrency FROM tasks WHERE id = $1 {}",
-            lock_clause(store, skip_locked)
+    let limits: HashMap<String, i32> = with_tx!(tx, conn => {
+        let mut lock = sqlx::QueryBuilder::new("SELECT id, concurrency FROM tasks WHERE id IN (");
+        let mut ids = lock.separated(", ");
+        for task_id in &tasks {
+            ids.push_bind(*task_id);
+        }
+        let bytes = store.byte_order();
+        lock.push(format!(") ORDER BY id{bytes} "))
+            .push(lock_clause(store, skip_locked));
+        lock.build_query_as::<(String, i32)>().fetch_all(conn).await
+    })?
+    .into_iter()
+    .collect();
+    let running: HashMap<String, i64> = with_tx!(tx, conn => {
+        let mut count = sqlx::QueryBuilder::new(
+            "SELECT task_id, COUNT(*) FROM jobs WHERE status = 'running' AND task_id IN (",
         );
-        let concurrency: Option<i32> = with_tx!(tx, conn => {
-            sqlx::query_scalar(sqlx::AssertSqlSafe(lock.clone())).bind(task_id).fetch_optional(conn).await
-        })?;
-        let running: i64 = with_tx!(tx, conn => {
-            sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE task_id = $1 AND status = 'running'")
-                .bind(task_id)
-                .fetch_one(conn)
-                .await
-        })?;
-        room.insert(
-            task_id.clone(),
-            (i64::from(concurrency.unwrap_or(if skip_locked { 0 } else { 1 })) - running).max(0),
-        );
-    }
-    Ok(room)
+        let mut ids = count.separated(", ");
+        for task_id in &tasks {
+            ids.push_bind(*task_id);
+        }
+        count.push(") GROUP BY task_id");
+        count.build_query_as::<(String, i64)>().fetch_all(conn).await
+    })?
+    .into_iter()
+    .collect();
+    let gone = if skip_locked { 0 } else { 1 };
+    Ok(tasks
+        .into_iter()
+        .map(|task_id| {
+            let limit = i64::from(limits.get(task_id).copied().unwrap_or(gone));
+            let left = limit - running.get(task_id).copied().unwrap_or(0);
+            (task_id.clone(), left.max(0))
+        })
+        .collect())
 }
 
 fn lock_clause(store: &Store, skip_locked: bool) -> &'static str {
