@@ -6,6 +6,7 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value};
 
+use super::condition;
 use super::template::{self, Expr, Segment};
 use super::tools::Tools;
 
@@ -202,12 +203,7 @@ fn parse_step(raw: &Value, at: &str, tools: &Tools) -> Result<Step, DefinitionEr
     }
     let condition = text("if")?.map(str::to_owned);
     if let Some(expression) = &condition {
-        jmespath::compile(expression).map_err(|e| {
-            fail(
-                format!("{at}.if"),
-                format!("not a JMESPath expression: {e}"),
-            )
-        })?;
+        condition::compile(expression).map_err(|e| fail(format!("{at}.if"), e.to_string()))?;
     }
     let number = |key: &str, max: u64| -> Result<Option<u64>, DefinitionError> {
         match map.get(key) {

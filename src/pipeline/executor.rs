@@ -154,8 +154,8 @@ fn should_run(step: &Step, scope: &Scope) -> Result<bool, String> {
     let Some(condition) = &step.condition else {
         return Ok(true);
     };
-    let expression =
-        jmespath::compile(condition).map_err(|e| format!("if: not a JMESPath expression: {e}"))?;
+    // Bounded again here: definitions saved before the bounds existed may hold anything.
+    let expression = super::condition::compile(condition).map_err(|e| format!("if: {e}"))?;
     let data = json!({ "params": scope.params, "steps": scope.steps, "run": scope.run });
     let result = expression.search(data).map_err(|e| format!("if: {e}"))?;
     Ok(result.is_truthy())

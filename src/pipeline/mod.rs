@@ -3,6 +3,7 @@
 //! [`tools`]. Templates (`${params.x}`, `${steps.id.path}`, …) feed results forward; JMESPath
 //! conditions decide whether a step runs.
 
+pub mod condition;
 pub mod definition;
 pub mod executor;
 pub mod http;

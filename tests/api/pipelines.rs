@@ -93,6 +93,9 @@ on_both_backends! {
             (json!([step(json!({ "with": { "topic": "x", "colour": "red" } }))]), "payload.pipeline[0].with.colour"),
             (json!([step(json!({ "with": { "payload": {} } }))]), "payload.pipeline[0].with.topic"),
             (json!([step(json!({ "if": "steps.[" }))]), "payload.pipeline[0].if"),
+            // Parsed unbounded, this overflowed the stack and aborted the process.
+            (json!([step(json!({ "if": format!("{}params", "!".repeat(3000)) }))]), "payload.pipeline[0].if"),
+            (json!([step(json!({})), step(json!({ "id": "b", "if": format!("{}params", "!".repeat(40)) }))]), "payload.pipeline[1].if"),
             (json!([step(json!({ "with": { "topic": "${steps.later.x}" } })), step(json!({ "id": "later" }))]), "payload.pipeline[0].with"),
             (json!([step(json!({ "with": { "topic": "${env.HOME}" } }))]), "payload.pipeline[0].with"),
             (json!([step(json!({ "with": { "topic": "${params.x" } }))]), "payload.pipeline[0].with"),
@@ -114,6 +117,33 @@ on_both_backends! {
         let review = tools["items"].as_array().unwrap().iter().find(|t| t["name"] == "review.request").expect("review.request listed");
         assert!(review["input_schema"]["properties"]["type"].is_object(), "{review}");
         assert!(tools["items"].as_array().unwrap().iter().any(|t| t["name"] == "wait"));
+    }
+
+    async fn a_stored_condition_beyond_the_bounds_fails_its_job_not_the_process(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let (_, task) = create_task(&app, &sue, json!({ "pipeline": [
+            { "id": "a", "uses": "events.publish", "if": "params.go", "with": { "topic": "x" } }
+        ] })).await;
+        // As if saved before the bounds existed.
+        let bomb = json!({ "pipeline": [
+            { "id": "a", "uses": "events.publish", "if": format!("{}params", "!".repeat(3000)), "with": { "topic": "x" } }
+        ] }).to_string();
+        let task_id = task["id"].as_str().unwrap();
+        match &app.state.store {
+            docket::store::Store::Sqlite(pool, _) => {
+                sqlx::query("UPDATE tasks SET payload = $1 WHERE id = $2").bind(&bomb).bind(task_id).execute(pool).await.unwrap();
+            }
+            docket::store::Store::Postgres(pool) => {
+                sqlx::query("UPDATE tasks SET payload = $1 WHERE id = $2").bind(&bomb).bind(task_id).execute(pool).await.unwrap();
+            }
+        }
+        let job_id = run_now(&app, &sue, &task).await;
+        let job = app.wait_for_job(&sue.tenant_id, &job_id, "dead").await;
+        let error = job.last_error.unwrap_or_default();
+        assert!(error.contains("payload.pipeline[0].if") && error.contains("at most 1024"), "{error}");
+        let (status, _) = app.call(Method::GET, "/health", &sue.access_token, None).await;
+        assert_eq!(status, StatusCode::OK, "the process is still up");
     }
 
     async fn a_review_request_suspends_the_pipeline_until_people_decide(backend) {
