@@ -103,6 +103,8 @@ pub struct KeyIdentity {
     pub id: String,
     pub tenant_id: String,
     pub scopes: Vec<String>,
+    /// The user who created the key, who answers for what it does.
+    pub created_by: String,
 }
 
 pub async fn authenticate(store: &Store, secret: &str) -> Result<KeyIdentity, AuthError> {
@@ -141,6 +143,7 @@ pub async fn authenticate(store: &Store, secret: &str) -> Result<KeyIdentity, Au
         id: key.id,
         tenant_id,
         scopes: key.scopes,
+        created_by: key.created_by,
     })
 }
 

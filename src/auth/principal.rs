@@ -24,6 +24,8 @@ pub struct Principal {
     pub platform_admin: bool,
     /// An API key's scopes; empty for users.
     pub scopes: Vec<String>,
+    /// The user who created the API key; `None` for users and the system.
+    pub key_creator: Option<String>,
     /// The login session behind a user's access token.
     pub session_id: Option<String>,
     /// False for an admin who has not enrolled in MFA yet: such a session may only enrol.
@@ -62,6 +64,7 @@ impl Principal {
             role: None,
             platform_admin: false,
             scopes: Vec::new(),
+            key_creator: None,
             session_id: None,
             mfa_satisfied: true,
             origin: Origin::default(),
@@ -74,6 +77,12 @@ impl Principal {
             Actor::User(id) => Some(id),
             _ => None,
         }
+    }
+
+    /// The person who answers for this call: the user, or the creator of the API key. The
+    /// own-case rules compare this, so a person cannot decide what they submitted through a key.
+    pub fn accountable_user(&self) -> Option<&str> {
+        self.user_id().or(self.key_creator.as_deref())
     }
 }
 
@@ -243,6 +252,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, Auth
             role: None,
             platform_admin: false,
             scopes: key.scopes,
+            key_creator: Some(key.created_by),
             session_id: None,
             mfa_satisfied: true,
             origin,
@@ -257,6 +267,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, Auth
             role: Some(session.role),
             platform_admin: session.platform_admin,
             scopes: Vec::new(),
+            key_creator: None,
             session_id: Some(claims.sid),
             mfa_satisfied: session.mfa_satisfied,
             origin,

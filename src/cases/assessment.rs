@@ -283,6 +283,14 @@ pub async fn assess(
     let now = crate::clock::now();
     let mut tx = state.store.begin().await?;
     let mut row = super::lock(&mut tx, &state.store, tenant_id, case_id).await?;
+    if row.assessment_job_id.as_deref() != Some(job_id) {
+        // Any other pipeline could otherwise decide any waiting case of its tenant.
+        tx.rollback().await?;
+        return Err(CaseError::forbidden(
+            "not_assessment_job",
+            "Only the assessment pipeline's job enqueued for this case may assess it.",
+        ));
+    }
     if row.state != ASSESSING {
         tx.rollback().await?;
         let history = super::history(&state.store, tenant_id, case_id).await?;
@@ -301,6 +309,7 @@ pub async fn assess(
     }
     let policy = crate::policy::current(&mut tx, &state.config, tenant_id).await?;
     row.ai_assessment = Some(json!(ai).to_string());
+    row.ai_assessment_source = Some(super::AssessmentSource::Pipeline.as_str().to_owned());
     row.updated_at = now;
     let assessed_snapshot = row.clone();
     let details = super::http::route(&mut row, &policy, now);

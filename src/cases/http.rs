@@ -173,6 +173,10 @@ pub async fn submit(
         currency: body.currency.clone(),
         subject: subject.to_string(),
         ai_assessment: body.ai_assessment.as_ref().map(|a| json!(a).to_string()),
+        ai_assessment_source: body
+            .ai_assessment
+            .as_ref()
+            .map(|_| super::AssessmentSource::Submitted.as_str().to_owned()),
         state: "new".to_owned(),
         priority: String::new(),
         priority_rank: 0,
@@ -186,6 +190,7 @@ pub async fn submit(
         policy_version: policy.version,
         policy_trace: String::new(),
         submitted_by: principal.actor.to_string(),
+        submitter_user_id: principal.accountable_user().map(str::to_owned),
         first_decision: None,
         first_decider: None,
         assignee_id: None,

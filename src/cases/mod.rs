@@ -166,6 +166,11 @@ pub struct CaseRow {
     pub policy_version: i32,
     pub policy_trace: String,
     pub submitted_by: String,
+    /// The person who answers for the submission: the submitting user, or the creator of the API
+    /// key that submitted it. `None` for cases Docket raised itself (pipelines).
+    pub submitter_user_id: Option<String>,
+    /// Where `ai_assessment` came from; only an assessment pipeline's may decide the case.
+    pub ai_assessment_source: Option<String>,
     pub first_decision: Option<String>,
     pub first_decider: Option<String>,
     pub assignee_id: Option<String>,
@@ -195,7 +200,8 @@ pub const COLUMNS: &str = "id, tenant_id, type, reference, amount, amount_e4, cu
     state, priority, priority_rank, queue, required_role, required_rank, dual_control, sla_hours, sla_due_at, \
     sla_breached_at, policy_version, policy_trace, submitted_by, first_decision, first_decider, assignee_id, \
     lease_expires_at, decision, decided_at, idempotency_key, request_hash, created_at, updated_at, risk_level, flags, \
-    require_reason, reason_codes, proposal, hold_until, resume_state, parked_at, assessment_job_id";
+    require_reason, reason_codes, proposal, hold_until, resume_state, parked_at, assessment_job_id, \
+    submitter_user_id, ai_assessment_source";
 
 impl CaseRow {
     pub fn is_open(&self) -> bool {
@@ -289,10 +295,23 @@ impl CaseRow {
         }
     }
 
-    /// Evaluates `policy` against this case's facts.
+    pub fn assessment_source(&self) -> Option<AssessmentSource> {
+        self.ai_assessment.as_ref()?;
+        match self.ai_assessment_source.as_deref() {
+            Some("pipeline") => Some(AssessmentSource::Pipeline),
+            _ => Some(AssessmentSource::Submitted),
+        }
+    }
+
+    /// Evaluates `policy` against this case's facts. Only an assessment pipeline's assessment is
+    /// a fact: one sent with the case came from the submitter, who could otherwise approve their
+    /// own case (or steer its routing) by claiming a high confidence.
     pub fn evaluate(&self, policy: &crate::policy::Policy) -> crate::policy::engine::Outcome {
         let subject = self.subject();
-        let ai = self.ai();
+        let source = self.assessment_source();
+        let ai = self
+            .ai()
+            .filter(|_| source == Some(AssessmentSource::Pipeline));
         policy.evaluate(&CaseFacts {
             case_type: &self.case_type,
             reference: &self.reference,
@@ -300,7 +319,29 @@ impl CaseRow {
             currency: &self.currency,
             subject: &subject,
             ai: ai.as_ref(),
+            advisory_ai: source == Some(AssessmentSource::Submitted),
         })
+    }
+}
+
+/// Where a case's AI assessment came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AssessmentSource {
+    /// Sent with the case by its submitter: shown to people as advisory, never read by the
+    /// policy, never decides the case.
+    Submitted,
+    /// Written by the case type's assessment pipeline (`cases.assess` in the job enqueued for
+    /// this case): the policy may act on it.
+    Pipeline,
+}
+
+impl AssessmentSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Submitted => "submitted",
+            Self::Pipeline => "pipeline",
+        }
     }
 }
 
@@ -331,6 +372,8 @@ pub struct Case {
     #[schema(value_type = Object)]
     pub subject: Value,
     pub ai_assessment: Option<AiAssessment>,
+    /// Where `ai_assessment` came from: `submitted` ones are advisory.
+    pub ai_assessment_source: Option<AssessmentSource>,
     pub state: String,
     /// low, normal, high or urgent.
     pub priority: String,
@@ -349,6 +392,9 @@ pub struct Case {
     pub policy_trace: Value,
     /// `user:<id>` or `api_key:<id>`.
     pub submitted_by: String,
+    /// The user who answers for the submission: the submitter, or the creator of the submitting
+    /// API key. They may not decide or check the case. `null` for cases Docket raised itself.
+    pub submitter_user_id: Option<String>,
     /// low, medium, high or critical, from the policy.
     pub risk_level: String,
     /// The policy's flags, e.g. `UNUSUAL_AMOUNT`.
@@ -383,6 +429,7 @@ impl Case {
         Self {
             subject: row.subject(),
             ai_assessment: row.ai(),
+            ai_assessment_source: row.assessment_source(),
             policy_trace: serde_json::from_str(&row.policy_trace).unwrap_or(Value::Null),
             flags: row.flags(),
             reason_codes: row.reason_codes(),
@@ -408,6 +455,7 @@ impl Case {
             sla_breached_at: row.sla_breached_at,
             policy_version: row.policy_version,
             submitted_by: row.submitted_by,
+            submitter_user_id: row.submitter_user_id,
             decision: row.decision,
             decided_at: row.decided_at,
             created_at: row.created_at,
@@ -549,7 +597,7 @@ pub async fn insert(tx: &mut Tx, row: &CaseRow) -> Result<(), sqlx::Error> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO cases ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
              $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, \
-             $39, $40, $41)"
+             $39, $40, $41, $42, $43)"
         )))
         .bind(&row.id)
         .bind(&row.tenant_id)
@@ -592,6 +640,8 @@ pub async fn insert(tx: &mut Tx, row: &CaseRow) -> Result<(), sqlx::Error> {
         .bind(&row.resume_state)
         .bind(row.parked_at)
         .bind(&row.assessment_job_id)
+        .bind(&row.submitter_user_id)
+        .bind(&row.ai_assessment_source)
         .execute(conn)
         .await
         .map(|_| ())
@@ -609,7 +659,8 @@ pub async fn save(tx: &mut Tx, row: &CaseRow) -> Result<(), sqlx::Error> {
              first_decision = $15, first_decider = $16, assignee_id = $17, lease_expires_at = $18, \
              decision = $19, decided_at = $20, updated_at = $21, risk_level = $22, flags = $23, \
              require_reason = $24, reason_codes = $25, proposal = $26, hold_until = $27, \
-             resume_state = $28, parked_at = $29 WHERE tenant_id = $30 AND id = $31",
+             resume_state = $28, parked_at = $29, ai_assessment_source = $30 \
+             WHERE tenant_id = $31 AND id = $32",
         )
         .bind(&row.subject)
         .bind(&row.ai_assessment)
@@ -640,6 +691,7 @@ pub async fn save(tx: &mut Tx, row: &CaseRow) -> Result<(), sqlx::Error> {
         .bind(row.hold_until)
         .bind(&row.resume_state)
         .bind(row.parked_at)
+        .bind(&row.ai_assessment_source)
         .bind(&row.tenant_id)
         .bind(&row.id)
         .execute(conn)

@@ -323,6 +323,8 @@ pub struct CaseFacts<'a> {
     /// The case's free-form subject; conditions reach into it with `subject.<dot.path>`.
     pub subject: &'a Value,
     pub ai: Option<&'a AiAssessment>,
+    /// The case carries an assessment the policy may not act on (its submitter sent it).
+    pub advisory_ai: bool,
 }
 
 /// Why a policy document was rejected, pointing at the offending element.
@@ -895,7 +897,8 @@ impl Policy {
         let d = &self.defaults;
         let dual_control = set.dual_control.unwrap_or(d.dual_control);
         let auto = set.auto_decision.unwrap_or(d.auto_decision);
-        let (auto_decision, reason) = self.decide(ai, invalid_ai, dual_control, auto);
+        let (auto_decision, reason) =
+            self.decide(ai, invalid_ai, facts.advisory_ai, dual_control, auto);
         Outcome {
             priority: set.priority.unwrap_or(d.priority),
             risk_level: set.risk_level.unwrap_or(d.risk_level),
@@ -921,6 +924,7 @@ impl Policy {
         &self,
         ai: Option<&AiAssessment>,
         invalid_ai: Option<String>,
+        advisory_ai: bool,
         dual_control: bool,
         auto: AutoDecision,
     ) -> (Option<Recommendation>, String) {
@@ -938,6 +942,9 @@ impl Policy {
             return people(format!("the AI assessment is invalid ({problem})"));
         }
         let Some(ai) = ai else {
+            if advisory_ai {
+                return people("the AI assessment came with the submission and is advisory".into());
+            }
             return people("there is no AI assessment".into());
         };
         let recommendation = ai.recommendation.as_str();
@@ -2023,6 +2030,7 @@ mod tests {
                 currency: self.currency,
                 subject: &self.subject,
                 ai: self.ai.as_ref(),
+                advisory_ai: false,
             })
         }
     }
@@ -3912,6 +3920,7 @@ mod tests {
                     currency: &currency,
                     subject: &subject,
                     ai: ai.as_ref(),
+                    advisory_ai: false,
                 });
                 // Fired rules are in policy order, and nothing follows a stopping rule.
                 let rules = document["rules"].as_array().expect("rules");
@@ -3956,6 +3965,7 @@ mod tests {
                         currency: "EUR",
                         subject: &subject,
                         ai: None,
+                        advisory_ai: false,
                     });
                 }
             }
@@ -3974,6 +3984,7 @@ mod tests {
                     currency: "EUR",
                     subject: &json!({}),
                     ai: None,
+                    advisory_ai: false,
                 });
 
                 let (mut priority, mut queue, mut sla, mut dual) = (None, None, None, None);

@@ -254,6 +254,7 @@ pub async fn simulate(
             currency: &case.currency,
             subject: &case.subject,
             ai: case.ai_assessment.as_ref(),
+            advisory_ai: false,
         });
         results.push(SimulatedResult {
             case_id: None,

@@ -120,7 +120,9 @@ impl<'a> Reviewer<'a> {
                 format!("This case needs a {} or above.", row.required_role),
             ));
         }
-        if row.submitted_by == self.actor() {
+        if row.submitted_by == self.actor()
+            || row.submitter_user_id.as_deref() == Some(self.user_id)
+        {
             return Some(CaseError::forbidden(
                 "own_case",
                 "You submitted this case; someone else must decide it.",
@@ -181,6 +183,7 @@ pub async fn next(
         "SELECT {} FROM cases WHERE tenant_id = $1 AND state IN {OPEN_STATES} \
          AND (assignee_id IS NULL OR lease_expires_at <= $2) AND required_rank <= $3 \
          AND submitted_by <> $4 AND (first_decider IS NULL OR first_decider <> $5) \
+         AND (submitter_user_id IS NULL OR submitter_user_id <> $5) \
          AND ($6 IS NULL OR queue = $6) AND ($7 IS NULL OR type = $7) \
          ORDER BY priority_rank DESC, sla_due_at, id LIMIT 1 {}",
         cases::COLUMNS,
@@ -476,10 +479,12 @@ pub async fn check(
     let now = crate::clock::now();
     let mut tx = state.store.begin().await?;
     let mut row = cases::lock(&mut tx, &state.store, &checker.principal.tenant_id, id).await?;
+    // Who may never check comes first: the maker or the submitter holding nothing is told why,
+    // not asked to claim a case they can never take.
     let refusal = if row.state == "pending_dual_control" {
-        ensure_holder(&row, checker, now, "checked")
-            .err()
-            .or_else(|| checker.refusal(&row))
+        checker
+            .refusal(&row)
+            .or_else(|| ensure_holder(&row, checker, now, "checked").err())
     } else {
         Some(CaseError::IllegalTransition {
             current: row.state.clone(),
@@ -760,7 +765,9 @@ fn unsuitable(row: &CaseRow, user: &crate::auth::users::UserRow) -> Option<CaseE
             role.as_str(),
             row.required_role
         )
-    } else if row.submitted_by == crate::audit::Actor::User(user.id.clone()).to_string() {
+    } else if row.submitted_by == crate::audit::Actor::User(user.id.clone()).to_string()
+        || row.submitter_user_id.as_deref() == Some(user.id.as_str())
+    {
         "submitted this case; someone else must decide it".to_owned()
     } else if row.first_decider.as_deref() == Some(user.id.as_str()) {
         "made the first decision; dual control needs a different person for the second".to_owned()

@@ -151,25 +151,53 @@ on_both_backends! {
         let env = [("AI_ENABLED", "true"), ("AI_CONFIDENCE_THRESHOLD", "0.9")];
         let Some(app) = TestApp::spawn_with(backend, ProcessRole::All, &env).await else { return };
         let clerk = app.sign_in("acme", "carl@acme.test", Role::Reviewer).await;
-        let ai = |confidence: f64| json!({ "recommendation": "approve", "confidence": confidence, "reasons": ["signature matches"] });
+        let admin = app.sign_in("acme", "ada@acme.test", Role::Admin).await;
+        // Only the case type's assessment pipeline may decide a case; this one takes its confidence
+        // from the subject so each case below gets the one it needs.
+        let (status, assessor) = app.call(Method::POST, "/api/v1/tasks", &admin.access_token, Some(json!({
+            "title": "Assess", "schedule_kind": "manual", "payload": { "pipeline": [{
+                "id": "assess", "uses": "cases.assess",
+                "with": { "case_id": "${params.case.id}", "recommendation": "approve",
+                          "confidence": "${params.case.subject.confidence}", "reasons": ["signature matches"] } }] }
+        }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{assessor}");
+        let (status, body) = app.call(Method::PUT, "/api/v1/case-types/cheque/assessment", &admin.access_token,
+            Some(json!({ "task_id": assessor["id"] }))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let assessed = |reference: &str, amount: &str, confidence: f64| {
+            let mut body = cheque(reference, amount);
+            body["subject"]["confidence"] = json!(confidence);
+            let (app, clerk) = (&app, &clerk);
+            async move {
+                let (status, case) = app.call(Method::POST, "/api/v1/cases", &clerk.access_token, Some(body)).await;
+                assert_eq!((status, case["state"].as_str()), (StatusCode::ACCEPTED, Some("assessing")), "{case}");
+                let path = format!("/api/v1/cases/{}", case["id"].as_str().unwrap());
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    let (_, case) = app.call(Method::GET, &path, &clerk.access_token, None).await;
+                    if case["state"] != "assessing" {
+                        assert_eq!(case["ai_assessment_source"], "pipeline", "{case}");
+                        return case;
+                    }
+                    assert!(tokio::time::Instant::now() < deadline, "still assessing: {case}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
 
-        let mut body = cheque("A-1", "100.00");
-        body["ai_assessment"] = ai(0.95);
-        let auto = submit(&app, &clerk, body).await;
+        let auto = assessed("A-1", "100.00", 0.95).await;
         assert_eq!(auto["state"], "auto_approved");
         assert_eq!(auto["decision"], "approve");
 
-        let mut body = cheque("A-2", "100.00");
-        body["ai_assessment"] = ai(0.85);
-        assert_eq!(submit(&app, &clerk, body).await["state"], "queued", "below the confidence threshold");
+        assert_eq!(assessed("A-2", "100.00", 0.85).await["state"], "queued", "below the confidence threshold");
 
-        let mut body = cheque("A-3", "5000.00");
-        body["ai_assessment"] = ai(0.99);
-        let dual = submit(&app, &clerk, body).await;
+        let dual = assessed("A-3", "5000.00", 0.99).await;
         assert_eq!(dual["state"], "queued", "dual control blocks auto-decision");
         assert_eq!(dual["dual_control"], true);
         assert_eq!(dual["priority"], "normal");
 
+        let (status, _) = app.call(Method::DELETE, "/api/v1/case-types/cheque/assessment", &admin.access_token, None).await;
+        assert!(status.is_success());
         let big = submit(&app, &clerk, cheque("A-4", "10000.00")).await;
         assert_eq!(big["priority"], "high");
         assert_eq!(big["dual_control"], true);

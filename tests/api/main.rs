@@ -19,5 +19,6 @@ mod policy;
 mod reports;
 mod review_desk;
 mod review_machine;
+mod rule_bypasses;
 mod shutdown;
 mod tasks;

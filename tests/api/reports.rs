@@ -27,6 +27,46 @@ fn policy() -> Value {
     })
 }
 
+/// Makes cheques wait for an assessment pipeline that approves with the confidence in the
+/// subject (only an assessment pipeline's assessment may decide a case); `false` detaches it.
+async fn assess_from_subject(app: &TestApp, admin: &Login, attach: bool) {
+    if !attach {
+        let (status, body) = app
+            .call(
+                Method::DELETE,
+                "/api/v1/case-types/cheque/assessment",
+                &admin.access_token,
+                None,
+            )
+            .await;
+        assert!(status.is_success(), "{body}");
+        return;
+    }
+    let (status, task) = app
+        .call(
+            Method::POST,
+            "/api/v1/tasks",
+            &admin.access_token,
+            Some(json!({
+                "title": "Assess", "schedule_kind": "manual", "payload": { "pipeline": [{
+                    "id": "assess", "uses": "cases.assess",
+                    "with": { "case_id": "${params.case.id}", "recommendation": "approve",
+                              "confidence": "${params.case.subject.confidence}" } }] }
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{task}");
+    let (status, body) = app
+        .call(
+            Method::PUT,
+            "/api/v1/case-types/cheque/assessment",
+            &admin.access_token,
+            Some(json!({ "task_id": task["id"] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 /// A decision as seeded: who, what, why and when.
 #[derive(Debug, Clone)]
 struct Seeded {
@@ -57,12 +97,13 @@ struct Seed<'a> {
 }
 
 impl<'a> Seed<'a> {
+    /// Submits a case; with `ai`, the case type's assessment pipeline (see [`assess_from_subject`])
+    /// assesses it with that confidence, and this waits until it is routed.
     async fn submit(&self, reference: &str, amount: &str, ai: Option<f64>) -> String {
         let mut body = json!({ "type": "cheque", "reference": reference, "amount": amount, "currency": "USD",
                                "subject": { "payee": "Ann" } });
         if let Some(confidence) = ai {
-            body["ai_assessment"] =
-                json!({ "recommendation": "approve", "confidence": confidence });
+            body["subject"]["confidence"] = json!(confidence);
         }
         let (status, case) = self
             .app
@@ -73,8 +114,34 @@ impl<'a> Seed<'a> {
                 Some(body),
             )
             .await;
-        assert_eq!(status, StatusCode::CREATED, "{case}");
-        case["id"].as_str().unwrap().to_owned()
+        let expected = if ai.is_some() {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::CREATED
+        };
+        assert_eq!(status, expected, "{case}");
+        let id = case["id"].as_str().unwrap().to_owned();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while ai.is_some() {
+            let (_, case) = self
+                .app
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/cases/{id}"),
+                    &self.clerk.access_token,
+                    None,
+                )
+                .await;
+            if case["state"] != "assessing" {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still assessing: {case}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        id
     }
 
     /// `who` claims and decides the case through the API; the decision's history row is then
@@ -315,7 +382,11 @@ on_both_backends! {
         cases.push(SeededCase { queue: "commercial", priority: "high", decided_at: None, met: false, breached_at: Some(t(3, 0, 1)), open: true });
 
         // Approved by the policy: no reviewer's decision, no SLA to meet.
+        assess_from_subject(&app, &admin, true).await;
         let c8 = seed.submit("C8", "50.00", Some(0.95)).await;
+        assess_from_subject(&app, &admin, false).await;
+        let (_, auto) = app.call(Method::GET, &format!("/api/v1/cases/{c8}"), &carl.access_token, None).await;
+        assert_eq!(auto["state"], "auto_approved", "{auto}");
         seed.times(&c8, t(1, 4, 0), Some(t(1, 0, 0)), None).await;
 
         // Decided before the window; open and breached before it (still counts as open_breached).

@@ -65,6 +65,8 @@ pub(super) struct Case {
     #[serde(default)]
     pub policy_trace: Value,
     pub submitted_by: String,
+    #[serde(default)]
+    pub submitter_user_id: Option<String>,
     pub risk_level: String,
     pub flags: Vec<String>,
     pub require_reason: bool,
@@ -104,6 +106,12 @@ impl Case {
     /// The role the case needs, as a [`Role`] (unknown names need the least: a reviewer).
     pub fn required(&self) -> Role {
         Role::parse(&self.required_role).unwrap_or(Role::Reviewer)
+    }
+
+    /// Whether `user_id` answers for the submission (directly or through their API key).
+    pub fn submitted_by_user(&self, user_id: &str) -> bool {
+        self.submitted_by == format!("user:{user_id}")
+            || self.submitter_user_id.as_deref() == Some(user_id)
     }
 
     /// Whether `user_id` made the proposal this case waits on (and so may not check it).
@@ -507,7 +515,7 @@ fn waiting_states(console: &Console) -> Vec<&'static str> {
 fn cannot_take(case: &Case, user_id: &str, role: Role) -> Option<String> {
     if role < case.required() {
         Some(format!("Needs a {}", case.required_role))
-    } else if case.submitted_by == format!("user:{user_id}") {
+    } else if case.submitted_by_user(user_id) {
         Some("You submitted it".to_owned())
     } else if case.proposed_by(user_id) {
         Some("You proposed this decision".to_owned())

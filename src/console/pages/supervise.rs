@@ -358,7 +358,7 @@ fn may_take(case: &Case, user: &TenantUser) -> bool {
         && user.role >= Role::Reviewer
         && user.role >= case.required()
         && case.assignee_id.as_deref() != Some(user.id.as_str())
-        && case.submitted_by != format!("user:{}", user.id)
+        && !case.submitted_by_user(&user.id)
         && !case.proposed_by(&user.id)
 }
 
