@@ -77,6 +77,10 @@ pub struct Config {
     pub refresh_token_ttl: Duration,
     pub session_idle_timeout: Duration,
     pub rate_limit_per_minute: u32,
+    /// Open `GET /events/stream` responses one user or API key may hold in one process.
+    pub event_streams_per_principal: usize,
+    /// How often an open event stream re-checks the session or key behind it (at most a minute).
+    pub event_stream_recheck: Duration,
     /// Proxies whose `X-Forwarded-For` is believed; requests from anywhere else use the peer address.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub audit_retention_days: u32,
@@ -312,6 +316,22 @@ impl Config {
         )?;
         let rate_limit_per_minute =
             positive::<u32>("RATE_LIMIT_PER_MINUTE", get("RATE_LIMIT_PER_MINUTE"), 100)?;
+        let event_streams_per_principal = positive::<usize>(
+            "EVENT_STREAMS_PER_PRINCIPAL",
+            get("EVENT_STREAMS_PER_PRINCIPAL"),
+            8,
+        )?;
+        let recheck_seconds = positive::<u64>(
+            "EVENT_STREAM_RECHECK_SECONDS",
+            get("EVENT_STREAM_RECHECK_SECONDS"),
+            30,
+        )?;
+        if recheck_seconds > 60 {
+            return Err(ConfigError::new(
+                "EVENT_STREAM_RECHECK_SECONDS",
+                format!("must be 1-60, got {recheck_seconds}"),
+            ));
+        }
         let trusted_proxies = match get("TRUSTED_PROXIES") {
             None => Vec::new(),
             Some(raw) => parse_cidr_list("TRUSTED_PROXIES", &raw)?,
@@ -500,6 +520,8 @@ impl Config {
             refresh_token_ttl: Duration::from_secs(refresh_days * 24 * 60 * 60),
             session_idle_timeout: Duration::from_secs(idle_minutes * 60),
             rate_limit_per_minute,
+            event_streams_per_principal,
+            event_stream_recheck: Duration::from_secs(recheck_seconds),
             trusted_proxies,
             audit_retention_days,
             worker_lease,
@@ -603,6 +625,14 @@ impl Config {
                 self.session_idle_timeout.as_secs() / 60
             ),
             format!("RATE_LIMIT_PER_MINUTE={}", self.rate_limit_per_minute),
+            format!(
+                "EVENT_STREAMS_PER_PRINCIPAL={}",
+                self.event_streams_per_principal
+            ),
+            format!(
+                "EVENT_STREAM_RECHECK_SECONDS={}",
+                self.event_stream_recheck.as_secs()
+            ),
             format!(
                 "TRUSTED_PROXIES={}",
                 self.trusted_proxies

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::app::AppState;
-use crate::auth::principal::{Authorized, ReadRuns};
+use crate::auth::principal::{Authorized, Principal, ReadCases, ReadRuns, holds};
 use crate::http::error::ApiError;
 use crate::http::pagination::{Page, PageParams};
 use crate::with_pool;
@@ -39,6 +39,31 @@ pub struct RunDetail {
     /// (secrets redacted), output, duration and error.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<crate::pipeline::steps::StepRecord>,
+    /// True when the run worked on a case (an assessment pipeline) and the caller may not read
+    /// cases: the case in `input`, the `output` and the steps' inputs and outputs are left out.
+    pub case_data_withheld: bool,
+}
+
+impl RunDetail {
+    /// Leaves out what came from a case, for callers without the right to read cases: an
+    /// assessment pipeline's input holds the case, and its steps' inputs and outputs are made
+    /// from it (a model prompt quoting the subject, say).
+    fn withhold_case_data(&mut self, principal: &Principal) {
+        let case = self.input.pointer("/payload/params/case");
+        if case.is_none() || holds::<ReadCases>(principal) {
+            return;
+        }
+        let id = case.and_then(|c| c.get("id")).cloned();
+        if let Some(slot) = self.input.pointer_mut("/payload/params/case") {
+            *slot = serde_json::json!({ "id": id });
+        }
+        self.output = None;
+        for step in &mut self.steps {
+            step.input = None;
+            step.output = None;
+        }
+        self.case_data_withheld = true;
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -78,6 +103,7 @@ impl From<RunRow> for RunDetail {
             output: row.output.and_then(|o| serde_json::from_str(&o).ok()),
             error: row.error,
             steps: Vec::new(),
+            case_data_withheld: false,
         }
     }
 }
@@ -98,7 +124,8 @@ pub struct RunFilter {
 
 /// Runs, newest first.
 #[utoipa::path(get, path = "/runs", tag = "runs",
-    description = "Requires: any role (`ReadRuns`), or an API key with `runs:read`.",
+    description = "Requires: any role (`ReadRuns`), or an API key with `runs:read`. Without the right to read \
+                   cases, runs of assessment pipelines come without their case data (`case_data_withheld`).",
     params(RunFilter, PageParams),
     responses((status = 200, body = Page<RunDetail>)))]
 pub async fn list_runs(
@@ -126,7 +153,14 @@ pub async fn list_runs(
             .fetch_all(pool)
             .await
     })?;
-    let runs = rows.into_iter().map(RunDetail::from).collect();
+    let runs = rows
+        .into_iter()
+        .map(|row| {
+            let mut run = RunDetail::from(row);
+            run.withhold_case_data(&principal);
+            run
+        })
+        .collect();
     Ok(ResponseJson(Page::from_overfetch(
         runs,
         limit,
@@ -156,6 +190,7 @@ pub async fn get_run(
         .into();
     run.steps =
         crate::pipeline::steps::of_job(&state.store, &principal.tenant_id, &run.job_id).await?;
+    run.withhold_case_data(&principal);
     Ok(ResponseJson(run))
 }
 

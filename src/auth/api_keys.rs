@@ -115,8 +115,44 @@ pub async fn authenticate(store: &Store, secret: &str) -> Result<KeyIdentity, Au
             .await
     })?;
     let row = row.ok_or(AuthError::InvalidToken("unknown API key"))?;
-    let tenant_id = row.tenant_id.clone();
     let now = crate::clock::now();
+    // Usage time is informational; write it at most once a minute per key.
+    let touch = row
+        .last_used_at
+        .is_none_or(|t| (now - t).num_seconds() >= 60);
+    let key = still_usable(store, row, now).await?;
+    if touch {
+        crate::with_writer!(store, pool => {
+            sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2").bind(now).bind(&key.id).execute(pool).await.map(|_| ())
+        })?;
+    }
+    Ok(key)
+}
+
+/// The key `key_id` as it stands now, if it may still be used (for callers that hold a key's
+/// identity for a while, such as an open event stream).
+pub async fn current(
+    store: &Store,
+    tenant_id: &str,
+    key_id: &str,
+) -> Result<KeyIdentity, AuthError> {
+    let row: Option<ApiKeyRow> = with_pool!(store, pool => {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM api_keys WHERE tenant_id = $1 AND id = $2")))
+            .bind(tenant_id)
+            .bind(key_id)
+            .fetch_optional(pool)
+            .await
+    })?;
+    let row = row.ok_or(AuthError::InvalidToken("unknown API key"))?;
+    still_usable(store, row, crate::clock::now()).await
+}
+
+/// Not revoked, not expired, and its tenant active.
+async fn still_usable(
+    store: &Store,
+    row: ApiKeyRow,
+    now: DateTime<Utc>,
+) -> Result<KeyIdentity, AuthError> {
     if row.revoked_at.is_some() {
         return Err(AuthError::InvalidToken("the API key was revoked"));
     }
@@ -124,20 +160,12 @@ pub async fn authenticate(store: &Store, secret: &str) -> Result<KeyIdentity, Au
         return Err(AuthError::InvalidToken("the API key has expired"));
     }
     let tenant_status: Option<String> = with_pool!(store, pool => {
-        sqlx::query_scalar("SELECT status FROM tenants WHERE id = $1").bind(&tenant_id).fetch_optional(pool).await
+        sqlx::query_scalar("SELECT status FROM tenants WHERE id = $1").bind(&row.tenant_id).fetch_optional(pool).await
     })?;
     if tenant_status.as_deref() != Some("active") {
         return Err(AuthError::InvalidToken("the tenant is suspended"));
     }
-    // Usage time is informational; write it at most once a minute per key.
-    if row
-        .last_used_at
-        .is_none_or(|t| (now - t).num_seconds() >= 60)
-    {
-        crate::with_writer!(store, pool => {
-            sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2").bind(now).bind(&row.id).execute(pool).await.map(|_| ())
-        })?;
-    }
+    let tenant_id = row.tenant_id.clone();
     let key = ApiKey::from(row);
     Ok(KeyIdentity {
         id: key.id,

@@ -299,6 +299,41 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, Auth
     Ok(principal)
 }
 
+/// Whether `principal` holds `P` by role or scope. For filtering what a caller already allowed in
+/// may see (say, which events of a stream); endpoints use [`Authorized`], which also applies the
+/// network rules of admin operations.
+pub fn holds<P: Permission>(principal: &Principal) -> bool {
+    match principal.role {
+        Some(role) => {
+            (principal.mfa_satisfied || P::DURING_MFA_ENROLMENT)
+                && (!P::PLATFORM_ADMIN || principal.platform_admin)
+                && (principal.platform_admin || P::MIN_ROLE.is_none_or(|min| role >= min))
+        }
+        None => P::SCOPE.is_some_and(|scope| principal.scopes.iter().any(|s| s == scope)),
+    }
+}
+
+/// `principal` as its session or API key stands now (role and scopes included), or why it may no
+/// longer act: for long-lived responses that must end with the session or key behind them.
+pub async fn recheck(state: &AppState, principal: &Principal) -> Result<Principal, AuthError> {
+    let mut now = principal.clone();
+    match (&principal.actor, &principal.session_id) {
+        (Actor::User(user_id), Some(session_id)) => {
+            let session =
+                sessions::current(state, &principal.tenant_id, user_id, session_id).await?;
+            now.role = Some(session.role);
+            now.platform_admin = session.platform_admin;
+            now.mfa_satisfied = session.mfa_satisfied;
+        }
+        (Actor::ApiKey(key_id), _) => {
+            let key = api_keys::current(&state.store, &principal.tenant_id, key_id).await?;
+            now.scopes = key.scopes;
+        }
+        _ => return Err(AuthError::SessionEnded),
+    }
+    Ok(now)
+}
+
 async fn authorize<P: Permission>(
     principal: &Principal,
     state: &AppState,

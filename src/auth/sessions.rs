@@ -96,6 +96,18 @@ struct SessionCheck {
     tenant_status: String,
 }
 
+/// The session as it stands now, without recording activity: for callers that hold a session's
+/// identity for a while (an open event stream), so that watching does not keep a session from
+/// going idle.
+pub async fn current(
+    state: &AppState,
+    tenant_id: &str,
+    user_id: &str,
+    session_id: &str,
+) -> Result<SessionState, AuthError> {
+    check(state, tenant_id, user_id, session_id, false).await
+}
+
 /// Validates the session behind an access token: not revoked, not expired, not idle for longer than
 /// `SESSION_TIMEOUT_MINUTES`, user and tenant active. Records activity (at most once a minute).
 pub async fn touch(
@@ -103,6 +115,16 @@ pub async fn touch(
     tenant_id: &str,
     user_id: &str,
     session_id: &str,
+) -> Result<SessionState, AuthError> {
+    check(state, tenant_id, user_id, session_id, true).await
+}
+
+async fn check(
+    state: &AppState,
+    tenant_id: &str,
+    user_id: &str,
+    session_id: &str,
+    record_activity: bool,
 ) -> Result<SessionState, AuthError> {
     let row: Option<SessionCheck> = with_pool!(&state.store, pool => {
         sqlx::query_as(
@@ -134,7 +156,7 @@ pub async fn touch(
         tx.commit().await?;
         return Err(AuthError::SessionEnded);
     }
-    if (now - row.last_seen_at).num_seconds() >= TOUCH_INTERVAL_SECONDS {
+    if record_activity && (now - row.last_seen_at).num_seconds() >= TOUCH_INTERVAL_SECONDS {
         crate::with_writer!(&state.store, pool => {
             sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2 AND tenant_id = $3")
                 .bind(now)

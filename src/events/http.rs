@@ -14,7 +14,10 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use super::{Envelope, from_stream_entry, read_stream};
 use crate::app::AppState;
-use crate::auth::principal::{Authorized, PublishEvents, ReadTasks};
+use crate::auth::AuthError;
+use crate::auth::principal::{
+    Authorized, Principal, PublishEvents, ReadCases, ReadTasks, holds, recheck,
+};
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
 use crate::with_pool;
@@ -168,18 +171,42 @@ pub struct StreamFilter {
 /// after that event: from the Redis Stream when `REDIS_URL` is set, otherwise from the last 10,000
 /// events this process published.
 #[utoipa::path(get, path = "/events/stream", tag = "events",
-    description = "Requires: any role (`ReadTasks`), or an API key with `tasks:read`.",
+    description = "Requires: any role (`ReadTasks`), or an API key with `tasks:read`. `case.*` events \
+                   come only to callers who may read cases (`cases:read` for keys). The stream ends when \
+                   the session or key behind it ends (re-checked every `EVENT_STREAM_RECHECK_SECONDS`); \
+                   each user or key may hold `EVENT_STREAMS_PER_PRINCIPAL` streams open per process (429).",
     params(StreamFilter),
-    responses((status = 200, description = "text/event-stream")))]
+    responses((status = 200, description = "text/event-stream"), (status = 429, body = crate::http::error::ErrorBody)))]
 pub async fn stream(
     State(state): State<AppState>,
     Authorized(principal, ..): Authorized<ReadTasks>,
     headers: HeaderMap,
     Query(filter): Query<StreamFilter>,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let holder = principal.actor.to_string();
+    let Some(slot) = state
+        .events
+        .streams
+        .acquire(&holder, state.config.event_streams_per_principal)
+    else {
+        let limit = state.config.event_streams_per_principal;
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            format!("You have {limit} event streams open already; close one first."),
+        )
+        .with_details(serde_json::json!({ "limit": limit }))
+        .with_header(axum::http::header::RETRY_AFTER, 5));
+    };
     let tenant = principal.tenant_id.clone();
     let prefix = filter.topic.unwrap_or_default();
-    let wanted = move |e: &Envelope| e.tenant_id == tenant && e.topic.starts_with(&prefix);
+    // What the caller may see, refreshed by every re-check (a role can change while a stream is open).
+    let (access, may_see) = tokio::sync::watch::channel(principal.clone());
+    let wanted = move |e: &Envelope| {
+        e.tenant_id == tenant
+            && e.topic.starts_with(&prefix)
+            && may_read(&may_see.borrow(), &e.topic)
+    };
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -196,17 +223,55 @@ pub async fn stream(
             }
         };
     let shutdown = state.shutdown.clone();
+    let ended = ends_with_its_credentials(state, principal, access);
     let stream = events
         .filter(move |(_, e)| std::future::ready(wanted(e)))
-        .map(|(id, e)| {
+        .map(move |(id, e)| {
+            // The slot lives as long as the stream; dropping the stream frees it.
+            let _held = &slot;
             Ok(SseEvent::default()
                 .id(id)
                 .event(e.topic.clone())
                 .json_data(&e)
                 .unwrap_or_default())
         })
-        .take_until(async move { shutdown.cancelled().await });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .take_until(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = ended => {}
+            }
+        });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Whether `principal` may see events on `topic`: `case.*` events carry case amounts and
+/// references, so they need the right to read cases; the rest needs what the stream needs.
+fn may_read(principal: &Principal, topic: &str) -> bool {
+    !topic.starts_with("case.") || holds::<ReadCases>(principal)
+}
+
+/// Resolves when the session or API key behind the stream has ended (logout, revocation, a
+/// disabled user or key, a suspended tenant); until then refreshes what the caller may see.
+async fn ends_with_its_credentials(
+    state: AppState,
+    principal: Principal,
+    access: tokio::sync::watch::Sender<Principal>,
+) {
+    let mut ticker = tokio::time::interval(state.config.event_stream_recheck);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        match recheck(&state, &principal).await {
+            Ok(now) => {
+                access.send_replace(now);
+            }
+            // A database hiccup is not a reason to cut a stream; the next check decides.
+            Err(AuthError::Database(e)) => {
+                tracing::debug!(error = %e, "event stream: cannot re-check the caller");
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 /// Buffered events, then live ones from this process, as (event id, event).

@@ -6,6 +6,7 @@
 //! carries events between them.
 
 pub mod http;
+pub mod streams;
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -87,6 +88,8 @@ pub struct EventBus {
     recent: Arc<Mutex<VecDeque<Arc<Envelope>>>>,
     outbox: Option<mpsc::Sender<Arc<Envelope>>>,
     redis: Option<redis::Client>,
+    /// Open `GET /events/stream` responses of this process, per caller.
+    pub streams: streams::StreamSlots,
 }
 
 impl EventBus {
@@ -103,6 +106,7 @@ impl EventBus {
             recent: Arc::new(Mutex::new(VecDeque::with_capacity(1024))),
             outbox,
             redis,
+            streams: streams::StreamSlots::default(),
         }
     }
 

@@ -155,3 +155,164 @@ on_both_backends! {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
     }
 }
+
+/// Topics of the frames a stream sends until `topic` arrives (which is last).
+async fn topics_until(mut response: reqwest::Response, topic: &str) -> Vec<String> {
+    let mut buffer = String::new();
+    let mut seen = Vec::new();
+    let read = async {
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let frame: String = buffer.drain(..end + 2).collect();
+                if let Some(event) = frame.lines().find_map(|l| l.strip_prefix("event:")) {
+                    seen.push(event.trim().to_owned());
+                    if event.trim() == topic {
+                        return;
+                    }
+                }
+            }
+        }
+        panic!("the stream ended before {topic} arrived");
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), read)
+        .await
+        .expect("the event arrives");
+    seen
+}
+
+/// Waits for the server to end a stream (it may send keep-alives until then).
+async fn ends(mut response: reqwest::Response) -> bool {
+    let read = async {
+        loop {
+            match response.chunk().await {
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return,
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(15), read)
+        .await
+        .is_ok()
+}
+
+async fn open_stream(app: &TestApp, token: &str) -> reqwest::Response {
+    app.client
+        .get(app.url("/api/v1/events/stream"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+on_both_backends! {
+    async fn case_events_reach_only_callers_who_may_read_cases(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let admin = app.sign_in("acme", "ada@acme.test", Role::Admin).await;
+        let rita = app.sign_in("acme", "rita@acme.test", Role::Reviewer).await;
+        let tasks_only = api_key(&app, &admin, &["tasks:read", "events:write"]).await;
+        let with_cases = api_key(&app, &admin, &["tasks:read", "cases:read"]).await;
+        let blind = open_stream(&app, &tasks_only).await;
+        let sighted = open_stream(&app, &with_cases).await;
+        assert_eq!((blind.status(), sighted.status()), (StatusCode::OK, StatusCode::OK));
+
+        submit_with(&app, &rita.access_token, cheque("STREAM-1", "250.00")).await;
+        let (status, _) = app.call(Method::POST, "/api/v1/events", &tasks_only, Some(json!({ "topic": "marker.done" }))).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let blind_saw = topics_until(blind, "marker.done").await;
+        assert!(blind_saw.iter().all(|t| !t.starts_with("case.")), "{blind_saw:?}");
+        let sighted_saw = topics_until(sighted, "marker.done").await;
+        assert!(sighted_saw.iter().any(|t| t == "case.queued"), "{sighted_saw:?}");
+    }
+
+    async fn an_open_stream_ends_with_the_session_or_key_behind_it(backend) {
+        let env = [("EVENT_STREAM_RECHECK_SECONDS", "1")];
+        let Some(app) = TestApp::spawn_with(backend, ProcessRole::All, &env).await else { return };
+        let admin = app.sign_in("acme", "ada@acme.test", Role::Admin).await;
+        let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+
+        let stream = open_stream(&app, &sue.access_token).await;
+        assert_eq!(stream.status(), StatusCode::OK);
+        let (status, _) = app.call(Method::POST, "/api/v1/auth/logout", &sue.access_token, None).await;
+        assert!(status.is_success(), "{status}");
+        assert!(ends(stream).await, "the stream closes after logout");
+
+        let (status, key) = app.call(Method::POST, "/api/v1/api-keys", &admin.access_token,
+            Some(json!({ "name": "watcher", "scopes": ["tasks:read"] }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{key}");
+        let stream = open_stream(&app, key["secret"].as_str().unwrap()).await;
+        assert_eq!(stream.status(), StatusCode::OK);
+        let (status, _) = app.call(Method::DELETE, &format!("/api/v1/api-keys/{}", key["id"].as_str().unwrap()), &admin.access_token, None).await;
+        assert!(status.is_success(), "{status}");
+        assert!(ends(stream).await, "the stream closes after the key is revoked");
+
+        // A stream whose session is still good stays open past several re-checks.
+        let ops = app.sign_in("acme", "ops@acme.test", Role::Supervisor).await;
+        let stream = open_stream(&app, &ops.access_token).await;
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        app.call(Method::POST, "/api/v1/events", &ops.access_token, Some(json!({ "topic": "still.here" }))).await;
+        assert_eq!(topics_until(stream, "still.here").await.last().map(String::as_str), Some("still.here"));
+    }
+
+    async fn a_caller_may_hold_only_so_many_streams_open(backend) {
+        let env = [("EVENT_STREAMS_PER_PRINCIPAL", "2")];
+        let Some(app) = TestApp::spawn_with(backend, ProcessRole::All, &env).await else { return };
+        let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let ops = app.sign_in("acme", "ops@acme.test", Role::Supervisor).await;
+        let first = open_stream(&app, &sue.access_token).await;
+        let second = open_stream(&app, &sue.access_token).await;
+        assert_eq!((first.status(), second.status()), (StatusCode::OK, StatusCode::OK));
+        let third = open_stream(&app, &sue.access_token).await;
+        assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(third.headers().contains_key("retry-after"));
+        let body: Value = third.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "too_many_streams");
+        assert_eq!(open_stream(&app, &ops.access_token).await.status(), StatusCode::OK, "others are not affected");
+
+        drop(first);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let again = open_stream(&app, &sue.access_token).await;
+            if again.status() == StatusCode::OK {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "a closed stream frees its slot");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        drop(second);
+    }
+
+    async fn runs_of_an_assessment_leave_out_the_case_for_keys_that_may_not_read_cases(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let admin = app.sign_in("acme", "ada@acme.test", Role::Admin).await;
+        let rita = app.sign_in("acme", "rita@acme.test", Role::Reviewer).await;
+        let (status, assessor) = app.call(Method::POST, "/api/v1/tasks", &admin.access_token, Some(json!({
+            "title": "Assess", "schedule_kind": "manual", "payload": { "pipeline": [{
+                "id": "note", "uses": "events.publish",
+                "with": { "topic": "assessing", "payload": { "payee": "${params.case.subject.payee}" } } }] }
+        }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{assessor}");
+        let (status, _) = app.call(Method::PUT, "/api/v1/case-types/cheque/assessment", &admin.access_token,
+            Some(json!({ "task_id": assessor["id"] }))).await;
+        assert_eq!(status, StatusCode::OK);
+        let case = submit_with(&app, &rita.access_token, cheque("RUNS-1", "250.00")).await;
+        let job_id = case["assessment_job_id"].as_str().unwrap().to_owned();
+        app.wait_for_job(&rita.tenant_id, &job_id, "succeeded").await;
+
+        let runs_only = api_key(&app, &admin, &["runs:read"]).await;
+        let with_cases = api_key(&app, &admin, &["runs:read", "cases:read"]).await;
+        let (status, page) = app.call(Method::GET, &format!("/api/v1/runs?job_id={job_id}"), &runs_only, None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let listed = &page["items"][0];
+        assert_eq!(listed["case_data_withheld"], true);
+        assert_eq!(listed["input"]["payload"]["params"]["case"], json!({ "id": case["id"] }));
+        let (_, run) = app.call(Method::GET, &format!("/api/v1/runs/{}", listed["id"].as_str().unwrap()), &runs_only, None).await;
+        assert!(!run.to_string().contains("Ann"), "no trace of the subject: {run}");
+        assert_eq!(run["steps"][0]["input"], Value::Null);
+
+        let (_, run) = app.call(Method::GET, &format!("/api/v1/runs/{}", listed["id"].as_str().unwrap()), &with_cases, None).await;
+        assert_eq!(run["case_data_withheld"], false);
+        assert_eq!(run["input"]["payload"]["params"]["case"]["subject"]["payee"], "Ann");
+        assert_eq!(run["steps"][0]["input"]["payload"]["payee"], "Ann");
+    }
+}
