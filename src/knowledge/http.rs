@@ -29,7 +29,7 @@ pub const MULTIPART_OVERHEAD: usize = 64 * 1024;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewCollection {
-    /// Unique per tenant: letters, digits, `_ . -`.
+    /// Unique per tenant: letters, digits, `_ . -`, and not shaped like a UUID.
     pub name: String,
     #[serde(default)]
     pub description: String,
@@ -67,6 +67,13 @@ pub async fn create_collection(
         return Err(ApiError::invalid_field(
             "name",
             "must be 1-100 letters, digits, '_', '.' or '-'",
+        ));
+    }
+    // Collections are addressed by id or by name; a name that reads as an id would be ambiguous.
+    if Uuid::parse_str(&body.name).is_ok() {
+        return Err(ApiError::invalid_field(
+            "name",
+            "must not look like a collection id (a UUID)",
         ));
     }
     if body.description.len() > 2000 {

@@ -192,7 +192,9 @@ pub async fn find_collection(
 ) -> Result<Option<Collection>, sqlx::Error> {
     with_pool!(store, pool => {
         sqlx::query_as(
-            "SELECT id, name, description, created_at, updated_at FROM collections WHERE tenant_id = $1 AND (id = $2 OR name = $2)",
+            // An id wins over a name, so a collection named like another one's id cannot shadow it.
+            "SELECT id, name, description, created_at, updated_at FROM collections WHERE tenant_id = $1 AND (id = $2 OR name = $2) \
+             ORDER BY CASE WHEN id = $2 THEN 0 ELSE 1 END LIMIT 1",
         )
         .bind(tenant_id)
         .bind(id)

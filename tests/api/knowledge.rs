@@ -500,3 +500,31 @@ on_both_backends! {
         assert_eq!(error["error"]["code"], "llm_not_configured");
     }
 }
+
+on_both_backends! {
+    async fn a_collection_name_cannot_shadow_a_collection_id(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let policies = collection(&app, &sue, "policies").await;
+        // A name shaped like an id is refused, whether it names an existing collection or not.
+        for name in [policies.clone(), uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().simple().to_string()] {
+            let (status, body) = app
+                .call(Method::POST, "/api/v1/collections", &sue.access_token, Some(json!({ "name": name })))
+                .await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+            assert_eq!(body["error"]["details"]["field"], "name", "{body}");
+        }
+        // A row named like another collection's id (written before names were checked) does not
+        // shadow it: the id is resolved first, whatever order the database meets the rows in.
+        let decoy = "00000000-0000-7000-8000-000000000000";
+        docket::with_pool!(&app.state.store, pool => {
+            sqlx::query("INSERT INTO collections (id, tenant_id, name, description, created_at, updated_at) VALUES ($1, $2, $3, '', $4, $4)")
+                .bind(decoy).bind(&sue.tenant_id).bind(&policies).bind(docket::clock::now())
+                .execute(pool).await.unwrap();
+        });
+        let (status, found) = app.call(Method::GET, &format!("/api/v1/collections/{policies}"), &sue.access_token, None).await;
+        assert_eq!(status, StatusCode::OK, "{found}");
+        assert_eq!(found["id"], policies.as_str(), "{found}");
+        assert_eq!(found["name"], "policies", "{found}");
+    }
+}
