@@ -1060,14 +1060,45 @@ fn parse_cors_origins(raw: &str) -> Result<Vec<String>, ConfigError> {
 
 /// Replaces the password of a URL (if any) so it can be printed.
 pub fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut url) if url.password().is_some() => {
-            // Setting a password only fails for URLs that cannot have one, which we just ruled out.
-            let _ = url.set_password(Some("REDACTED"));
-            url.to_string()
-        }
-        _ => raw.to_owned(),
+    let Ok(mut url) = url::Url::parse(raw) else {
+        // What cannot be parsed cannot be redacted reliably, so none of it is shown.
+        return "<not shown: not a valid URL>".to_owned();
+    };
+    if url.password().is_some() {
+        // Setting a password only fails for URLs that cannot have one, which we just ruled out.
+        let _ = url.set_password(Some("REDACTED"));
     }
+    // libpq and the Redis client also take credentials as query parameters (`?password=…`).
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if is_secret_parameter(&key) {
+                    "REDACTED".to_owned()
+                } else {
+                    value.into_owned()
+                };
+                (key.into_owned(), value)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
+}
+
+fn is_secret_parameter(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "pass",
+        "pwd",
+        "secret",
+        "token",
+        "key",
+        "credential",
+        "signature",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
 }
 
 #[cfg(test)]
@@ -1230,6 +1261,32 @@ mod tests {
         assert!(
             text.contains("DATABASE_URL=postgres://docket:REDACTED@db/docket"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn redacted_urls_hide_credentials_in_query_parameters() {
+        let redacted = redact_url(
+            "postgres://docket@db/docket?sslmode=verify-full&password=hunter2&sslpassword=keypw",
+        );
+        assert_eq!(
+            redacted,
+            "postgres://docket@db/docket?sslmode=verify-full&password=REDACTED&sslpassword=REDACTED"
+        );
+        let redacted =
+            redact_url("s3://bucket/prefix?access_key_id=AKIA&secret_access_key=shh&region=eu");
+        assert!(
+            !redacted.contains("AKIA") && !redacted.contains("shh"),
+            "{redacted}"
+        );
+        assert!(redacted.contains("region=eu"), "{redacted}");
+        assert_eq!(
+            redact_url("sqlite://data/docket.db?mode=rwc"),
+            "sqlite://data/docket.db?mode=rwc"
+        );
+        assert_eq!(
+            redact_url("not a url :hunter2"),
+            "<not shown: not a valid URL>"
         );
     }
 
