@@ -94,28 +94,35 @@ pub async fn create_admin(
     })
 }
 
-/// Verifies the chain of one tenant (by slug) or of every tenant plus the platform chain.
+/// Verifies the chain of one tenant (by slug) or of every tenant plus the platform chain. Each
+/// report comes with the name people know its chain by: the tenant's slug, or its id when the
+/// tenant no longer exists (or for the platform chain).
 pub async fn verify_audit(
     store: &Store,
     tenant_slug: Option<&str>,
-) -> Result<Vec<Verification>, String> {
-    let chains: Vec<String> = match tenant_slug {
+) -> Result<Vec<(String, Verification)>, String> {
+    let chains: Vec<(String, Option<String>)> = match tenant_slug {
         Some(slug) => {
             let tenant = tenants::find_by_slug(store, slug).await.map_err(|e| e.to_string())?;
-            vec![tenant.ok_or_else(|| format!("no tenant with slug {slug:?}"))?.id]
+            let tenant = tenant.ok_or_else(|| format!("no tenant with slug {slug:?}"))?;
+            vec![(tenant.id, Some(tenant.slug))]
         }
         None => with_pool!(store, pool => {
-            sqlx::query_scalar("SELECT DISTINCT tenant_id FROM audit_log ORDER BY tenant_id").fetch_all(pool).await
+            sqlx::query_as(
+                "SELECT chains.tenant_id, tenants.slug FROM (SELECT DISTINCT tenant_id FROM audit_log) chains \
+                 LEFT JOIN tenants ON tenants.id = chains.tenant_id ORDER BY chains.tenant_id",
+            )
+            .fetch_all(pool)
+            .await
         })
         .map_err(|e| e.to_string())?,
     };
     let mut reports = Vec::with_capacity(chains.len());
-    for chain in chains {
-        reports.push(
-            audit::verify(store, &chain)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
+    for (chain, slug) in chains {
+        let report = audit::verify(store, &chain)
+            .await
+            .map_err(|e| e.to_string())?;
+        reports.push((slug.unwrap_or(chain), report));
     }
     Ok(reports)
 }

@@ -310,6 +310,23 @@ async fn open_store(config: &Config) -> Result<Store, String> {
     }
 }
 
+/// Opens a database that must exist and be migrated already, for commands that only read: they
+/// fail instead of creating an empty database and reporting on it.
+async fn open_existing_store(config: &Config) -> Result<Store, String> {
+    let store = Store::connect_existing(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    match store.ensure_not_too_new().await {
+        Ok(status) if status.database_version.is_none() => Err(format!(
+            "the database at DATABASE_URL={} holds no Docket data (it was never migrated)",
+            crate::config::redact_url(config.database_url.expose())
+        )),
+        Ok(status) if status.is_current() => Ok(store),
+        Ok(_) => Err("database migrations are pending; run `docket migrate` first".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 async fn admin_create(
     config: Config,
     email: &str,
@@ -354,7 +371,7 @@ async fn admin_create(
 
 async fn audit_verify(config: Config, tenant: Option<&str>) -> ExitCode {
     let result = async {
-        let store = open_store(&config).await?;
+        let store = open_existing_store(&config).await?;
         let reports = admin::verify_audit(&store, tenant).await;
         store.close().await;
         reports
@@ -363,18 +380,16 @@ async fn audit_verify(config: Config, tenant: Option<&str>) -> ExitCode {
     match result {
         Ok(reports) => {
             let mut all_valid = true;
-            for report in reports {
+            for (chain, report) in reports {
                 all_valid &= report.valid;
                 match &report.problem {
                     None => println!(
-                        "{}: ok, {} records, head {}",
-                        report.tenant_id,
+                        "{chain}: ok, {} records, head {}",
                         report.records,
                         report.head_hash.unwrap_or_default()
                     ),
                     Some(problem) => println!(
-                        "{}: BROKEN at record {}: {problem}",
-                        report.tenant_id,
+                        "{chain}: BROKEN at record {}: {problem}",
                         report.first_invalid_seq.unwrap_or_default()
                     ),
                 }

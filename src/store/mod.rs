@@ -31,6 +31,10 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum StoreError {
     #[error("cannot open the database: {0}")]
     Connect(#[source] sqlx::Error),
+    #[error(
+        "there is no database at {path} (DATABASE_URL={url}); run this where Docket keeps its data, or set DATABASE_URL or DATA_DIR"
+    )]
+    Missing { path: String, url: String },
     #[error("cannot create the database directory {path}: {source}")]
     CreateDir {
         path: String,
@@ -195,12 +199,28 @@ impl Store {
     /// Opens the pool. SQLite files (and their directory) are created when missing and run in WAL
     /// mode with a busy timeout, so the API, worker and scheduler of one process can share them.
     pub async fn connect(config: &Config) -> Result<Self, StoreError> {
+        Self::open(config, true).await
+    }
+
+    /// Opens the pool of a database that must exist already: an SQLite file is not created. For
+    /// commands that only read, which would otherwise report on a new, empty database.
+    pub async fn connect_existing(config: &Config) -> Result<Self, StoreError> {
+        Self::open(config, false).await
+    }
+
+    async fn open(config: &Config, create: bool) -> Result<Self, StoreError> {
         let url = config.database_url.expose();
         match config.database_kind {
             DatabaseKind::Sqlite => {
-                let options = SqliteConnectOptions::from_str(url)
-                    .map_err(StoreError::Connect)?
-                    .create_if_missing(true)
+                let options = SqliteConnectOptions::from_str(url).map_err(StoreError::Connect)?;
+                if !create && !options.get_filename().exists() {
+                    return Err(StoreError::Missing {
+                        path: options.get_filename().display().to_string(),
+                        url: crate::config::redact_url(url),
+                    });
+                }
+                let options = options
+                    .create_if_missing(create)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(SQLITE_BUSY_TIMEOUT)

@@ -225,6 +225,24 @@ fn healthcheck_fails_when_nothing_answers() {
     assert!(text(&out.stderr).contains(&format!("127.0.0.1:{port}/health")));
 }
 
+#[test]
+fn commands_that_read_data_fail_where_there_is_no_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &[], &["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("there is no database at") && stderr.contains("DATABASE_URL="),
+        "{stderr}"
+    );
+    // Nothing was created to report on.
+    assert!(
+        !dir.path().join("data").exists(),
+        "{:?}",
+        std::fs::read_dir(dir.path()).unwrap().collect::<Vec<_>>()
+    );
+}
+
 #[tokio::test]
 async fn the_default_run_needs_no_configuration() {
     let dir = tempfile::tempdir().unwrap();
@@ -539,6 +557,16 @@ async fn sslmode_require_is_honoured() {
 }
 
 on_both_backends! {
+    async fn audit_verify_refuses_a_database_docket_never_wrote(backend) {
+        let Some(db) = TestDatabase::new(backend).await else { return };
+        let out = run(db.dir.path(), &[("DATABASE_URL", db.url.as_str())], &["audit", "verify"]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("there is no database at") || stderr.contains("holds no Docket data"), "{stderr}");
+    }
+}
+
+on_both_backends! {
     async fn admin_create_bootstraps_a_fresh_install_and_audit_verify_checks_it(backend) {
         let Some(db) = TestDatabase::new(backend).await else { return };
         let dir = db.dir.path();
@@ -561,7 +589,8 @@ on_both_backends! {
 
         let out = run(dir, &env, &["audit", "verify"]);
         assert!(out.status.success(), "{}", text(&out.stdout));
-        assert!(text(&out.stdout).contains(": ok, 3 records"), "{}", text(&out.stdout));
+        // Chains are named by the tenant's slug, as people know them.
+        assert!(text(&out.stdout).contains("acme: ok, 3 records"), "{}", text(&out.stdout));
         let out = run(dir, &env, &["audit", "verify", "--tenant", "acme"]);
         assert!(out.status.success());
         let out = run(dir, &env, &["audit", "verify", "--tenant", "nope"]);
