@@ -222,7 +222,8 @@ impl WorkDir {
             ".docket-{purpose}-{}",
             uuid::Uuid::now_v7().simple()
         ));
-        fs::create_dir(&path).map_err(io_error(&path))?;
+        // It holds a copy of the database and the signing key while the backup is written.
+        crate::private_files::create_dir(&path).map_err(io_error(&path))?;
         Ok(Self(path))
     }
 

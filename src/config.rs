@@ -761,7 +761,7 @@ fn load_or_create_dev_key(path: &Path) -> std::io::Result<(Secret, bool)> {
         Err(e) => return Err(e),
     }
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+        crate::private_files::create_dir(parent)?;
     }
     let bytes: [u8; 32] = rand::random();
     let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();

@@ -20,6 +20,7 @@ pub mod objects;
 pub mod ops;
 pub mod pipeline;
 pub mod policy;
+pub mod private_files;
 pub mod queue;
 pub mod reports;
 pub mod review;

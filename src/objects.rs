@@ -29,7 +29,8 @@ fn open_with(
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Arc<dyn ObjectStore>, ObjectsError> {
     if let Some(dir) = url.strip_prefix("file://") {
-        std::fs::create_dir_all(dir).map_err(|e| ObjectsError::Config(format!("{dir}: {e}")))?;
+        crate::private_files::create_dir(std::path::Path::new(dir))
+            .map_err(|e| ObjectsError::Config(format!("{dir}: {e}")))?;
         let local = object_store::local::LocalFileSystem::new_with_prefix(dir)?
             .with_automatic_cleanup(true);
         return Ok(Arc::new(local));

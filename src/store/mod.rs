@@ -35,8 +35,8 @@ pub enum StoreError {
         "there is no database at {path} (DATABASE_URL={url}); run this where Docket keeps its data, or set DATABASE_URL or DATA_DIR"
     )]
     Missing { path: String, url: String },
-    #[error("cannot create the database directory {path}: {source}")]
-    CreateDir {
+    #[error("cannot create or protect the database file or directory {path}: {source}")]
+    Files {
         path: String,
         #[source]
         source: std::io::Error,
@@ -50,6 +50,45 @@ pub enum StoreError {
     Migrate(#[from] MigrateError),
     #[error(transparent)]
     Sqlx(#[from] sqlx::Error),
+}
+
+/// Creates the database's directory (0700) and an empty database file (0600) before SQLite opens
+/// it, so neither is ever readable by others; SQLite gives its WAL files the database file's mode.
+fn create_private_database(file: &std::path::Path) -> Result<(), StoreError> {
+    let io_error = |path: &std::path::Path| {
+        let path = path.display().to_string();
+        move |source| StoreError::Files { path, source }
+    };
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::private_files::create_dir(dir).map_err(io_error(dir))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(file) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_error(file)(e)),
+    }
+}
+
+/// Narrows a database (and its WAL and shared-memory files) created before Docket set modes.
+fn restrict_database_files(file: &std::path::Path) -> Result<(), StoreError> {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = file.as_os_str().to_owned();
+        path.push(suffix);
+        let path = std::path::PathBuf::from(path);
+        let narrowed =
+            crate::private_files::restrict(&path).map_err(|source| StoreError::Files {
+                path: path.display().to_string(),
+                source,
+            })?;
+        if narrowed {
+            tracing::warn!(path = %path.display(), "database file was readable by others; it is now 0600");
+        }
+    }
+    Ok(())
 }
 
 /// The application database: an SQLite file (embedded default) or a PostgreSQL server.
@@ -225,15 +264,10 @@ impl Store {
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(SQLITE_BUSY_TIMEOUT)
                     .foreign_keys(true);
-                if let Some(dir) = options
-                    .get_filename()
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty())
-                {
-                    std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-                        path: dir.display().to_string(),
-                        source,
-                    })?;
+                let file = options.get_filename().to_owned();
+                let on_disk = !(file.as_os_str() == ":memory:" || url.contains("mode=memory"));
+                if on_disk && create {
+                    create_private_database(&file)?;
                 }
                 let pool = SqlitePoolOptions::new()
                     .max_connections(config.db_pool_size)
@@ -241,6 +275,9 @@ impl Store {
                     .connect_with(options)
                     .await
                     .map_err(StoreError::Connect)?;
+                if on_disk {
+                    restrict_database_files(&file)?;
+                }
                 Ok(Self::Sqlite(pool, WriteGate::new()))
             }
             DatabaseKind::Postgres => {
@@ -460,6 +497,29 @@ mod tests {
             sqlx::query_scalar("PRAGMA journal_mode").fetch_one(pool).await.unwrap()
         });
         assert_eq!(journal, "wal");
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn sqlite_files_are_readable_only_by_their_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode =
+            |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&sqlite_config(dir.path())).await.unwrap();
+        store.migrate().await.unwrap();
+        let db = dir.path().join("nested/docket.db");
+        assert_eq!(mode(&dir.path().join("nested")), 0o700);
+        for file in ["docket.db", "docket.db-wal", "docket.db-shm"] {
+            assert_eq!(mode(&dir.path().join("nested").join(file)), 0o600, "{file}");
+        }
+        store.close().await;
+
+        // A database left world-readable by an earlier version is narrowed at the next start.
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = Store::connect(&sqlite_config(dir.path())).await.unwrap();
+        assert_eq!(mode(&db), 0o600);
+        store.close().await;
     }
 
     /// Many transactions holding the write lock for a while, and single writes between them: every
