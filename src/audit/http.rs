@@ -4,7 +4,7 @@ use axum::Json as ResponseJson;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Filter, Record, Verification};
 use crate::app::AppState;
@@ -104,11 +104,53 @@ pub async fn export(
         "csv" => {
             let mut writer = csv::Writer::from_writer(Vec::new());
             for record in &records {
-                writer.serialize(record).map_err(ApiError::internal)?;
+                writer
+                    .serialize(CsvRecord::from(record))
+                    .map_err(ApiError::internal)?;
             }
             let bytes = writer.into_inner().map_err(ApiError::internal)?;
             Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], bytes).into_response())
         }
         _ => Err(ApiError::invalid_field("format", "must be csv or jsonl")),
+    }
+}
+
+/// A record as one CSV row: the summary is its JSON text in one cell.
+#[derive(Serialize)]
+struct CsvRecord<'a> {
+    tenant_id: &'a str,
+    seq: i64,
+    id: &'a str,
+    occurred_at: chrono::DateTime<chrono::Utc>,
+    actor_type: &'a str,
+    actor_id: &'a str,
+    action: &'a str,
+    target_type: &'a str,
+    target_id: &'a str,
+    summary: &'a str,
+    request_id: Option<&'a str>,
+    ip: Option<&'a str>,
+    prev_hash: &'a str,
+    hash: &'a str,
+}
+
+impl<'a> From<&'a Record> for CsvRecord<'a> {
+    fn from(record: &'a Record) -> Self {
+        Self {
+            tenant_id: &record.tenant_id,
+            seq: record.seq,
+            id: &record.id,
+            occurred_at: record.occurred_at,
+            actor_type: &record.actor_type,
+            actor_id: &record.actor_id,
+            action: &record.action,
+            target_type: &record.target_type,
+            target_id: &record.target_id,
+            summary: &record.summary,
+            request_id: record.request_id.as_deref(),
+            ip: record.ip.as_deref(),
+            prev_hash: &record.prev_hash,
+            hash: &record.hash,
+        }
     }
 }

@@ -93,12 +93,23 @@ pub struct Record {
     pub action: String,
     pub target_type: String,
     pub target_id: String,
-    /// JSON text, hashed exactly as stored.
+    /// What changed (an object). Stored and hashed as the JSON text it was written as.
+    #[serde(serialize_with = "summary_as_json")]
+    #[schema(value_type = Object)]
     pub summary: String,
     pub request_id: Option<String>,
     pub ip: Option<String>,
     pub prev_hash: String,
     pub hash: String,
+}
+
+/// Writes the stored JSON text as the JSON it is, not as a string holding JSON.
+fn summary_as_json<S: serde::Serializer>(summary: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    match serde_json::from_str::<Value>(summary) {
+        Ok(value) => serde::Serialize::serialize(&value, serializer),
+        // Every summary is written from a `Value`; text that is not JSON is still shown, as text.
+        Err(_) => serializer.serialize_str(summary),
+    }
 }
 
 impl Record {

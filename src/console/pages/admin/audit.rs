@@ -35,7 +35,7 @@ struct Record {
     action: String,
     target_type: String,
     target_id: String,
-    summary: String,
+    summary: Value,
     request_id: Option<String>,
     ip: Option<String>,
 }
@@ -292,11 +292,11 @@ fn actor_label(record: &Record, names: &HashMap<String, String>) -> String {
 }
 
 fn summary(record: &Record) -> Markup {
-    let parsed: Option<Value> = serde_json::from_str(&record.summary).ok();
-    let empty = match &parsed {
-        Some(Value::Object(map)) => map.is_empty(),
-        Some(Value::Null) => true,
-        _ => record.summary.trim().is_empty(),
+    let empty = match &record.summary {
+        Value::Object(map) => map.is_empty(),
+        Value::Null => true,
+        Value::String(text) => text.trim().is_empty(),
+        _ => false,
     };
     let origin = record.ip.is_some() || record.request_id.is_some();
     html! {
@@ -305,12 +305,9 @@ fn summary(record: &Record) -> Markup {
         } @else {
             details {
                 summary {
-                    @if empty { span.muted { "origin" } } @else { code { (summary_line(&record.summary, SUMMARY_CHARS)) } }
+                    @if empty { span.muted { "origin" } } @else { code { (summary_line(&record.summary.to_string(), SUMMARY_CHARS)) } }
                 }
-                @match &parsed {
-                    Some(value) if !empty => (json_block(value)),
-                    _ => {},
-                }
+                @if !empty { (json_block(&record.summary)) }
                 @if origin {
                     p.muted {
                         @if let Some(ip) = &record.ip { "From " (ip) ". " }
@@ -438,7 +435,7 @@ mod tests {
             action: "x".to_owned(),
             target_type: String::new(),
             target_id: String::new(),
-            summary: "{}".to_owned(),
+            summary: serde_json::json!({}),
             request_id: None,
             ip: None,
         }
