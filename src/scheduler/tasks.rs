@@ -305,10 +305,20 @@ where
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Snooze {
-    /// Postpone by this many seconds…
+    /// Postpone the next occurrence by this many seconds (the ones after it keep their schedule)…
     pub seconds: Option<u32>,
-    /// …or until this instant.
+    /// …or move the next occurrence to this later instant…
     pub until: Option<DateTime<Utc>>,
+    /// …or skip every occurrence before this instant (the next is the first one at or after it).
+    pub skip_until: Option<DateTime<Utc>>,
+}
+
+/// What a snooze does to the next occurrence.
+#[derive(Debug, Clone, Copy)]
+enum Postponement {
+    By(chrono::Duration),
+    To(DateTime<Utc>),
+    SkipUntil(DateTime<Utc>),
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -1023,7 +1033,8 @@ pub async fn resume(
     .await
 }
 
-/// Postpone the next occurrence: `{"seconds": n}` or `{"until": t}`. Occurrences before then are skipped.
+/// Postpone the next occurrence: `{"seconds": n}` moves it n seconds later, `{"until": t}` moves
+/// it to t; `{"skip_until": t}` skips every occurrence before t. Later occurrences keep their schedule.
 #[utoipa::path(post, path = "/tasks/{id}/snooze", tag = "tasks",
     description = "Requires: supervisor or admin (`WriteTasks`), or an API key with `tasks:write`.",
     params(("id" = String, Path)), request_body = Snooze,
@@ -1035,15 +1046,28 @@ pub async fn snooze(
     Json(body): Json<Snooze>,
 ) -> Result<ResponseJson<Task>, ApiError> {
     let now = crate::clock::now();
-    let until = match (body.seconds, body.until) {
-        (Some(seconds), None) if seconds > 0 => now + chrono::Duration::seconds(i64::from(seconds)),
-        (None, Some(until)) if until > now => until,
-        (Some(_), None) => return Err(ApiError::invalid_field("seconds", "must be at least 1")),
-        (None, Some(_)) => return Err(ApiError::invalid_field("until", "must be in the future")),
+    let postponement = match (body.seconds, body.until, body.skip_until) {
+        (Some(seconds), None, None) if seconds > 0 => {
+            Postponement::By(chrono::Duration::seconds(i64::from(seconds)))
+        }
+        (None, Some(until), None) if until > now => Postponement::To(until),
+        (None, None, Some(until)) if until > now => Postponement::SkipUntil(until),
+        (Some(_), None, None) => {
+            return Err(ApiError::invalid_field("seconds", "must be at least 1"));
+        }
+        (None, Some(_), None) => {
+            return Err(ApiError::invalid_field("until", "must be in the future"));
+        }
+        (None, None, Some(_)) => {
+            return Err(ApiError::invalid_field(
+                "skip_until",
+                "must be in the future",
+            ));
+        }
         _ => {
             return Err(ApiError::invalid_field(
                 "seconds",
-                "give either seconds or until",
+                "give exactly one of seconds, until or skip_until",
             ));
         }
     };
@@ -1055,14 +1079,21 @@ pub async fn snooze(
         move |task, _| {
             require_status(task, "active")?;
             let schedule = task.schedule().map_err(schedule_error)?;
-            task.next_run_at = match schedule {
-                Schedule::Once(at) => Some(at.max(until)),
-                Schedule::Event(_) | Schedule::Manual => {
-                    return Err(ApiError::conflict(
-                        "Only time-scheduled tasks can be snoozed.",
-                    ));
+            if matches!(schedule, Schedule::Event(_) | Schedule::Manual) {
+                return Err(ApiError::conflict(
+                    "Only time-scheduled tasks can be snoozed.",
+                ));
+            }
+            let next = task.next_run_at.ok_or_else(|| {
+                ApiError::conflict("The task has no next occurrence to postpone.")
+            })?;
+            task.next_run_at = match (postponement, schedule) {
+                (Postponement::By(delay), _) => Some(next + delay),
+                (Postponement::To(until), _) => Some(next.max(until)),
+                (Postponement::SkipUntil(until), Schedule::Once(at)) => Some(at.max(until)),
+                (Postponement::SkipUntil(until), schedule) => {
+                    schedule.next_after(until - chrono::Duration::seconds(1))
                 }
-                _ => schedule.next_after(until - chrono::Duration::seconds(1)),
             };
             Ok(())
         },

@@ -378,3 +378,38 @@ on_both_backends! {
         assert_eq!(unchanged["concurrency_limit"], 2);
     }
 }
+
+on_both_backends! {
+    async fn snooze_postpones_the_next_occurrence(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let ops = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let daily = json!({ "title": "Daily", "schedule_kind": "cron", "schedule_expr": "0 9 * * *", "timezone": "UTC", "payload": {} });
+        let (status, task) = app.call(Method::POST, "/api/v1/tasks", &ops.access_token, Some(daily)).await;
+        assert_eq!(status, StatusCode::CREATED, "{task}");
+        let id = task["id"].as_str().unwrap();
+        let at = |task: &Value| serde_json::from_value::<chrono::DateTime<chrono::Utc>>(task["next_run_at"].clone()).unwrap();
+        let first = at(&task);
+        let path = format!("/api/v1/tasks/{id}/snooze");
+        let snooze = |body: Value| app.call(Method::POST, &path, &ops.access_token, Some(body));
+
+        // A daily task snoozed by a minute runs a minute later; the occurrence after keeps its time.
+        let (status, snoozed) = snooze(json!({ "seconds": 60 })).await;
+        assert_eq!(status, StatusCode::OK, "{snoozed}");
+        assert_eq!(at(&snoozed), first + chrono::Duration::seconds(60));
+        assert_eq!(snoozed["next_fire_times"][1], json!(first + chrono::Duration::days(1)), "{snoozed}");
+
+        // `until` moves the next occurrence to that instant.
+        let later = first + chrono::Duration::hours(5);
+        let (status, moved) = snooze(json!({ "until": later })).await;
+        assert_eq!(status, StatusCode::OK, "{moved}");
+        assert_eq!(at(&moved), later);
+
+        // `skip_until` skips the occurrences before it: the next is the first at or after it.
+        let (status, skipped) = snooze(json!({ "skip_until": first + chrono::Duration::days(2) + chrono::Duration::hours(1) })).await;
+        assert_eq!(status, StatusCode::OK, "{skipped}");
+        assert_eq!(at(&skipped), first + chrono::Duration::days(3));
+
+        let (status, error) = snooze(json!({ "seconds": 60, "until": later })).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    }
+}
