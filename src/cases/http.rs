@@ -81,7 +81,10 @@ pub async fn submit(
 ) -> Result<(Case, bool), CaseError> {
     validate_name("type", &body.case_type, 50)?;
     let reference = body.reference.trim();
-    if reference.is_empty() || reference.len() > 200 || reference.chars().any(char::is_control) {
+    if reference.is_empty()
+        || reference.chars().count() > 200
+        || reference.chars().any(char::is_control)
+    {
         return Err(CaseError::invalid(
             "reference",
             "must be 1-200 characters without control characters",
@@ -109,7 +112,10 @@ pub async fn submit(
         ai.validate()
             .map_err(|message| CaseError::invalid("ai_assessment", message))?;
     }
-    if idempotency_key.as_ref().is_some_and(|k| k.len() > 200) {
+    if idempotency_key
+        .as_ref()
+        .is_some_and(|k| k.chars().count() > 200)
+    {
         return Err(CaseError::invalid(
             "Idempotency-Key",
             "must be at most 200 characters",
@@ -547,7 +553,7 @@ pub async fn cancel_case(
     Json(body): Json<CancelCase>,
 ) -> Result<ResponseJson<Case>, ApiError> {
     let reason = body.reason.trim();
-    if reason.is_empty() || reason.len() > 2000 {
+    if reason.is_empty() || reason.chars().count() > 2000 {
         return Err(ApiError::invalid_field(
             "reason",
             "must be 1-2000 characters",

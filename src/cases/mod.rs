@@ -821,11 +821,23 @@ pub fn parse_amount(text: &str, currency: &str) -> Result<(Decimal, i64), CaseEr
         CaseError::invalid("currency", "must be an ISO 4217 code such as USD or EUR")
     })?;
     let trimmed = text.trim();
-    let well_formed = !trimmed.is_empty()
-        && trimmed.len() <= 40
+    let max_units = i64::MAX / 10_i64.pow(AMOUNT_SCALE);
+    let too_large = || CaseError::invalid("amount", format!("is too large: at most {max_units}"));
+    let decimal_chars = !trimmed.is_empty()
         && trimmed
             .bytes()
             .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
+    let integer_digits = trimmed
+        .trim_start_matches('-')
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches('0')
+        .len();
+    if decimal_chars && integer_digits > max_units.to_string().len() {
+        return Err(too_large());
+    }
+    let well_formed = decimal_chars && trimmed.len() <= 40;
     let amount: Decimal = well_formed
         .then(|| trimmed.parse().ok())
         .flatten()
@@ -845,7 +857,7 @@ pub fn parse_amount(text: &str, currency: &str) -> Result<(Decimal, i64), CaseEr
     let scaled = amount
         .checked_mul(Decimal::from(10_i64.pow(AMOUNT_SCALE)))
         .and_then(|v| i64::try_from(v.trunc()).ok())
-        .ok_or_else(|| CaseError::invalid("amount", "is too large"))?;
+        .ok_or_else(too_large)?;
     Ok((amount, scaled))
 }
 
@@ -877,7 +889,20 @@ mod tests {
         assert!(
             matches!(parse_amount("1", "XYZ"), Err(CaseError::Invalid { field, .. }) if field == "currency")
         );
-        assert!(parse_amount("99999999999999999999", "USD").is_err());
+        for huge in [
+            "99999999999999999999",
+            "922337203685478",
+            &"9".repeat(60),
+            &format!("1{}.5", "0".repeat(45)),
+        ] {
+            assert_eq!(
+                parse_amount(huge, "USD").unwrap_err().to_string(),
+                "amount: is too large: at most 922337203685477",
+                "{huge}"
+            );
+        }
+        assert!(parse_amount("922337203685477", "USD").is_ok());
+        assert!(parse_amount("000000000000000000001.5", "USD").is_ok());
     }
 
     #[test]

@@ -88,7 +88,7 @@ pub async fn publish(
         .map(str::to_owned)
         .or(body.idempotency_key.clone())
         .filter(|k| !k.is_empty());
-    if key.as_ref().is_some_and(|k| k.len() > 200) {
+    if key.as_ref().is_some_and(|k| k.chars().count() > 200) {
         return Err(ApiError::invalid_field(
             "idempotency_key",
             "must be at most 200 characters",

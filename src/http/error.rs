@@ -20,6 +20,11 @@ pub struct ApiError {
     pub headers: Option<Box<HeaderMap>>,
 }
 
+/// Marks a generic 413 from an extractor, which cannot know which limit applied; the body-limit
+/// middleware, which does, replaces it with one that states the limit.
+#[derive(Debug, Clone, Copy)]
+pub struct UnstatedBodyLimit;
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
@@ -180,7 +185,13 @@ impl IntoResponse for ApiError {
                 details: self.details,
             },
         };
+        let unstated_limit = self.status == StatusCode::PAYLOAD_TOO_LARGE
+            && body.error.code == "payload_too_large"
+            && body.error.details.is_null();
         let mut response = (self.status, Json(body)).into_response();
+        if unstated_limit {
+            response.extensions_mut().insert(UnstatedBodyLimit);
+        }
         if let Some(headers) = self.headers {
             response.headers_mut().extend(*headers);
         }

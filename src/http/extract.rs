@@ -36,10 +36,52 @@ where
                 "Text in the request body must not contain NUL characters (\\u0000).",
             ));
         }
-        match axum::Json::<T>::from_bytes(&bytes) {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        parse(&bytes).map(Self)
+    }
+}
+
+/// Deserializes a JSON body, naming the field at fault: `details.field` is its path
+/// (`steps[0].tool`), also for an unknown or a missing field, whose name serde gives only in prose.
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let malformed = |e: &serde_json::Error| {
+        ApiError::bad_request("malformed_json", "The request body is not valid JSON.")
+            .with_details(json!({ "reason": e.to_string() }))
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let error = match serde_path_to_error::deserialize(&mut deserializer) {
+        Ok(value) => {
+            return deserializer
+                .end()
+                .map(|()| value)
+                .map_err(|e| malformed(&e));
         }
+        Err(error) => error,
+    };
+    let inner = error.inner();
+    if !inner.is_data() {
+        return Err(malformed(inner));
+    }
+    let path = error.path().to_string();
+    let reason = inner.to_string();
+    let field = field_at_fault(&path, &reason);
+    let message = match &field {
+        Some(field) => format!("The field `{field}` is invalid: {reason}"),
+        None => format!("The request body does not have the expected fields or types: {reason}"),
+    };
+    Err(ApiError::validation(message).with_details(json!({ "field": field, "reason": reason })))
+}
+
+/// The path of the field a serde data error is about. For a missing field serde's path stops at the
+/// enclosing object and the field's name is only in the message (``missing field `x` ``).
+fn field_at_fault(path: &str, reason: &str) -> Option<String> {
+    let container = (path != ".").then_some(path);
+    let missing = reason
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next());
+    match (container, missing) {
+        (Some(container), Some(name)) => Some(format!("{container}.{name}")),
+        (None, Some(name)) => Some(name.to_owned()),
+        (container, None) => container.map(str::to_owned),
     }
 }
 
@@ -93,19 +135,12 @@ where
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
-        JsonRejection::JsonSyntaxError(e) => {
-            ApiError::bad_request("malformed_json", "The request body is not valid JSON.")
-                .with_details(json!({ "reason": e.body_text() }))
-        }
-        JsonRejection::JsonDataError(e) => {
-            ApiError::validation("The request body does not have the expected fields or types.")
-                .with_details(json!({ "reason": e.body_text() }))
-        }
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "Send the body as JSON with `Content-Type: application/json`.",
         ),
+        // The body-limit middleware states which limit applied.
         JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE)
         }
@@ -159,6 +194,42 @@ mod tests {
         assert!(!has_escaped_nul(br#"{"a":"\u0001 u0000"}"#));
         assert!(!has_escaped_nul(br#"{"a":"\u000"}"#));
         assert!(!has_escaped_nul(b"\\u"));
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Pipeline {
+        #[serde(rename = "steps")]
+        _steps: Vec<Step>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Step {
+        #[serde(rename = "tool")]
+        _tool: String,
+        #[serde(rename = "retries", default)]
+        _retries: u8,
+    }
+
+    #[test]
+    fn data_errors_name_the_field_at_fault() {
+        let field =
+            |body: &str| parse::<Pipeline>(body.as_bytes()).unwrap_err().details["field"].clone();
+        assert_eq!(field(r#"{"steps":[],"stepz":1}"#), "stepz");
+        assert_eq!(
+            field(r#"{"steps":[{"tool":"a"},{"tool":"b","bogus":1}]}"#),
+            "steps[1].bogus"
+        );
+        assert_eq!(
+            field(r#"{"steps":[{"tool":"a","retries":"x"}]}"#),
+            "steps[0].retries"
+        );
+        assert_eq!(field(r#"{"steps":[{"retries":1}]}"#), "steps[0].tool");
+        assert_eq!(field(r#"{}"#), "steps");
+        assert_eq!(field(r#"[]"#), Value::Null);
+        let error = parse::<Pipeline>(br#"{"steps":[]} trailing"#).unwrap_err();
+        assert_eq!(error.code, "malformed_json");
     }
 
     #[tokio::test]

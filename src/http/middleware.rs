@@ -11,6 +11,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method, Response, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::IntoResponse;
+use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, Any as AnyOrigin, CorsLayer};
@@ -22,7 +23,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
-use super::error::ApiError;
+use super::error::{ApiError, UnstatedBodyLimit};
 use crate::config::Config;
 use crate::telemetry::{HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_TOTAL};
 
@@ -235,8 +236,30 @@ struct BodyLimits {
     document: usize,
 }
 
+/// The cap that applies to one request, and the setting that raises it.
+#[derive(Clone, Copy)]
+struct BodyLimit {
+    bytes: usize,
+    setting: &'static str,
+}
+
+impl BodyLimit {
+    fn refusal(self) -> Response<Body> {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "The request body is larger than the limit of {} bytes (set by {}).",
+                self.bytes, self.setting
+            ),
+        )
+        .with_details(json!({ "limit_bytes": self.bytes, "setting": self.setting }))
+        .into_response()
+    }
+}
+
 /// Refuses bodies over the route's cap: at once when `Content-Length` says so, otherwise when the
-/// streamed body passes it (extractors then answer 413).
+/// streamed body passes it (extractors then answer 413, and this states the limit in their answer).
 async fn limit_body(
     axum::extract::State(limits): axum::extract::State<BodyLimits>,
     request: Request,
@@ -249,23 +272,40 @@ async fn limit_body(
         .unwrap_or_default();
     let post = request.method() == axum::http::Method::POST;
     let limit = if post && route.ends_with(crate::cases::attachments::UPLOAD_ROUTE_SUFFIX) {
-        limits.upload
+        BodyLimit {
+            bytes: limits.upload,
+            setting: "MAX_ATTACHMENT_MB",
+        }
     } else if post && route.ends_with(crate::knowledge::http::DOCUMENTS_ROUTE_SUFFIX) {
-        limits.document
+        BodyLimit {
+            bytes: limits.document,
+            setting: "MAX_DOCUMENT_MB",
+        }
     } else {
-        limits.default
+        BodyLimit {
+            bytes: limits.default,
+            setting: "MAX_BODY_BYTES",
+        }
     };
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE).into_response();
+    if declared.is_some_and(|n| n > limit.bytes as u64) {
+        return limit.refusal();
     }
     let (parts, body) = request.into_parts();
-    let body = Body::new(http_body_util::Limited::new(body, limit));
-    next.run(Request::from_parts(parts, body)).await
+    let body = Body::new(http_body_util::Limited::new(body, limit.bytes));
+    let response = next.run(Request::from_parts(parts, body)).await;
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    let unstated = response.status() == StatusCode::PAYLOAD_TOO_LARGE
+        && (!is_json || response.extensions().get::<UnstatedBodyLimit>().is_some());
+    if unstated { limit.refusal() } else { response }
 }
 
 /// Request count and latency per route template (not per raw path, which would explode the series).

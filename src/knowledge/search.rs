@@ -229,7 +229,7 @@ pub async fn search(
     caller: Caller<'_>,
 ) -> Result<SearchResponse, SearchError> {
     let query = request.query.trim();
-    if query.is_empty() || query.len() > 2000 {
+    if query.is_empty() || query.chars().count() > 2000 {
         return Err(SearchError::Invalid(
             "query must be 1-2000 characters".to_owned(),
         ));

@@ -299,7 +299,7 @@ impl AiAssessment {
             };
             if let Some(i) = citations.iter().position(|c| {
                 c.document_id.is_empty()
-                    || c.document_id.len() > MAX_NAME_CHARS
+                    || c.document_id.chars().count() > MAX_NAME_CHARS
                     || too_long(&c.chunk_id, MAX_NAME_CHARS)
                     || too_long(&c.snippet, max_summary)
             }) {
@@ -1350,7 +1350,7 @@ fn parse_field(value: &Value, path: &str) -> Result<Field, PolicyError> {
         _ => {
             let rest = name.strip_prefix("subject.").ok_or_else(unknown)?;
             subject_path(rest)
-                .filter(|_| name.len() <= MAX_FIELD_CHARS)
+                .filter(|_| name.chars().count() <= MAX_FIELD_CHARS)
                 .ok_or_else(|| {
                     error(
                         path,

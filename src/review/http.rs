@@ -103,7 +103,7 @@ pub struct DecisionRequest {
 fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<Option<String>, ApiError> {
     match value.map(str::trim) {
         None | Some("") => Ok(None),
-        Some(text) if text.len() > max => Err(ApiError::invalid_field(
+        Some(text) if text.chars().count() > max => Err(ApiError::invalid_field(
             field,
             format!("must be at most {max} characters"),
         )),
@@ -210,7 +210,7 @@ pub async fn add_information(
     Json(body): Json<InformationRequest>,
 ) -> Result<ResponseJson<Case>, ApiError> {
     let notes = body.notes.trim();
-    if notes.is_empty() || notes.len() > 10_000 {
+    if notes.is_empty() || notes.chars().count() > 10_000 {
         return Err(ApiError::invalid_field(
             "notes",
             "must be 1-10000 characters",

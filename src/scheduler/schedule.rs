@@ -7,7 +7,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
-use croner::parser::CronParser;
+use croner::parser::{CronParser, Seconds, Year};
 use rrule::RRuleSet;
 
 /// A schedule field that does not parse, with the field to name in the 422.
@@ -23,6 +23,61 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ScheduleError {
         field,
         message: message.into(),
     }
+}
+
+/// Cron as documented: 5 fields, or 6 with seconds first; no year field.
+fn cron_parser() -> CronParser {
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build()
+}
+
+const CRON_FIELDS: [&str; 6] = [
+    "second",
+    "minute",
+    "hour",
+    "day-of-month",
+    "month",
+    "day-of-week",
+];
+
+/// Parses a cron expression; a refusal names the cron field at fault and its value. croner says
+/// only what is wrong ("out of range"), so the field is found by asking croner again with each
+/// field in turn replaced by `*`: the one whose replacement parses is the culprit.
+fn parse_cron(expr: &str) -> Result<Cron, ScheduleError> {
+    let parser = cron_parser();
+    let error = match parser.parse(expr) {
+        Ok(cron) => return Ok(cron),
+        Err(error) => error,
+    };
+    let parts: Vec<&str> = expr.split_whitespace().collect();
+    if !(5..=6).contains(&parts.len()) && !expr.starts_with('@') {
+        return Err(invalid(
+            "schedule_expr",
+            format!(
+                "{expr:?} has {} fields; a cron expression has 5 (minute hour day-of-month month \
+                 day-of-week) or 6 (second first)",
+                parts.len()
+            ),
+        ));
+    }
+    let names = &CRON_FIELDS[CRON_FIELDS.len() - parts.len()..];
+    let culprit = (0..parts.len()).find(|&i| {
+        let mut replaced = parts.clone();
+        replaced[i] = "*";
+        parser.parse(&replaced.join(" ")).is_ok()
+    });
+    Err(invalid(
+        "schedule_expr",
+        match culprit {
+            Some(i) => format!(
+                "{expr:?} is not a valid cron expression: the {} field {:?} is invalid ({error})",
+                names[i], parts[i]
+            ),
+            None => format!("{expr:?} is not a valid cron expression: {error}"),
+        },
+    ))
 }
 
 #[derive(Debug, Clone)]
@@ -51,9 +106,7 @@ impl Schedule {
         let tz = parse_timezone(timezone)?;
         match kind {
             "cron" => {
-                let cron = CronParser::new().parse(expr.trim()).map_err(|e| {
-                    invalid("schedule_expr", format!("not a valid cron expression: {e}"))
-                })?;
+                let cron = parse_cron(expr.trim())?;
                 Ok(Self::Cron {
                     cron: Box::new(cron),
                     tz,
@@ -181,6 +234,36 @@ mod tests {
             .iter()
             .map(|t| t.to_rfc3339())
             .collect()
+    }
+
+    #[test]
+    fn cron_refusals_name_the_field_and_the_value() {
+        let message = |expr: &str| {
+            Schedule::parse("cron", expr, "UTC")
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            message("61 * * * *"),
+            format!(
+                "schedule_expr: \"61 * * * *\" is not a valid cron expression: the minute field \
+                 \"61\" is invalid ({})",
+                cron_parser().parse("61 * * * *").unwrap_err()
+            ),
+        );
+        assert!(message("0 0 25 * * *").contains("the hour field \"25\""));
+        assert!(message("0 9 * * MON-XYZ").contains("the day-of-week field \"MON-XYZ\""));
+        assert!(message("0 9 32 * *").contains("the day-of-month field \"32\""));
+        for (expr, count) in [("* * * *", 4), ("0 0 0 1 1 * 2030", 7)] {
+            assert_eq!(
+                message(expr),
+                format!(
+                    "schedule_expr: {expr:?} has {count} fields; a cron expression has 5 (minute hour \
+                     day-of-month month day-of-week) or 6 (second first)"
+                )
+            );
+        }
+        assert!(Schedule::parse("cron", "@daily", "UTC").is_ok());
     }
 
     #[test]

@@ -5,6 +5,17 @@ use serde_json::{Value, json};
 use crate::on_both_backends;
 use crate::support::TestApp;
 
+/// Sends `request` as written (for bodies reqwest would frame differently) and reads the reply.
+async fn raw_http(host: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut reply = Vec::new();
+    // The server may answer and close before it has read the whole body.
+    let _ = stream.read_to_end(&mut reply).await;
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
 fn assert_error_shape(body: &Value, code: &str) {
     assert_eq!(body["error"]["code"], code, "{body}");
     assert!(
@@ -63,6 +74,43 @@ on_both_backends! {
         assert!(status.is_success(), "{status}: {reply}");
     }
 
+    async fn refusals_name_the_field_and_say_what_is_wrong(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let ops = app.sign_in("acme", "ada@acme.test", docket::auth::Role::Admin).await;
+        let clerk = app.sign_in("acme", "carl@acme.test", docket::auth::Role::Reviewer).await;
+        let refused = |body: &Value| (body["error"]["details"]["field"].clone(), body["error"]["message"].as_str().unwrap_or_default().to_owned());
+
+        let task = json!({ "title": "x", "schedule_kind": "manual", "payload": {}, "colour": "red" });
+        let (status, body) = app.call(Method::POST, "/api/v1/tasks", &ops.access_token, Some(task)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(refused(&body).0, "colour", "{body}");
+        assert!(refused(&body).1.contains("unknown field `colour`"), "{body}");
+
+        let cron = |expr: &str| json!({ "title": "x", "schedule_kind": "cron", "schedule_expr": expr, "payload": {} });
+        let (status, body) = app.call(Method::POST, "/api/v1/tasks", &ops.access_token, Some(cron("0 25 * * *"))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(refused(&body).0, "schedule_expr");
+        assert!(refused(&body).1.contains(r#"the hour field "25" is invalid"#), "{body}");
+        let (_, body) = app.call(Method::POST, "/api/v1/tasks", &ops.access_token, Some(cron("0 0 9 * * * 2030"))).await;
+        assert!(refused(&body).1.contains("has 7 fields; a cron expression has 5"), "{body}");
+
+        let cheque = |reference: &str, amount: &str| json!({ "type": "cheque", "reference": reference, "amount": amount, "currency": "USD" });
+        let huge = format!("1{}", "0".repeat(30));
+        let (status, body) = app.call(Method::POST, "/api/v1/cases", &clerk.access_token, Some(cheque("R-1", &huge))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(refused(&body), (json!("amount"), "amount: is too large: at most 922337203685477".to_owned()), "{body}");
+
+        // Limits count characters: 200 "é" are 200 characters (400 bytes).
+        let (status, body) = app.call(Method::POST, "/api/v1/cases", &clerk.access_token, Some(cheque(&"é".repeat(200), "1.00"))).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, body) = app.call(Method::POST, "/api/v1/cases", &clerk.access_token, Some(cheque(&"é".repeat(201), "1.00"))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(refused(&body).0, "reference");
+        let (status, body) = app.call(Method::GET, "/api/v1/cases", &clerk.access_token, None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["items"].as_array().map(Vec::len), Some(1), "refused cases change nothing: {body}");
+    }
+
     async fn oversized_bodies_are_413_json(backend) {
         let overrides = [("MAX_BODY_BYTES", "1024")];
         let Some(app) = TestApp::spawn_with(backend, Role::All, &overrides).await else { return };
@@ -77,6 +125,24 @@ on_both_backends! {
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
         let body: Value = response.json().await.unwrap();
         assert_error_shape(&body, "payload_too_large");
+        assert_eq!(body["error"]["details"]["limit_bytes"], 1024, "{body}");
+        assert_eq!(body["error"]["details"]["setting"], "MAX_BODY_BYTES", "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("1024 bytes"), "{body}");
+
+        // Without Content-Length the cap is found while reading; the answer still states it.
+        let admin = app.sign_in("acme", "ada@acme.test", docket::auth::Role::Admin).await;
+        let payload = format!(r#"{{"topic":"case.note","payload":{{"text":"{}"}}}}"#, "x".repeat(4096));
+        let host = app.url("").trim_start_matches("http://").trim_end_matches('/').to_owned();
+        let request = format!(
+            "POST /api/v1/events HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+             {:x}\r\n{payload}\r\n0\r\n\r\n",
+            admin.access_token,
+            payload.len(),
+        );
+        let reply = raw_http(&host, request.as_bytes()).await;
+        assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+        assert!(reply.contains(r#""limit_bytes":1024"#), "{reply}");
     }
 
     async fn request_ids_are_echoed_or_generated(backend) {

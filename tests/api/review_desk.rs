@@ -241,7 +241,7 @@ on_both_backends! {
             (json!({ "decision": "reject", "reason_codes": ["NOPE"] }), "reason_codes", "unknown"),
             (json!({ "decision": "reject", "reason_codes": ["CLEARING"] }), "reason_codes", "not for rejections"),
             (json!({ "decision": "reject", "reason_codes": ["NSF", "SIG"] }), "notes", "SIG requires notes"),
-            (json!({ "decision": "reject", "reason_codes": ["NSF"], "notes": "x", "bogus": 1 }), "", "unknown field"),
+            (json!({ "decision": "reject", "reason_codes": ["NSF"], "notes": "x", "bogus": 1 }), "bogus", "unknown field"),
         ] {
             let (status, error) = decide(&app, &rita, &case, body.clone()).await;
             assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{why}: {error}");
