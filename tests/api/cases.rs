@@ -288,6 +288,9 @@ on_both_backends! {
         let (status, error) = act(&app, &ann, &case, "claim", None).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "the maker cannot check their own proposal");
         assert_eq!(error["error"]["code"], "same_reviewer");
+        let (status, error) = act(&app, &ann, &case, "check", Some(json!({ "verdict": "approve" }))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "the maker is told why, not asked to claim: {error}");
+        assert_eq!(error["error"]["code"], "same_reviewer");
         let (status, _) = app.call(Method::POST, "/api/v1/reviews/next", &ann.access_token, None).await;
         assert_eq!(status, StatusCode::NO_CONTENT, "next never offers your own proposal");
         let (_, offered) = app.call(Method::POST, "/api/v1/reviews/next", &bob.access_token, None).await;
