@@ -182,6 +182,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(mfa::disable))
         .routes(routes!(tenants::create_tenant, tenants::list_tenants))
         .routes(routes!(tenants::get_tenant, tenants::update_tenant))
+        .routes(routes!(tenants::create_tenant_admin))
         .routes(routes!(users::create_user, users::list_users))
         .routes(routes!(
             users::get_user,

@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::AuthError;
 use super::principal::{Authorized, PlatformAdmin, TenantAdmin};
+use super::users::{self, NewUser, User};
+use super::{AuthError, Role};
 use crate::app::AppState;
 use crate::audit::{self, Event};
 use crate::config::parse_cidr;
@@ -227,6 +228,62 @@ pub async fn create_tenant(
     .await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, ResponseJson(tenant)))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenantAdmin {
+    pub email: String,
+    pub name: String,
+    /// At least 12 characters. The admin sets up two-factor authentication at first sign-in.
+    pub password: String,
+}
+
+/// Create an admin in a tenant, so a platform admin can onboard a tenant without shell access
+/// to the database. Platform admins only; the new user is an ordinary tenant admin.
+#[utoipa::path(post, path = "/tenants/{id}/admins", tag = "tenants",
+    description = "Requires: platform admin (`PlatformAdmin`). API keys cannot call it.",
+    params(("id" = String, Path)), request_body = CreateTenantAdmin,
+    responses((status = 201, body = User), (status = 404, body = crate::http::error::ErrorBody),
+               (status = 409, body = crate::http::error::ErrorBody), (status = 422, body = crate::http::error::ErrorBody)))]
+pub async fn create_tenant_admin(
+    State(state): State<AppState>,
+    Authorized(principal, ..): Authorized<PlatformAdmin>,
+    Path(id): Path<String>,
+    Json(body): Json<CreateTenantAdmin>,
+) -> Result<(StatusCode, ResponseJson<User>), ApiError> {
+    let tenant = find(&state.store, &id)
+        .await?
+        .ok_or(AuthError::NotFound("tenant"))?;
+    let mut tx = state.store.begin().await?;
+    let user = users::insert(
+        &mut tx,
+        NewUser {
+            tenant_id: &tenant.id,
+            email: &body.email,
+            name: &body.name,
+            role: Role::Admin,
+            platform_admin: false,
+            password: &body.password,
+        },
+    )
+    .await?;
+    // Recorded in the new admin's tenant, whose chain is the one its admins read.
+    audit::append(
+        &mut tx,
+        Event {
+            tenant_id: &tenant.id,
+            actor: &principal.actor,
+            action: "user.create",
+            target_type: "user",
+            target_id: &user.id,
+            summary: json!({ "after": users::summary(&user) }),
+            origin: &principal.origin,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, ResponseJson(user.public())))
 }
 
 /// List tenants. Platform admins only.

@@ -259,7 +259,7 @@ pub async fn create_user(
     Ok((StatusCode::CREATED, ResponseJson(user.public())))
 }
 
-fn summary(user: &UserRow) -> serde_json::Value {
+pub(super) fn summary(user: &UserRow) -> serde_json::Value {
     json!({ "email": user.email, "name": user.name, "role": user.role, "status": user.status })
 }
 

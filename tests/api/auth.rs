@@ -517,3 +517,56 @@ on_both_backends! {
         assert!(response.headers()["strict-transport-security"].to_str().unwrap().starts_with("max-age="));
     }
 }
+
+on_both_backends! {
+    async fn a_platform_admin_onboards_a_tenant_and_its_first_admin(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let root = app.sign_in_as("platform", "root@platform.test", Role::Admin, true).await;
+        let (status, tenant) = app.call(Method::POST, "/api/v1/tenants", &root.access_token, Some(json!({ "slug": "globex", "name": "Globex" }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{tenant}");
+        let admins = format!("/api/v1/tenants/{}/admins", tenant["id"].as_str().unwrap());
+        let first = json!({ "email": "Gina@Globex.test", "name": "Gina", "password": PASSWORD });
+
+        // Only a platform admin may: a tenant admin (of any tenant) is refused and nothing is created.
+        let ada = app.sign_in("acme", "ada@acme.test", Role::Admin).await;
+        let (status, body) = app.call(Method::POST, &admins, &ada.access_token, Some(first.clone())).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_error(&body, "forbidden");
+        assert_eq!(app.login(json!({ "email": "gina@globex.test", "password": PASSWORD })).await.0, StatusCode::UNAUTHORIZED);
+
+        for (bad, field) in [
+            (json!({ "email": "nope", "name": "Gina", "password": PASSWORD }), "email"),
+            (json!({ "email": "g@globex.test", "name": "Gina", "password": "short" }), "password"),
+            (json!({ "email": "g@globex.test", "name": "Gina", "password": PASSWORD, "role": "viewer" }), "role"),
+        ] {
+            let (status, body) = app.call(Method::POST, &admins, &root.access_token, Some(bad)).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+            assert_eq!(body["error"]["details"]["field"], field, "{body}");
+        }
+        let (status, body) = app.call(Method::POST, "/api/v1/tenants/no-such-tenant/admins", &root.access_token, Some(first.clone())).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+        let (status, gina) = app.call(Method::POST, &admins, &root.access_token, Some(first.clone())).await;
+        assert_eq!(status, StatusCode::CREATED, "{gina}");
+        assert_eq!((gina["email"].as_str(), gina["role"].as_str(), gina["tenant_id"].as_str()), (Some("gina@globex.test"), Some("admin"), tenant["id"].as_str()));
+        assert_eq!(gina["platform_admin"], false);
+        let (status, body) = app.call(Method::POST, &admins, &root.access_token, Some(first)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+        // The new admin signs in to their tenant and finds the creation in its audit log.
+        let (status, login) = app.login(json!({ "email": "gina@globex.test", "password": PASSWORD })).await;
+        assert_eq!(status, StatusCode::OK, "{login}");
+        let token = login["access_token"].as_str().unwrap();
+        let (_, me) = app.call(Method::GET, "/api/v1/auth/me", token, None).await;
+        assert_eq!(me["user"]["tenant_id"], tenant["id"]);
+        assert_eq!(login["mfa_enrolment_required"], true, "an admin sets up MFA first");
+        let (_, enrolment) = app.call(Method::POST, "/api/v1/auth/mfa/enrol", token, None).await;
+        let code = totp_code(enrolment["secret"].as_str().unwrap(), 0);
+        let (status, body) = app.call(Method::POST, "/api/v1/auth/mfa/confirm", token, Some(json!({ "code": code }))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, audit) = app.call(Method::GET, "/api/v1/audit?action=user.create", token, None).await;
+        assert_eq!(status, StatusCode::OK, "{audit}");
+        assert_eq!(audit["items"][0]["target_id"], gina["id"], "{audit}");
+        assert_eq!((audit["items"][0]["actor_type"].as_str(), audit["items"][0]["actor_id"].as_str()), (Some("user"), Some(root.user_id.as_str())), "{audit}");
+    }
+}
