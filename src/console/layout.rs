@@ -14,64 +14,83 @@ use crate::auth::Role;
 struct NavItem {
     href: &'static str,
     label: &'static str,
-    min_role: Role,
+    audience: Audience,
+}
+
+enum Audience {
+    AtLeast(Role),
+    PlatformAdmins,
+}
+
+impl Audience {
+    fn includes(&self, user: &User) -> bool {
+        match self {
+            Self::AtLeast(role) => user.at_least(*role),
+            Self::PlatformAdmins => user.platform_admin,
+        }
+    }
 }
 
 const NAV: &[NavItem] = &[
     NavItem {
         href: "/console/review",
         label: "Review desk",
-        min_role: Role::Reviewer,
+        audience: Audience::AtLeast(Role::Reviewer),
     },
     NavItem {
         href: "/console/supervise",
         label: "Supervision",
-        min_role: Role::Supervisor,
+        audience: Audience::AtLeast(Role::Supervisor),
     },
     NavItem {
         href: "/console/reports",
         label: "Reports",
-        min_role: Role::Supervisor,
+        audience: Audience::AtLeast(Role::Supervisor),
     },
     NavItem {
         href: "/console/tasks",
         label: "Tasks",
-        min_role: Role::Viewer,
+        audience: Audience::AtLeast(Role::Viewer),
     },
     NavItem {
         href: "/console/runs",
         label: "Runs",
-        min_role: Role::Viewer,
+        audience: Audience::AtLeast(Role::Viewer),
     },
     NavItem {
         href: "/console/workers",
         label: "Queues & workers",
-        min_role: Role::Supervisor,
+        audience: Audience::AtLeast(Role::Supervisor),
     },
     NavItem {
         href: "/console/users",
         label: "Users",
-        min_role: Role::Admin,
+        audience: Audience::AtLeast(Role::Admin),
     },
     NavItem {
         href: "/console/api-keys",
         label: "API keys",
-        min_role: Role::Admin,
+        audience: Audience::AtLeast(Role::Admin),
     },
     NavItem {
         href: "/console/policy",
         label: "Policy",
-        min_role: Role::Admin,
+        audience: Audience::AtLeast(Role::Admin),
     },
     NavItem {
         href: "/console/reason-codes",
         label: "Reason codes",
-        min_role: Role::Admin,
+        audience: Audience::AtLeast(Role::Admin),
     },
     NavItem {
         href: "/console/audit",
         label: "Audit log",
-        min_role: Role::Supervisor,
+        audience: Audience::AtLeast(Role::Supervisor),
+    },
+    NavItem {
+        href: "/console/tenants",
+        label: "Tenants",
+        audience: Audience::PlatformAdmins,
     },
 ];
 
@@ -87,7 +106,7 @@ pub fn page(console: &Console, title: &str, active: &str, content: Markup) -> Re
                     a.brand href="/console" { "Docket" }
                     nav aria-label="Main" {
                         ul {
-                            @for item in NAV.iter().filter(|i| console.user.at_least(i.min_role)) {
+                            @for item in NAV.iter().filter(|i| i.audience.includes(&console.user)) {
                                 li {
                                     a href=(item.href)
                                         aria-current=[(item.href == active).then_some("page")] {

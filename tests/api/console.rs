@@ -224,15 +224,20 @@ impl<'a> Browser<'a> {
 
     /// An admin signs in with the current TOTP code.
     async fn admin(app: &'a TestApp, tenant: &seed::Tenant) -> Self {
+        Self::with_totp(app, &tenant.admin_email, tenant.admin_totp_secret()).await
+    }
+
+    /// A user enrolled in MFA signs in with the current TOTP code.
+    async fn with_totp(app: &'a TestApp, email: &str, totp_secret: &str) -> Self {
         let mut browser = Self::new(app);
-        let reply = browser.sign_in(&tenant.admin_email, PASSWORD).await;
+        let reply = browser.sign_in(email, PASSWORD).await;
         assert_eq!(
             reply.status,
             StatusCode::UNAUTHORIZED,
             "the code is asked for"
         );
         let mut form = reply.form("totp_code");
-        form.set("totp_code", &totp_code(tenant.admin_totp_secret(), 1));
+        form.set("totp_code", &totp_code(totp_secret, 1));
         let reply = browser.submit(&form).await;
         assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
         browser
@@ -1442,5 +1447,55 @@ on_both_backends! {
         let reply = rita.get("/console/reports").await;
         assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
         assert_eq!(rita.get("/console/reports/sla.csv").await.status, StatusCode::FORBIDDEN);
+    }
+}
+
+on_both_backends! {
+    async fn a_platform_admin_onboards_a_tenant_in_the_console(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let root = app.sign_in_as("platform", "root@platform.test", Role::Admin, true).await;
+        let mut browser = Browser::with_totp(&app, "root@platform.test", root.totp_secret.as_deref().unwrap()).await;
+        let page = browser.get("/console/tenants").await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        page.assert_well_formed("tenants");
+        assert!(page.body.contains("href=\"/console/tenants\""), "in a platform admin's navigation");
+
+        let mut form = page.form("create-tenant");
+        form.set("slug", "globex").set("name", "Globex");
+        let reply = browser.submit(&form).await;
+        let (flash, error) = flash_after(&mut browser, reply).await;
+        assert!(!error, "{flash}");
+        assert_eq!(flash, "Tenant globex created. Now give it an admin.");
+
+        // A refused admin keeps what was typed (but not the password), with the reason.
+        let page = browser.get("/console/tenants").await;
+        assert!(page.text_of("tenants").contains("Globex"));
+        let mut form = page.form("create-tenant-admin");
+        let globex = form.get("tenant_id").unwrap().to_owned();
+        form.set("email", "gina@globex.test").set("name", "Gina G").set("password", "short");
+        let reply = browser.submit(&form).await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", reply.body);
+        assert!(reply.text_of("new-tenant-admin-heading").contains("Admin of a tenant"));
+        assert!(reply.body.contains("at least 12 characters"), "{}", reply.body);
+        let mut again = reply.form("create-tenant-admin");
+        assert_eq!((again.get("email"), again.get("name"), again.get("tenant_id")), (Some("gina@globex.test"), Some("Gina G"), Some(globex.as_str())));
+        assert_eq!(again.get("password"), Some(""), "a password is never written back into the page");
+
+        again.set("password", PASSWORD);
+        let reply = browser.submit(&again).await;
+        let (flash, error) = flash_after(&mut browser, reply).await;
+        assert!(!error, "{flash}");
+        assert!(flash.starts_with("Admin gina@globex.test created"), "{flash}");
+        let (status, login) = app.login(json!({ "email": "gina@globex.test", "password": PASSWORD })).await;
+        assert_eq!(status, StatusCode::OK, "{login}");
+        assert_eq!(login["mfa_enrolment_required"], true);
+
+        // A tenant admin has no such page and no link to it.
+        let tenant = seed::tenant(&app, "acme").await;
+        let mut ada = Browser::admin(&app, &tenant).await;
+        let reply = ada.get("/console/tenants").await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
+        let users = ada.get("/console/users").await;
+        assert!(!users.body.contains("href=\"/console/tenants\""), "not in a tenant admin's navigation");
     }
 }

@@ -1,5 +1,6 @@
 //! Console pages for admins: MFA enrolment (for every user), users, API keys, the decision policy,
-//! the reason codes reviewers give and the audit log (which supervisors may read too).
+//! the reason codes reviewers give, the audit log (which supervisors may read too) and, for platform
+//! admins, the tenants.
 //!
 //! A form whose API call fails redirects back to its page with the API's message; when the failure
 //! is an ended session, that page's GET sends the user on to sign in.
@@ -9,6 +10,7 @@ mod audit;
 mod mfa;
 mod policy;
 mod reason_codes;
+mod tenants;
 mod users;
 
 use axum::Router;
@@ -28,6 +30,11 @@ pub fn routes() -> Router<AppState> {
         .route("/console/mfa/confirm", post(mfa::confirm))
         .route("/console/users", get(users::page).post(users::create))
         .route("/console/users/{id}", post(users::update))
+        .route(
+            tenants::PATH,
+            get(tenants::page).post(tenants::create_tenant),
+        )
+        .route(tenants::ADMINS_PATH, post(tenants::create_admin))
         .route(
             "/console/api-keys",
             get(api_keys::page).post(api_keys::create),
