@@ -209,9 +209,24 @@ pub async fn append_alone(store: &Store, event: Event<'_>) -> Result<Record, sql
     Ok(record)
 }
 
+/// The action of the record a purge appends to each chain it shortens.
+pub const CHECKPOINT_ACTION: &str = "audit.checkpoint";
+
+/// What a checkpoint record holds: the last removed record, so the chain can start after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+struct Checkpoint {
+    cutoff: DateTime<Utc>,
+    removed_records: u64,
+    through_seq: i64,
+    through_hash: String,
+}
+
 /// Removes records older than `retention_days` before `now` (the retention period; default seven
 /// years). The database triggers allow deleting only records older than the cutoff recorded here,
-/// so nothing younger can be removed by this or any other statement. Returns the number removed.
+/// and the cutoff only moves forward and never past the present. Each chain loses only its oldest
+/// records, the run of them older than the cutoff, and first gets a checkpoint record naming the
+/// last one removed, which [`verify`] then requires the remaining chain to start from: removing the
+/// head of a chain any other way is found. Returns the number removed.
 pub async fn purge_expired(
     store: &Store,
     retention_days: u32,
@@ -220,17 +235,82 @@ pub async fn purge_expired(
     let cutoff = now - chrono::Duration::days(i64::from(retention_days));
     let mut tx = store.begin().await?;
     with_tx!(&mut tx, conn => {
-        sqlx::query("UPDATE audit_retention SET cutoff = $1 WHERE id = 1").bind(cutoff).execute(conn).await.map(|_| ())
-    })?;
-    let removed = with_tx!(&mut tx, conn => {
-        sqlx::query("DELETE FROM audit_log WHERE occurred_at < $1")
+        // A lengthened retention leaves the cutoff where it is: what it allowed is gone already.
+        sqlx::query("UPDATE audit_retention SET cutoff = $1 WHERE id = 1 AND (cutoff IS NULL OR cutoff < $1)")
             .bind(cutoff)
             .execute(conn)
             .await
-            .map(|done| done.rows_affected())
+            .map(|_| ())
     })?;
+    let chains: Vec<String> = with_tx!(&mut tx, conn => {
+        sqlx::query_scalar("SELECT DISTINCT tenant_id FROM audit_log WHERE occurred_at < $1 ORDER BY tenant_id")
+            .bind(cutoff)
+            .fetch_all(conn)
+            .await
+    })?;
+    let mut removed = 0;
+    for tenant_id in chains {
+        removed += shorten_chain(&mut tx, &tenant_id, cutoff).await?;
+    }
     tx.commit().await?;
     Ok(removed)
+}
+
+/// Removes the oldest records of one chain that are all older than `cutoff`, after appending the
+/// checkpoint that accounts for them.
+async fn shorten_chain(
+    tx: &mut Tx,
+    tenant_id: &str,
+    cutoff: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    // Everything before the first record still in retention (all of it when none is).
+    let first_kept: Option<i64> = with_tx!(tx, conn => {
+        sqlx::query_scalar("SELECT MIN(seq) FROM audit_log WHERE tenant_id = $1 AND occurred_at >= $2")
+            .bind(tenant_id)
+            .bind(cutoff)
+            .fetch_one(conn)
+            .await
+    })?;
+    let through: Option<(i64, String, i64)> = with_tx!(tx, conn => {
+        sqlx::query_as(
+            "SELECT seq, hash, (SELECT COUNT(*) FROM audit_log WHERE tenant_id = $1 AND seq <= a.seq) \
+             FROM audit_log a WHERE tenant_id = $1 AND ($2 IS NULL OR seq < $2) ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(tenant_id)
+        .bind(first_kept)
+        .fetch_optional(conn)
+        .await
+    })?;
+    let Some((through_seq, through_hash, count)) = through else {
+        return Ok(0);
+    };
+    let checkpoint = Checkpoint {
+        cutoff,
+        removed_records: u64::try_from(count).unwrap_or_default(),
+        through_seq,
+        through_hash,
+    };
+    append(
+        tx,
+        Event {
+            tenant_id,
+            actor: &Actor::System,
+            action: CHECKPOINT_ACTION,
+            target_type: "audit_log",
+            target_id: tenant_id,
+            summary: json!(checkpoint),
+            origin: &Origin::default(),
+        },
+    )
+    .await?;
+    with_tx!(tx, conn => {
+        sqlx::query("DELETE FROM audit_log WHERE tenant_id = $1 AND seq <= $2")
+            .bind(tenant_id)
+            .bind(through_seq)
+            .execute(conn)
+            .await
+            .map(|done| done.rows_affected())
+    })
 }
 
 /// The outcome of checking one tenant's chain.
@@ -264,12 +344,33 @@ pub async fn verify(store: &Store, tenant_id: &str) -> Result<Verification, sqlx
         first_invalid_seq: None,
         problem: None,
     };
+    // The newest checkpoint names the last record a purge removed, so the chain starts right after.
+    let checkpoint = records
+        .iter()
+        .rev()
+        .find(|r| r.action == CHECKPOINT_ACTION)
+        .and_then(|r| serde_json::from_str::<Checkpoint>(&r.summary).ok());
     let mut previous: Option<&Record> = None;
     for record in &records {
-        let problem = match previous {
-            None if record.seq == 1 && record.prev_hash != GENESIS_HASH => {
-                Some("the first record does not start the chain".to_owned())
-            }
+        let link = match previous {
+            None if record.seq == 1 => (record.prev_hash != GENESIS_HASH)
+                .then(|| "the first record does not start the chain".to_owned()),
+            None => match &checkpoint {
+                Some(c)
+                    if c.through_seq + 1 == record.seq && c.through_hash == record.prev_hash =>
+                {
+                    None
+                }
+                Some(c) => Some(format!(
+                    "the chain starts at record {}, but the last retention purge removed records up \
+                     to {} only (the others were removed otherwise)",
+                    record.seq, c.through_seq
+                )),
+                None => Some(format!(
+                    "records 1 to {} are missing and no retention purge removed them",
+                    record.seq - 1
+                )),
+            },
             Some(prev) if record.seq != prev.seq + 1 => Some(format!(
                 "record {} is missing (sequence jumps from {} to {})",
                 prev.seq + 1,
@@ -280,11 +381,12 @@ pub async fn verify(store: &Store, tenant_id: &str) -> Result<Verification, sqlx
                 "record {} does not follow record {} (removed or reordered)",
                 record.seq, prev.seq
             )),
-            _ if record.compute_hash() != record.hash => {
-                Some(format!("record {} was changed", record.seq))
-            }
-            _ => None,
+            Some(_) => None,
         };
+        let problem = link.or_else(|| {
+            (record.compute_hash() != record.hash)
+                .then(|| format!("record {} was changed", record.seq))
+        });
         if let Some(problem) = problem {
             report.valid = false;
             report.first_invalid_seq = Some(record.seq);

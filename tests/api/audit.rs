@@ -173,17 +173,55 @@ on_both_backends! {
         assert_eq!(report["first_invalid_seq"], 3);
     }
 
-    async fn retention_removes_only_expired_records(backend) {
+    async fn retention_removes_only_expired_records_and_leaves_a_checkpoint(backend) {
         let Some(app) = TestApp::spawn(backend).await else { return };
         let admin = audited_tenant(&app).await;
         let before = verify(&app, &admin.access_token).await["records"].as_u64().unwrap();
+        let purge = |retention_days: u32, now: chrono::DateTime<chrono::Utc>| docket::audit::purge_expired(&app.state.store, retention_days, now);
         let now = chrono::Utc::now();
-        assert_eq!(docket::audit::purge_expired(&app.state.store, 2555, now).await.unwrap(), 0, "nothing is old enough");
-        assert_eq!(docket::audit::purge_expired(&app.state.store, 1, now).await.unwrap(), 0, "a day is not over");
+        assert_eq!(purge(2555, now).await.unwrap(), 0, "nothing is old enough");
+        assert_eq!(purge(1, now).await.unwrap(), 0, "a day is not over");
         assert_eq!(verify(&app, &admin.access_token).await["records"].as_u64().unwrap(), before);
-        // Ten days from now, with a seven-day retention, every record so far has expired.
-        let removed = docket::audit::purge_expired(&app.state.store, 7, now + chrono::Duration::days(10)).await.unwrap();
-        assert!(removed >= before, "{removed} < {before}");
+
+        // A cutoff in the future would make records written just now deletable: the database refuses.
+        let refused = purge(7, now + chrono::Duration::days(10)).await.expect_err("a cutoff in the future");
+        assert!(refused.to_string().contains("not past now"), "{refused}");
+        assert_eq!(verify(&app, &admin.access_token).await["records"].as_u64().unwrap(), before, "the refusal changed nothing");
+
+        // Seven days on, with a seven-day retention, the cutoff is now: every record so far expires.
+        // The chain keeps a checkpoint naming the last record removed and still verifies.
+        let removed = purge(7, now + chrono::Duration::days(7)).await.unwrap();
+        assert_eq!(removed, before);
+        let report = verify(&app, &admin.access_token).await;
+        assert_eq!((report["valid"].as_bool(), report["records"].as_u64()), (Some(true), Some(1)), "{report}");
+        let (_, listed) = app.call(Method::GET, "/api/v1/audit", &admin.access_token, None).await;
+        let checkpoint = &listed["items"][0];
+        assert_eq!(checkpoint["action"], "audit.checkpoint", "{listed}");
+        assert_eq!(checkpoint["seq"].as_u64(), Some(before + 1));
+        assert_eq!(checkpoint["summary"]["through_seq"].as_u64(), Some(before));
+        assert_eq!(checkpoint["summary"]["removed_records"].as_u64(), Some(before));
+        // A lengthened retention later is no error and removes nothing.
+        assert_eq!(purge(30, now + chrono::Duration::days(7)).await.unwrap(), 0);
+
+        // The chain goes on after the checkpoint; removing the checkpoint behind Docket's back (so
+        // the head of the chain was cut with no purge to account for it) is found.
+        app.call(Method::POST, "/api/v1/api-keys", &admin.access_token, Some(json!({ "name": "k", "scopes": ["audit:read"] }))).await;
+        assert_eq!(verify(&app, &admin.access_token).await["valid"], true);
+        tamper(&app, &["DELETE FROM audit_log WHERE tenant_id = $1 AND action = 'audit.checkpoint'"], &admin.tenant_id).await;
+        let report = verify(&app, &admin.access_token).await;
+        assert_eq!(report["valid"], false, "{report}");
+        assert_eq!(report["first_invalid_seq"].as_u64(), Some(before + 2));
+        assert!(report["problem"].as_str().unwrap().contains("no retention purge removed them"), "{report}");
+    }
+
+    async fn a_cut_head_is_found_without_retention(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let admin = audited_tenant(&app).await;
+        tamper(&app, &["DELETE FROM audit_log WHERE tenant_id = $1 AND seq <= 2"], &admin.tenant_id).await;
+        let report = verify(&app, &admin.access_token).await;
+        assert_eq!(report["valid"], false, "{report}");
+        assert_eq!(report["first_invalid_seq"], 3);
+        assert_eq!(report["problem"], "records 1 to 2 are missing and no retention purge removed them");
     }
 
     async fn the_log_refuses_updates_and_deletes(backend) {
@@ -193,6 +231,16 @@ on_both_backends! {
             let result = docket::with_pool!(&app.state.store, pool => sqlx::query(sql).execute(pool).await.map(|_| ()));
             let err = result.expect_err(sql).to_string();
             assert!(err.contains("append-only"), "{sql}: {err}");
+        }
+        // Nor can the retention cutoff be unset, removed or replaced to make young records deletable.
+        for sql in [
+            "UPDATE audit_retention SET cutoff = NULL",
+            "DELETE FROM audit_retention",
+            "INSERT INTO audit_retention (id, cutoff) VALUES (2, NULL)",
+        ] {
+            let result = docket::with_pool!(&app.state.store, pool => sqlx::query(sql).execute(pool).await.map(|_| ()));
+            let err = result.expect_err(sql).to_string();
+            assert!(err.contains("audit retention cutoff"), "{sql}: {err}");
         }
     }
 
