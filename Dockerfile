@@ -29,10 +29,11 @@ RUN mkdir src \
         target/release/deps/docket-* target/release/deps/libdocket-* \
         target/release/.fingerprint/docket-*
 
-# Migrations and the console's script and stylesheet are compiled into the binary, so the runtime
-# image needs none of these files.
+# Migrations, the console's script and stylesheet and the vendored API docs viewers are compiled
+# into the binary, so the runtime image needs none of these files.
 COPY src ./src
 COPY migrations ./migrations
+COPY vendor ./vendor
 RUN cargo build --release --locked
 
 # --- runtime ---------------------------------------------------------------------------------

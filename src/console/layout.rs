@@ -144,6 +144,7 @@ fn account(user: &User, csrf: &str) -> Markup {
     html! {
         div.account {
             span.who { (user.name()) " · " (user.role.as_str()) }
+            a #api-docs href="/docs" { "API docs" }
             form method="post" action="/console/logout" {
                 (csrf_input(csrf))
                 button.link type="submit" { "Sign out" }

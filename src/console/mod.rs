@@ -10,7 +10,7 @@ mod pages;
 mod session;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 
 pub use client::InternalApi;
 
@@ -33,6 +33,7 @@ pub fn routes(state: AppState, api: InternalApi) -> Router<AppState> {
         .merge(pages::admin::routes())
         .route(assets::CSS_PATH, get(assets::css))
         .route(assets::JS_PATH, get(assets::js))
+        .route("/console/{*unknown}", any(pages::not_found))
         .layer(axum::middleware::from_fn_with_state(
             state,
             session::middleware,

@@ -1,5 +1,6 @@
 //! Router assembly, middleware and the OpenAPI document.
 
+mod docs;
 pub mod error;
 pub mod extract;
 pub mod middleware;
@@ -7,8 +8,7 @@ pub mod pagination;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::header;
-use axum::response::{Html, IntoResponse};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -124,23 +124,9 @@ pub fn router(state: AppState, role: Role) -> Router {
     }
     if role.serves_api() {
         let spec_path = format!("{prefix}/openapi.json");
-        let docs = swagger_ui_page(&spec_path);
-        let redoc = redoc_page(&spec_path);
-        router =
-            router
-                .route(&spec_path, get(move || async move { axum::Json(openapi) }))
-                .route(
-                    "/docs",
-                    get(move || async move {
-                        ([(header::CONTENT_SECURITY_POLICY, DOCS_CSP)], Html(docs))
-                    }),
-                )
-                .route(
-                    "/redoc",
-                    get(move || async move {
-                        ([(header::CONTENT_SECURITY_POLICY, DOCS_CSP)], Html(redoc))
-                    }),
-                );
+        router = router
+            .route(&spec_path, get(move || async move { axum::Json(openapi) }))
+            .merge(docs::routes(&spec_path));
     }
 
     let router = router
@@ -224,50 +210,4 @@ fn document_common_errors(openapi: &mut utoipa::openapi::OpenApi, prefix: &str) 
 
 async fn not_found() -> impl IntoResponse {
     ApiError::not_found("No route matches this path.")
-}
-
-/// The docs pages load their scripts and styles from jsDelivr when viewed.
-const DOCS_CSP: &str = "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; \
-                        style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; \
-                        font-src https://fonts.gstatic.com data:; img-src 'self' data: https:; worker-src blob:; \
-                        connect-src 'self'; frame-ancestors 'none'";
-
-/// Swagger UI, loaded from a CDN when the page is viewed (nothing is fetched at build time).
-fn swagger_ui_page(spec_path: &str) -> String {
-    format!(
-        r##"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>Docket API</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">
-</head>
-<body>
-<div id="swagger-ui"></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js" crossorigin></script>
-<script>
-window.onload = () => {{ window.ui = SwaggerUIBundle({{ url: "{spec_path}", dom_id: "#swagger-ui" }}); }};
-</script>
-</body>
-</html>
-"##
-    )
-}
-
-/// ReDoc, loaded from a CDN when the page is viewed.
-fn redoc_page(spec_path: &str) -> String {
-    format!(
-        r#"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>Docket API reference</title>
-</head>
-<body>
-<redoc spec-url="{spec_path}"></redoc>
-<script src="https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js"></script>
-</body>
-</html>
-"#
-    )
 }

@@ -1499,3 +1499,25 @@ on_both_backends! {
         assert!(!users.body.contains("href=\"/console/tenants\""), "not in a tenant admin's navigation");
     }
 }
+
+on_both_backends! {
+    async fn unknown_console_pages_are_html_404s_and_the_api_docs_are_linked(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let tenant = seed::tenant(&app, "acme").await;
+        seed::user(&app, &tenant, "rita@acme.test", "Rita Reviewer", "reviewer").await;
+        let mut rita = Browser::signed_in(&app, "rita@acme.test").await;
+        for path in ["/console/nope", "/console/cases/x/y/z", "/console/users/1/2"] {
+            let reply = rita.get(path).await;
+            assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}: {}", reply.body);
+            assert!(reply.header("content-type").starts_with("text/html"), "{path}");
+            assert!(reply.body.contains("There is no console page at this address."), "{path}: {}", reply.body);
+            reply.assert_well_formed(path);
+        }
+        let desk = rita.get("/console/review").await;
+        assert_eq!(html::by_id(&desk.body, "api-docs").and_then(|a| a.attr("href").map(str::to_owned)).as_deref(), Some("/docs"));
+        // The API keeps its JSON 404s.
+        let (status, body) = app.get_json("/api/v1/nope").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"]["code"], "not_found");
+    }
+}

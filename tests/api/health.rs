@@ -162,6 +162,22 @@ on_both_backends! {
             let html = response.text().await.unwrap();
             assert!(html.contains(marker), "{path}");
             assert!(html.contains("/api/v1/openapi.json"), "{path} must point at the spec");
+            // Everything the page loads comes from Docket itself (no CDN: it works offline).
+            assert!(!html.contains("http:") && !html.contains("https:"), "{path}: {html}");
+            let assets: Vec<&str> = html.split(['"']).filter(|part| part.starts_with(&format!("{path}/assets/"))).collect();
+            assert!(!assets.is_empty(), "{path}: {html}");
+            for asset in assets {
+                let response = app.get(asset).await;
+                assert_eq!(response.status(), StatusCode::OK, "{asset}");
+                let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+                assert!(content_type.starts_with(if asset.ends_with(".css") { "text/css" } else { "text/javascript" }), "{asset}: {content_type}");
+                assert!(response.headers()["cache-control"].to_str().unwrap().contains("immutable"), "{asset}");
+                assert!(!response.bytes().await.unwrap().is_empty(), "{asset}");
+            }
         }
+        let swagger = app.get("/docs/assets/swagger-ui-5.36.0/swagger-ui-bundle.js").await.text().await.unwrap();
+        assert!(swagger.contains("SwaggerUIBundle"), "the vendored Swagger UI bundle");
+        let redoc = app.get("/redoc/assets/redoc-2.5.4/redoc.standalone.js").await.text().await.unwrap();
+        assert!(redoc.contains("Redoc"), "the vendored ReDoc bundle");
     }
 }

@@ -593,3 +593,49 @@ async fn supervisors_and_admins_see_their_pages() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_docs_render_from_what_docket_serves() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    if browser::chromedriver().is_none() {
+        return;
+    }
+    let Some(app) = spawn().await else { return };
+    with_browsers(&app, 1, async |browsers| {
+        let reader = &browsers[0];
+        // Scripts, styles and data come from Docket alone (images from elsewhere, such as ReDoc's
+        // maker's logo, are refused by the docs pages' CSP).
+        let loaded =
+            "return performance.getEntriesByType('resource').map(e => [e.initiatorType, e.name])";
+        let only_docket = "return performance.getEntriesByType('resource')
+            .filter(e => e.initiatorType !== 'img')
+            .every(e => e.name.startsWith(location.origin) || /^(blob|data):/.test(e.name))";
+        reader.goto("/docs").await;
+        reader
+            .wait_until(
+                "Swagger UI to list the operations",
+                "return document.querySelectorAll('.opblock').length > 50",
+            )
+            .await;
+        assert_eq!(
+            reader.js(only_docket, vec![]).await,
+            json!(true),
+            "{}",
+            reader.js(loaded, vec![]).await
+        );
+        reader.goto("/redoc").await;
+        reader
+            .wait_until(
+                "ReDoc to list the operations",
+                "return document.querySelectorAll('[data-section-id^=\"operation/\"]').length > 50",
+            )
+            .await;
+        assert_eq!(
+            reader.js(only_docket, vec![]).await,
+            json!(true),
+            "{}",
+            reader.js(loaded, vec![]).await
+        );
+    })
+    .await;
+}
