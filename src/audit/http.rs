@@ -1,5 +1,7 @@
 //! Audit endpoints: list with filters, verify the chain, export for compliance.
 
+use std::collections::HashMap;
+
 use axum::Json as ResponseJson;
 use axum::extract::{Query, State};
 use axum::http::header;
@@ -102,10 +104,28 @@ pub async fn export(
             Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
         }
         "csv" => {
+            let directory =
+                crate::auth::people::directory(&state.store, &principal.tenant_id).await?;
+            let names: HashMap<String, &str> = directory
+                .users
+                .iter()
+                .chain(&directory.api_keys)
+                .map(|p| (p.actor.clone(), p.name.as_str()))
+                .collect();
             let mut writer = csv::Writer::from_writer(Vec::new());
             for record in &records {
+                let actor = format!("{}:{}", record.actor_type, record.actor_id);
+                let actor_name =
+                    names
+                        .get(&actor)
+                        .copied()
+                        .unwrap_or(match record.actor_type.as_str() {
+                            "system" => "Docket",
+                            "anonymous" => "anonymous",
+                            _ => &record.actor_id,
+                        });
                 writer
-                    .serialize(CsvRecord::from(record))
+                    .serialize(CsvRecord::new(record, actor_name))
                     .map_err(ApiError::internal)?;
             }
             let bytes = writer.into_inner().map_err(ApiError::internal)?;
@@ -124,6 +144,8 @@ struct CsvRecord<'a> {
     occurred_at: chrono::DateTime<chrono::Utc>,
     actor_type: &'a str,
     actor_id: &'a str,
+    /// Who the actor is, for people reading the file: the user's or API key's name.
+    actor_name: &'a str,
     action: &'a str,
     target_type: &'a str,
     target_id: &'a str,
@@ -134,9 +156,10 @@ struct CsvRecord<'a> {
     hash: &'a str,
 }
 
-impl<'a> From<&'a Record> for CsvRecord<'a> {
-    fn from(record: &'a Record) -> Self {
+impl<'a> CsvRecord<'a> {
+    fn new(record: &'a Record, actor_name: &'a str) -> Self {
         Self {
+            actor_name,
             tenant_id: &record.tenant_id,
             seq: record.seq,
             id: &record.id,

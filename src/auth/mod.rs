@@ -4,6 +4,7 @@
 pub mod api_keys;
 pub mod mfa;
 pub mod password;
+pub mod people;
 pub mod principal;
 pub mod rate_limit;
 pub mod sessions;
@@ -190,6 +191,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
             users::delete_user
         ))
         .routes(routes!(users::change_password))
+        .routes(routes!(people::list_people))
         .routes(routes!(api_keys::create_key, api_keys::list_keys))
         .routes(routes!(api_keys::revoke_key))
 }

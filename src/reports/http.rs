@@ -98,8 +98,12 @@ pub async fn decisions(
     let group_by = Dimension::parse_list(params.group_by.as_deref())?;
     let tz = super::parse_tz(params.tz.as_deref())?;
     let format = format(params.format.as_deref(), &headers)?;
-    let report =
+    let mut report =
         super::decisions(&state.store, &principal.tenant_id, window, &group_by, tz).await?;
+    if group_by.contains(&Dimension::Reviewer) {
+        let directory = crate::auth::people::directory(&state.store, &principal.tenant_id).await?;
+        report.name_reviewers(&directory);
+    }
     Ok(match format {
         Format::Json => ResponseJson(report).into_response(),
         Format::Csv => csv_response("decisions", window, decisions_csv(&report, &group_by)?),
@@ -147,13 +151,26 @@ fn csv_writer() -> csv::Writer<Vec<u8>> {
 
 fn decisions_csv(report: &DecisionReport, group_by: &[Dimension]) -> Result<Vec<u8>, ApiError> {
     let mut writer = csv_writer();
-    let header = group_by.iter().map(|d| d.as_str()).chain(["count"]);
+    // The reviewer's name follows the reviewer's id, for people reading the file.
+    let header = group_by
+        .iter()
+        .flat_map(|d| match d {
+            Dimension::Reviewer => vec![d.as_str(), "reviewer_name"],
+            _ => vec![d.as_str()],
+        })
+        .chain(["count"]);
     writer.write_record(header).map_err(ApiError::internal)?;
     for row in &report.rows {
         let count = row.count.to_string();
         let values = group_by
             .iter()
-            .map(|d| row.value(*d))
+            .flat_map(|d| match d {
+                Dimension::Reviewer => vec![
+                    row.value(*d),
+                    row.reviewer_name.as_deref().unwrap_or_default(),
+                ],
+                _ => vec![row.value(*d)],
+            })
             .chain([count.as_str()]);
         writer.write_record(values).map_err(ApiError::internal)?;
     }
@@ -253,6 +270,7 @@ mod tests {
             rows: vec![
                 super::super::DecisionRow {
                     reviewer: None,
+                    reviewer_name: None,
                     action: Some("reject".to_owned()),
                     reason_code: Some(Some("SAYS \"NO\", TWICE".to_owned())),
                     day: None,
@@ -260,6 +278,7 @@ mod tests {
                 },
                 super::super::DecisionRow {
                     reviewer: None,
+                    reviewer_name: None,
                     action: Some("approve".to_owned()),
                     reason_code: Some(None),
                     day: None,

@@ -201,6 +201,10 @@ pub struct DecisionRow {
     /// `user:<id>`, `api_key:<id>` or `system` (decisions the policy made).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reviewer: Option<String>,
+    /// The reviewer's name (the user's, the API key's, or "Docket (policy)" for `system`), for
+    /// people reading the report; with `reviewer`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reviewer_name: Option<String>,
     /// approve, reject, return, hold, escalate or needs_more_info.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
@@ -214,6 +218,26 @@ pub struct DecisionRow {
     /// Decisions in the group. With `reason_code` grouping, a decision with several codes counts
     /// once under each.
     pub count: i64,
+}
+
+impl DecisionReport {
+    /// Names the reviewers of the rows from the tenant's directory; an actor it does not know
+    /// keeps its id as its name.
+    pub fn name_reviewers(&mut self, directory: &crate::auth::people::Directory) {
+        let names: std::collections::HashMap<&str, &str> = directory
+            .users
+            .iter()
+            .chain(&directory.api_keys)
+            .map(|p| (p.actor.as_str(), p.name.as_str()))
+            .collect();
+        for row in &mut self.rows {
+            row.reviewer_name = row.reviewer.as_deref().map(|actor| match names.get(actor) {
+                Some(name) => (*name).to_owned(),
+                None if actor == "system" => "Docket (policy)".to_owned(),
+                None => actor.to_owned(),
+            });
+        }
+    }
 }
 
 impl DecisionRow {
@@ -303,6 +327,7 @@ impl<'a> Tally<'a> {
             .map(|(key, count)| {
                 let mut row = DecisionRow {
                     reviewer: None,
+                    reviewer_name: None,
                     action: None,
                     reason_code: None,
                     day: None,

@@ -266,10 +266,22 @@ on_both_backends! {
         // One cell holds the summary's JSON text, encoded once.
         let mut reader = csv::Reader::from_reader(text.as_bytes());
         let column = reader.headers().unwrap().iter().position(|h| h == "summary").unwrap();
+        let headers = reader.headers().unwrap().clone();
+        let at = |name: &str| headers.iter().position(|h| h == name).unwrap();
+        let (_, me) = app.call(Method::GET, "/api/v1/auth/me", &admin.access_token, None).await;
+        let my_name = me["user"]["name"].as_str().unwrap().to_owned();
         for (row, line) in reader.records().zip(&lines) {
-            let cell: Value = serde_json::from_str(&row.unwrap()[column]).unwrap();
+            let row = row.unwrap();
+            let cell: Value = serde_json::from_str(&row[column]).unwrap();
             assert_eq!(cell, line["summary"]);
+            // Who acted, by name, next to the id.
+            if line["actor_id"] == admin.user_id.as_str() {
+                assert_eq!(&row[at("actor_name")], my_name.as_str(), "{row:?}");
+            } else if line["actor_type"] == "system" {
+                assert_eq!(&row[at("actor_name")], "Docket", "{row:?}");
+            }
         }
+        assert!(text.contains(&format!(",{my_name},")), "the admin is named in the CSV: {text}");
         let (_, page) = app.call(Method::GET, "/api/v1/audit", &admin.access_token, None).await;
         assert!(page["items"][0]["summary"].is_object(), "{page}");
 

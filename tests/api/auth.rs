@@ -571,3 +571,29 @@ on_both_backends! {
         assert_eq!((audit["items"][0]["actor_type"].as_str(), audit["items"][0]["actor_id"].as_str()), (Some("user"), Some(root.user_id.as_str())), "{audit}");
     }
 }
+
+on_both_backends! {
+    async fn every_role_reads_names_but_not_more(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let admin = app.sign_in("acme", "ada@acme.test", Role::Admin).await;
+        let viewer = app.sign_in("acme", "val@acme.test", Role::Viewer).await;
+        let other = app.sign_in("globex", "gil@globex.test", Role::Admin).await;
+        let (_, key) = app.call(Method::POST, "/api/v1/api-keys", &admin.access_token, Some(json!({ "name": "intake", "scopes": ["cases:write"] }))).await;
+        let secret = key["secret"].as_str().unwrap();
+
+        let (status, people) = app.call(Method::GET, "/api/v1/people", &viewer.access_token, None).await;
+        assert_eq!(status, StatusCode::OK, "{people}");
+        let actors: Vec<&str> = people["users"].as_array().unwrap().iter().map(|p| p["actor"].as_str().unwrap()).collect();
+        assert!(actors.contains(&format!("user:{}", admin.user_id).as_str()), "{people}");
+        assert!(!actors.contains(&format!("user:{}", other.user_id).as_str()), "only the caller's tenant: {people}");
+        assert_eq!(people["api_keys"][0]["name"], "intake");
+        assert_eq!(people["api_keys"][0]["actor"], format!("api_key:{}", key["id"].as_str().unwrap()));
+        let mut fields: Vec<&str> = people["users"][0].as_object().unwrap().keys().map(String::as_str).collect();
+        fields.sort_unstable();
+        assert_eq!(fields, ["actor", "id", "name"], "names only: no email, role or status: {people}");
+
+        // A key without cases:read may not read the directory.
+        let (status, body) = app.call(Method::GET, "/api/v1/people", secret, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    }
+}

@@ -835,7 +835,7 @@ on_both_backends! {
         let Some(app) = TestApp::spawn(backend).await else { return };
         let tenant = seed::tenant(&app, "acme").await;
         seed::dual_control_policy(&app, &tenant).await;
-        seed::user(&app, &tenant, "rita@acme.test", "Rita Reviewer", "reviewer").await;
+        let rita_id = seed::user(&app, &tenant, "rita@acme.test", "Rita Reviewer", "reviewer").await;
         seed::user(&app, &tenant, "rob@acme.test", "Rob Reviewer", "reviewer").await;
         let case = seed::case(&app, &tenant, "CHQ-7", "7500.00", "Ann Smith").await;
         let case_id = case["id"].as_str().unwrap().to_owned();
@@ -884,6 +884,11 @@ on_both_backends! {
         assert_eq!(reply.location(), Some(format!("/console/cases/{case_id}").as_str()));
         let page = rob.follow(reply).await;
         page.assert_well_formed("check form");
+        // A reviewer may not list users, yet sees people by name: the maker, and the intake key.
+        let proposal = page.text_of("proposal");
+        assert!(proposal.contains("Rita Reviewer"), "who proposed, by name: {proposal}");
+        assert!(!page.body.contains(&rita_id), "no user id is shown to people");
+        assert!(page.body.contains("API key “intake”"), "the submitting key by its name");
         assert!(page.has("confirm") && page.has("send-back"), "the checker's buttons");
         assert!(!page.has("approve"), "a proposal is checked, not decided again");
         let reply = act(&mut rob, &case_id, "send-back", &[]).await;
@@ -1426,7 +1431,8 @@ on_both_backends! {
         assert_eq!(csv.status, StatusCode::OK, "{}", csv.body);
         assert_eq!(csv.header("content-type"), "text/csv; charset=utf-8");
         assert!(csv.header("content-disposition").starts_with("attachment; filename=\"docket-decisions-"));
-        assert!(csv.body.starts_with("reviewer,action,reason_code,day,count\r\n"), "{}", csv.body);
+        assert!(csv.body.starts_with("reviewer,reviewer_name,action,reason_code,day,count\r\n"), "{}", csv.body);
+        assert!(csv.body.contains(",Rita Reviewer,approve,"), "the reviewer by name: {}", csv.body);
         let link = html::by_id(&page.body, "sla-csv").unwrap().attr("href").unwrap().to_owned();
         let csv = sam.get(&html::decode(&link)).await;
         assert!(csv.body.contains("\r\ndefault,normal,1,1,100.0,0,0\r\n"), "{}", csv.body);

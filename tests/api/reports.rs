@@ -276,7 +276,8 @@ fn json_rows(report: &Value, group_by: &[&str]) -> Vec<(Vec<String>, i64)> {
                 .as_object()
                 .unwrap()
                 .keys()
-                .filter(|k| *k != "count")
+                // The reviewer's name goes with the reviewer, not as a dimension of its own.
+                .filter(|k| *k != "count" && *k != "reviewer_name")
                 .collect();
             assert_eq!(
                 keys.len(),
@@ -451,6 +452,22 @@ on_both_backends! {
         let rows = json_rows(&report, &pair);
         assert!(rows.contains(&(vec![format!("user:{}", rita.user_id), "reject".to_owned()], 1)), "{rows:?}");
         assert!(rows.contains(&(vec![format!("user:{}", sam.user_id), "approve".to_owned()], 1)), "{rows:?}");
+        // People read names: the JSON and the CSV name each reviewer next to the id.
+        let (status, people) = app.call(Method::GET, "/api/v1/people", &sam.access_token, None).await;
+        assert_eq!(status, StatusCode::OK, "{people}");
+        let name_of = |actor: &str| -> String {
+            people["users"].as_array().unwrap().iter().find(|p| p["actor"] == actor)
+                .and_then(|p| p["name"].as_str()).unwrap_or_else(|| panic!("{actor} in {people}")).to_owned()
+        };
+        for row in report["rows"].as_array().unwrap() {
+            let actor = row["reviewer"].as_str().unwrap();
+            let expected = if actor == "system" { "Docket (policy)".to_owned() } else { name_of(actor) };
+            assert_eq!(row["reviewer_name"], expected.as_str(), "{row}");
+            assert_ne!(row["reviewer_name"], row["reviewer"]);
+        }
+        let (_, _, text) = get_text(&app, &format!("/api/v1/reports/decisions?{window}&group_by=reviewer&format=csv"), &sam.access_token, None).await;
+        assert!(text.starts_with("reviewer,reviewer_name,count\r\n"), "{text}");
+        assert!(text.contains(&format!("user:{},{},", rob.user_id, name_of(&rob_actor))), "{text}");
 
         // Another order sorts by it.
         let order = ["action", "reason_code"];

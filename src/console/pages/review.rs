@@ -397,18 +397,31 @@ impl TenantUser {
     }
 }
 
-/// Names for the `user:<id>` actors the API reports. Supervisors and admins may list the tenant's
-/// users; for reviewers only "you" is known, and others stay ids.
+/// `GET /people`: the names of the tenant's users and API keys, readable by every role.
+#[derive(Deserialize)]
+struct Directory {
+    users: Vec<Named>,
+    api_keys: Vec<Named>,
+}
+
+#[derive(Deserialize)]
+struct Named {
+    id: String,
+    name: String,
+}
+
+/// Names for the `user:<id>` and `api_key:<id>` actors the API reports, from the tenant's
+/// directory. Supervisors and admins also get the users themselves (for assigning cases).
 pub(super) struct People {
     me: String,
     my_name: String,
     pub users: Vec<TenantUser>,
     names: HashMap<String, String>,
+    key_names: HashMap<String, String>,
 }
 
 impl People {
-    /// The tenant's users when the signed-in user may read them; names are a convenience, so a
-    /// refusal leaves ids rather than failing the page.
+    /// Names are a convenience: a refusal or failure leaves ids rather than failing the page.
     pub async fn load(console: &Console) -> Self {
         let users = if console.user.at_least(Role::Supervisor) {
             console
@@ -420,7 +433,19 @@ impl People {
         } else {
             Vec::new()
         };
-        Self::new(&console.user.id, console.user.name(), users)
+        let mut people = Self::new(&console.user.id, console.user.name(), users);
+        if let Ok(directory) = console.api.get::<Directory>("/people").await {
+            people.learn(directory);
+        }
+        people
+    }
+
+    fn learn(&mut self, directory: Directory) {
+        for user in directory.users {
+            self.names.entry(user.id).or_insert(user.name);
+        }
+        self.key_names
+            .extend(directory.api_keys.into_iter().map(|k| (k.id, k.name)));
     }
 
     pub fn new(me: &str, my_name: &str, users: Vec<TenantUser>) -> Self {
@@ -433,6 +458,7 @@ impl People {
             my_name: format!("{my_name} (you)"),
             users,
             names,
+            key_names: HashMap::new(),
         }
     }
 
@@ -449,7 +475,10 @@ impl People {
     pub fn actor(&self, actor: &str) -> String {
         match actor.split_once(':') {
             Some(("user", id)) => self.user(id),
-            Some(("api_key", id)) => format!("API key {id}"),
+            Some(("api_key", id)) => match self.key_names.get(id) {
+                Some(name) => format!("API key “{name}”"),
+                None => format!("API key {id}"),
+            },
             _ if actor == "system" => "Docket".to_owned(),
             _ => actor.to_owned(),
         }
@@ -1854,6 +1883,20 @@ mod tests {
         assert_eq!(people.actor("user:zed"), "zed");
         assert_eq!(people.actor("api_key:k1"), "API key k1");
         assert_eq!(people.actor("system"), "Docket");
+
+        // The directory names everyone, also for roles that may not list users.
+        let mut people = People::new("me", "Rita Reviewer", Vec::new());
+        people.learn(
+            serde_json::from_value(json!({
+                "users": [{ "id": "zed", "name": "Zed Checker" }, { "id": "me", "name": "Rita" }],
+                "api_keys": [{ "id": "k1", "name": "intake" }],
+            }))
+            .unwrap(),
+        );
+        assert_eq!(people.actor("user:zed"), "Zed Checker");
+        assert_eq!(people.actor("user:me"), "Rita Reviewer (you)");
+        assert_eq!(people.actor("api_key:k1"), "API key “intake”");
+        assert_eq!(people.user("zed"), "Zed Checker");
     }
 
     #[test]

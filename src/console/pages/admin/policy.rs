@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use super::{error_box, with_status};
 use crate::console::client::ApiFailure;
 use crate::console::layout::{self, badge, csrf_input, optional_time};
+use crate::console::pages::review::People;
 use crate::console::session::{self, Console};
 
 const PATH: &str = "/console/policy";
@@ -121,8 +122,10 @@ pub async fn page(console: Console, Query(params): Query<PageQuery>) -> Response
             }
         }
     });
+    let people = People::load(&console).await;
     render(
         &console,
+        &people,
         &current,
         &versions,
         Editor {
@@ -165,7 +168,11 @@ pub async fn act(console: Console, Form(form): Form<EditorForm>) -> Response {
         sample: &form.sample,
         result: Some(result),
     };
-    with_status(render(&console, &current, &versions, editor), status)
+    let people = People::load(&console).await;
+    with_status(
+        render(&console, &people, &current, &versions, editor),
+        status,
+    )
 }
 
 async fn load(console: &Console) -> Result<(Version, Versions), ApiFailure> {
@@ -247,6 +254,7 @@ async fn save(console: &Console, document: &str) -> Result<i32, String> {
 
 fn render(
     console: &Console,
+    people: &People,
     current: &Version,
     versions: &Versions,
     editor: Editor<'_>,
@@ -263,7 +271,7 @@ fn render(
                 dt { "Saved" }
                 dd { (optional_time(current.created_at.as_ref())) }
                 dt { "By" }
-                dd { (current.created_by.as_deref().unwrap_or("—")) }
+                dd { (by(people, current)) }
             }
         }
         form #policy-editor method="post" action=(PATH) {
@@ -319,7 +327,7 @@ fn render(
                         }
                         td { (source_label(&version.source)) }
                         td { (optional_time(version.created_at.as_ref())) }
-                        td { (version.created_by.as_deref().unwrap_or("—")) }
+                        td { (by(people, version)) }
                         td { a href={ (PATH) "?version=" (version.version) } { "Load version " (version.version) } }
                     }
                 }
@@ -327,6 +335,14 @@ fn render(
         }
     };
     layout::page(console, "Policy", PATH, content)
+}
+
+/// Who stored a version, by name; "—" for the built-in default.
+fn by(people: &People, version: &Version) -> String {
+    version
+        .created_by
+        .as_deref()
+        .map_or_else(|| "—".to_owned(), |actor| people.actor(actor))
 }
 
 fn source_label(source: &str) -> &str {
