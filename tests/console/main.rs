@@ -419,6 +419,7 @@ async fn a_reason_typed_before_the_session_ends_survives_signing_in_again() {
     }
     let Some(app) = spawn().await else { return };
     let tenant = seed::tenant(&app, "acme").await;
+    seed::reason_codes(&app, &tenant).await;
     seed::user(&app, &tenant, "rita@acme.test", "Rita Reviewer", "reviewer").await;
     let case = seed::case(&app, &tenant, "CHQ-2001", "980.00", "Dan Pop").await;
     let case_id = id(&case);
@@ -430,6 +431,7 @@ async fn a_reason_typed_before_the_session_ends_survives_signing_in_again() {
         rita.click_and_wait("#next-case").await;
         assert_eq!(rita.path().await, format!("/console/cases/{case_id}"));
         rita.fill("#decision-reason", reason).await;
+        rita.click("#code-NSF").await;
 
         // The session ends (revoked elsewhere) while the reason is being written.
         seed::revoke_session(&app, &rita.cookie("docket_access").await).await;
@@ -457,10 +459,17 @@ async fn a_reason_typed_before_the_session_ends_survives_signing_in_again() {
             reason,
             "what she typed is still there"
         );
+        assert_eq!(
+            rita.js("return document.querySelector('#code-NSF').checked", vec![])
+                .await,
+            json!(true),
+            "and what she ticked"
+        );
         rita.click_and_wait("#reject").await;
         assert_eq!(rita.flash().await.as_deref(), Some("Case rejected."));
         let decided = seed::case_now(&app, &tenant, &case_id).await;
         assert_eq!(decided["state"], "rejected");
+        assert_eq!(decided["reason_codes"], json!(["NSF"]));
         assert!(
             decided["history"]
                 .as_array()
@@ -635,6 +644,91 @@ async fn the_api_docs_render_from_what_docket_serves() {
             json!(true),
             "{}",
             reader.js(loaded, vec![]).await
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_form_keeps_what_was_typed_ticked_and_chosen() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    if browser::chromedriver().is_none() {
+        return;
+    }
+    let Some(app) = spawn().await else { return };
+    let tenant = seed::tenant(&app, "acme").await;
+    seed::reason_codes(&app, &tenant).await;
+    seed::user(&app, &tenant, "rita@acme.test", "Rita Reviewer", "reviewer").await;
+    let case_id = id(&seed::case(&app, &tenant, "CHQ-5001", "120.00", "Kim Lee").await);
+    let checked = |css: &str| format!("return document.querySelector('{css}').checked");
+
+    with_browsers(&app, 2, async |browsers: &[Browser]| {
+        let rita = &browsers[0];
+        rita.sign_in("rita@acme.test", None).await;
+        rita.goto(&format!("/console/cases/{case_id}")).await;
+        rita.click_and_wait("#claim").await;
+        rita.goto(&format!("/console/cases/{case_id}")).await;
+        rita.click("#code-NSF").await;
+        rita.click("#code-SIG").await;
+        rita.fill("#decision-reason", "Two problems with this cheque.")
+            .await;
+        rita.js(
+            "document.querySelector('#hold-until').value = '2031-05-06T07:08'; return true;",
+            vec![],
+        )
+        .await;
+        // SIG needs notes, and there are none: refused, and everything is still there.
+        rita.click_and_wait("#reject").await;
+        let flash = rita.flash().await.unwrap_or_default();
+        assert!(flash.contains("SIG"), "{flash}");
+        assert_eq!(rita.path().await, format!("/console/cases/{case_id}"));
+        assert_eq!(
+            rita.value("#decision-reason").await,
+            "Two problems with this cheque."
+        );
+        assert_eq!(rita.js(&checked("#code-NSF"), vec![]).await, json!(true));
+        assert_eq!(rita.js(&checked("#code-SIG"), vec![]).await, json!(true));
+        assert_eq!(
+            rita.js(&checked("#code-CLEARING"), vec![]).await,
+            json!(false)
+        );
+        assert_eq!(rita.value("#hold-until").await, "2031-05-06T07:08");
+        assert_eq!(
+            seed::case_now(&app, &tenant, &case_id).await["state"],
+            "in_review"
+        );
+        // With the notes it goes through, and the next visit starts empty.
+        rita.fill("#decision-notes", "Signature and amount differ.")
+            .await;
+        rita.click_and_wait("#reject").await;
+        assert_eq!(rita.flash().await.as_deref(), Some("Case rejected."));
+        assert_eq!(
+            seed::case_now(&app, &tenant, &case_id).await["reason_codes"],
+            json!(["NSF", "SIG"])
+        );
+
+        let ada = &browsers[1];
+        ada.goto("/console/login").await;
+        ada.sign_in_here(
+            &tenant.admin_email,
+            Some(&totp_code(tenant.admin_totp_secret(), 1)),
+        )
+        .await;
+        ada.goto("/console/users").await;
+        ada.fill("#user-email", "rita@acme.test").await;
+        ada.fill("#user-name", "Rita Again").await;
+        ada.select("#user-role", "supervisor").await;
+        ada.fill("#user-password", "a long enough password").await;
+        ada.click_and_wait("#create-user").await;
+        let flash = ada.flash().await.unwrap_or_default();
+        assert!(flash.contains("already exists"), "{flash}");
+        assert_eq!(ada.value("#user-email").await, "rita@acme.test");
+        assert_eq!(ada.value("#user-name").await, "Rita Again");
+        assert_eq!(ada.value("#user-role").await, "supervisor");
+        assert_eq!(
+            ada.value("#user-password").await,
+            "",
+            "a password is never kept"
         );
     })
     .await;

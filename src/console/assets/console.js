@@ -13,38 +13,59 @@
     });
   }
 
-  // Drafts: what is typed into a form survives an expired session. Values are kept in
-  // sessionStorage until the form is submitted and the next page is not the sign-in page.
+  // Drafts: what is typed, ticked and chosen in a form survives an expired session and a refused
+  // submission. Values are kept in sessionStorage until the form is submitted and the next page
+  // is neither the sign-in page nor one that shows an error. Passwords are never kept.
   var DRAFT_PREFIX = "docket-draft:";
+  function formKey(form) {
+    return DRAFT_PREFIX + location.pathname + "|" + (form.getAttribute("action") || "") + "|";
+  }
   function draftKey(form, field) {
-    return DRAFT_PREFIX + location.pathname + "|" + (form.getAttribute("action") || "") + "|" + field.name;
+    // A box of a group (several boxes share a name) is kept per value.
+    var choice = field.type === "checkbox" ? "=" + field.value : "";
+    return formKey(form) + field.name + choice;
   }
   function draftable(field) {
     return field.name && field.name.charAt(0) !== "_" && field.type !== "password" &&
-      field.type !== "hidden" && field.type !== "submit" && !field.hasAttribute("data-no-draft");
+      field.type !== "hidden" && field.type !== "submit" && field.type !== "button" &&
+      field.type !== "file" && !field.hasAttribute("data-no-draft");
+  }
+  function saveDraft(form, field) {
+    var value = field.type === "checkbox" ? (field.checked ? "1" : "0")
+      : field.type === "radio" ? (field.checked ? field.value : null)
+      : field.value;
+    if (value !== null) sessionStorage.setItem(draftKey(form, field), value);
+  }
+  function restoreDraft(form, field) {
+    var saved = sessionStorage.getItem(draftKey(form, field));
+    if (saved === null) return;
+    if (field.type === "checkbox") field.checked = saved === "1";
+    else if (field.type === "radio") field.checked = saved === field.value;
+    else field.value = saved;
   }
   function drafts() {
     var onSignIn = document.body.getAttribute("data-page") === "login";
+    var refused = document.querySelector(".flash.error") !== null;
     var submitted = sessionStorage.getItem(DRAFT_PREFIX + "submitted");
-    if (submitted && !onSignIn) {
+    if (submitted && !onSignIn && !refused) {
       Object.keys(sessionStorage).forEach(function (key) {
         if (key.indexOf(submitted) === 0) sessionStorage.removeItem(key);
       });
-      sessionStorage.removeItem(DRAFT_PREFIX + "submitted");
     }
+    if (!onSignIn) sessionStorage.removeItem(DRAFT_PREFIX + "submitted");
     document.querySelectorAll("form[method=post]").forEach(function (form) {
       Array.prototype.forEach.call(form.elements, function (field) {
         if (!draftable(field)) return;
-        var saved = sessionStorage.getItem(draftKey(form, field));
-        if (saved !== null && field.type !== "checkbox" && field.type !== "radio" && field.tagName !== "SELECT") {
-          field.value = saved;
-        }
-        field.addEventListener("input", function () {
-          sessionStorage.setItem(draftKey(form, field), field.value);
-        });
+        restoreDraft(form, field);
+        field.addEventListener("input", function () { saveDraft(form, field); });
+        field.addEventListener("change", function () { saveDraft(form, field); });
       });
       form.addEventListener("submit", function () {
-        sessionStorage.setItem(DRAFT_PREFIX + "submitted", DRAFT_PREFIX + location.pathname + "|" + (form.getAttribute("action") || "") + "|");
+        // What the browser sends is what is kept, also fields never touched (a default choice).
+        Array.prototype.forEach.call(form.elements, function (field) {
+          if (draftable(field)) saveDraft(form, field);
+        });
+        sessionStorage.setItem(DRAFT_PREFIX + "submitted", formKey(form));
       });
     });
   }
