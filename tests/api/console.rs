@@ -1527,3 +1527,60 @@ on_both_backends! {
         assert_eq!(body["error"]["code"], "not_found");
     }
 }
+
+on_both_backends! {
+    async fn a_new_admin_is_guided_through_getting_started(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let tenant = seed::tenant(&app, "acme").await;
+        let mut ada = Browser::admin(&app, &tenant).await;
+        let status_of = |page: &Reply, step: &str| {
+            html::by_id(&page.body, &format!("step-{step}")).and_then(|t| t.attr("data-status").map(str::to_owned))
+        };
+        let page = ada.get("/console/supervise").await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        page.assert_well_formed("getting started");
+        assert!(page.text_of("getting-started").contains("1 of 5 steps done"), "{}", page.text_of("getting-started"));
+        assert_eq!(status_of(&page, "api-key").as_deref(), Some("done"), "the intake key counts");
+        for step in ["users", "reason-codes", "policy", "test-case"] {
+            assert_eq!(status_of(&page, step).as_deref(), Some("to_do"), "{step}");
+        }
+
+        // The starter reason codes, in one click (a second click adds nothing).
+        let reply = ada.submit(&page.form("add-starter-reason-codes")).await;
+        let (flash, error) = flash_after(&mut ada, reply).await;
+        assert!(!error, "{flash}");
+        assert_eq!(flash, "7 reason codes added; edit them on Reason codes.");
+        let codes = seed::reason_codes_now(&app, &tenant).await;
+        assert_eq!(codes.len(), 7, "{codes:?}");
+        assert!(codes.iter().any(|c| c["code"] == "SIGNATURE" && c["requires_notes"] == true));
+        let page = ada.get("/console/supervise").await;
+        assert_eq!(status_of(&page, "reason-codes").as_deref(), Some("done"));
+        assert!(!page.has("add-starter-reason-codes"), "no button for a step that is done");
+        let csrf = ada.csrf();
+        let reply = ada.post("/console/getting-started/reason-codes", &[("_csrf".to_owned(), csrf)]).await;
+        assert_eq!(flash_after(&mut ada, reply).await.0, "0 reason codes added; edit them on Reason codes.");
+
+        // A test case, which a reviewer then finds on the desk.
+        let page = ada.get("/console/supervise").await;
+        let reply = ada.submit(&page.form("submit-test-case")).await;
+        let (flash, error) = flash_after(&mut ada, reply).await;
+        assert!(!error && flash.starts_with("Test case TEST-"), "{flash}");
+        let rita = seed::user(&app, &tenant, "rita@acme.test", "Rita Reviewer", "reviewer").await;
+        assert!(!rita.is_empty());
+        let mut reviewer = Browser::signed_in(&app, "rita@acme.test").await;
+        let desk = reviewer.get("/console/review").await;
+        assert_eq!(queue_ids(&desk).len(), 1, "the test case is on the desk");
+
+        // With a team and a policy of the tenant's own, every step is done and the panel is gone.
+        let page = ada.get("/console/supervise").await;
+        assert!(page.text_of("getting-started").contains("4 of 5 steps done"), "{}", page.text_of("getting-started"));
+        seed::dual_control_policy(&app, &tenant).await;
+        let page = ada.get("/console/supervise").await;
+        assert!(!page.has("getting-started"), "{}", page.body);
+
+        // Supervisors never see it.
+        seed::user(&app, &tenant, "sam@acme.test", "Sam Supervisor", "supervisor").await;
+        let mut sam = Browser::signed_in(&app, "sam@acme.test").await;
+        assert!(!sam.get("/console/supervise").await.has("getting-started"));
+    }
+}

@@ -102,10 +102,11 @@ async fn overview(console: Console, Query(query): Query<OverviewQuery>) -> Respo
         Ok(stats) => stats,
         Err(failure) => return console.fail(&failure),
     };
-    let (open, parked, people) = tokio::join!(
+    let (open, parked, people, getting_started) = tokio::join!(
         cases_in(&console, &OPEN_STATES, false),
         cases_in(&console, &PARKED_STATES, false),
-        People::load(&console)
+        People::load(&console),
+        super::admin::getting_started::panel(&console)
     );
     let ((open, more), (mut parked, more_parked)) = match (open, parked) {
         (Ok(open), Ok(parked)) => (open, parked),
@@ -117,6 +118,7 @@ async fn overview(console: Console, Query(query): Query<OverviewQuery>) -> Respo
     let escalated: Vec<&Case> = open.iter().filter(|c| c.state == "escalated").collect();
     let content = html! {
         h1 { "Supervision" }
+        @if let Some(panel) = getting_started { (panel) }
         form.filters method="get" action="/console/supervise" {
             div {
                 label for="window_hours" { "Statistics for the" }

@@ -7,6 +7,7 @@
 
 mod api_keys;
 mod audit;
+pub mod getting_started;
 mod mfa;
 mod policy;
 mod reason_codes;
@@ -35,6 +36,14 @@ pub fn routes() -> Router<AppState> {
             get(tenants::page).post(tenants::create_tenant),
         )
         .route(tenants::ADMINS_PATH, post(tenants::create_admin))
+        .route(
+            getting_started::REASON_CODES_PATH,
+            post(getting_started::add_starter_reason_codes),
+        )
+        .route(
+            getting_started::TEST_CASE_PATH,
+            post(getting_started::submit_test_case),
+        )
         .route(
             "/console/api-keys",
             get(api_keys::page).post(api_keys::create),
