@@ -455,7 +455,11 @@ impl Config {
                 })
                 .transpose()
         };
-        let embedding_base_url = http_url("EMBEDDING_BASE_URL")?.or_else(|| llm_base_url.clone());
+        // EMBEDDINGS=off: a chat-only provider (no `/embeddings`) still serves answers, lexically.
+        let embeddings = parse_bool("EMBEDDINGS", get("EMBEDDINGS"), true)?;
+        let embedding_base_url = http_url("EMBEDDING_BASE_URL")?
+            .or_else(|| llm_base_url.clone())
+            .filter(|_| embeddings);
         let embedding_api_key = get("EMBEDDING_API_KEY")
             .map(Secret)
             .or_else(|| llm_api_key.clone());
@@ -1219,6 +1223,25 @@ mod tests {
             load(&[]).unwrap().assessment_timeout,
             Duration::from_secs(600)
         );
+    }
+
+    #[test]
+    fn embeddings_follow_the_model_unless_turned_off() {
+        let model = [("LLM_BASE_URL", "http://llm.local/v1")];
+        assert_eq!(
+            load(&model).unwrap().embedding_base_url.as_deref(),
+            Some("http://llm.local/v1")
+        );
+        let off = [model[0], ("EMBEDDINGS", "off")];
+        let config = load(&off).unwrap();
+        assert_eq!(config.embedding_base_url, None);
+        assert_eq!(config.llm_base_url.as_deref(), Some("http://llm.local/v1"));
+        let explicit = [
+            ("EMBEDDING_BASE_URL", "http://emb.local/v1"),
+            ("EMBEDDINGS", "false"),
+        ];
+        assert_eq!(load(&explicit).unwrap().embedding_base_url, None);
+        assert!(load(&[("EMBEDDINGS", "sometimes")]).is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::search::{SearchError, SearchHit, SearchRequest, terms};
+use super::search::{Mode, SearchError, SearchHit, SearchRequest, SearchResponse, terms};
 use super::vectors::Scope;
 use crate::app::AppState;
 use crate::auth::principal::{Authorized, ReadKnowledge, WriteKnowledge};
@@ -88,10 +88,14 @@ pub struct AskResponse {
     /// The model that answered; null when it was not asked.
     pub model: Option<String>,
     pub usage: Option<TokenUsage>,
+    /// How the sources were retrieved: `hybrid`, or `lexical` (no embeddings, or the question could
+    /// not be embedded: then `retrieval_fallback` says why).
+    pub retrieval: Mode,
+    pub retrieval_fallback: Option<String>,
 }
 
 impl AskResponse {
-    fn no_answer(reason: &str, considered: usize) -> Self {
+    fn no_answer(reason: &str, considered: usize, found: &SearchResponse) -> Self {
         Self {
             status: AskStatus::NoAnswer,
             answer: None,
@@ -100,6 +104,8 @@ impl AskResponse {
             sources_considered: considered,
             model: None,
             usage: None,
+            retrieval: found.mode,
+            retrieval_fallback: found.fallback.clone(),
         }
     }
 }
@@ -246,6 +252,7 @@ pub async fn ask(
         return Ok(ResponseJson(AskResponse::no_answer(
             "Nothing relevant to the question was found in this collection.",
             0,
+            &found,
         )));
     }
     let mut system = RULES.to_owned();
@@ -305,6 +312,7 @@ pub async fn ask(
         Some(_) if citations.is_empty() => AskResponse::no_answer(
             "The model's answer cited none of the sources it was given.",
             sources.len(),
+            &found,
         ),
         Some(answer) => AskResponse {
             status: AskStatus::Answered,
@@ -314,10 +322,13 @@ pub async fn ask(
             sources_considered: sources.len(),
             model: None,
             usage: None,
+            retrieval: found.mode,
+            retrieval_fallback: found.fallback.clone(),
         },
         None => AskResponse::no_answer(
             "The sources retrieved do not answer the question.",
             sources.len(),
+            &found,
         ),
     };
     response.model = Some(reply.model);

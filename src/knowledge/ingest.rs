@@ -1,6 +1,8 @@
 //! The ingestion job: fetch the document from the object store, extract its text, chunk it,
 //! store the chunks (and their full-text rows), embed them when an embedding endpoint is set, and
-//! mark the document `indexed` — or `failed` with the error once retries are exhausted.
+//! mark the document `indexed` — or `failed` with the error once retries are exhausted. A document
+//! whose chunks are stored is found by lexical search, so embeddings that cannot be made (for good,
+//! or after the last attempt) leave it `indexed` with the reason in `embedding_error`.
 
 use object_store::ObjectStoreExt;
 use serde_json::json;
@@ -62,12 +64,14 @@ pub async fn run(job: JobContext) -> Outcome {
         task_id: job.task_id.as_deref(),
         ..Caller::from(&job.tenant_id)
     };
-    match ingest(&app, &document, caller).await {
+    let last_attempt = job.attempt >= job.max_attempts;
+    match ingest(&app, &document, caller, last_attempt).await {
         Ok(chunks) => Outcome::Succeeded(json!({ "document_id": document.id, "chunks": chunks })),
         Err(failure) => {
-            let last = !failure.retry || job.attempt >= job.max_attempts;
+            let last = !failure.retry || last_attempt;
             let status = if last { "failed" } else { "pending" };
-            if let Err(e) = set_status(&app, &document, status, Some(&failure.message), 0).await {
+            let recorded = set_status(&app, &document, status, Some(&failure.message), None, 0);
+            if let Err(e) = recorded.await {
                 tracing::warn!(error = %e, "cannot record the ingestion failure");
             }
             if failure.retry {
@@ -79,7 +83,12 @@ pub async fn run(job: JobContext) -> Outcome {
     }
 }
 
-async fn ingest(app: &AppState, document: &Document, caller: Caller<'_>) -> Result<usize, Failure> {
+async fn ingest(
+    app: &AppState,
+    document: &Document,
+    caller: Caller<'_>,
+    last_attempt: bool,
+) -> Result<usize, Failure> {
     let path = object_store::path::Path::from(document.object_key.as_str());
     let bytes = app
         .objects
@@ -112,47 +121,77 @@ async fn ingest(app: &AppState, document: &Document, caller: Caller<'_>) -> Resu
     }
     tx.commit().await?;
 
-    if let Some(embedder) = &app.knowledge.embeddings {
-        let texts: Vec<String> = chunks
-            .iter()
-            .map(|c| match &c.heading {
-                Some(h) => format!("{h}\n{}", c.text),
-                None => c.text.clone(),
-            })
-            .collect();
-        let vectors = embedder
-            .embed(&app.store, caller, &texts)
-            .await
-            .map_err(|e| Failure {
-                message: format!("embedding: {}", e.message),
-                retry: e.retryable,
-            })?;
-        let scope = Scope {
-            tenant_id: document.tenant_id.clone(),
-            collection_id: document.collection_id.clone(),
-        };
-        let entries = ids
-            .iter()
-            .zip(vectors)
-            .map(|(id, vector)| Entry {
-                chunk_id: id.clone(),
-                document_id: document.id.clone(),
-                vector,
-            })
-            .collect();
-        app.knowledge
-            .vectors
-            .delete_document(&scope, &document.id)
-            .await
-            .map_err(|e| Failure::transient(e.to_string()))?;
-        app.knowledge
-            .vectors
-            .upsert(&scope, entries)
-            .await
-            .map_err(|e| Failure::transient(e.to_string()))?;
-    }
-    set_status(app, document, "indexed", None, chunks.len()).await?;
+    let embedding_error = match embed(app, document, caller, &chunks, &ids).await {
+        Ok(()) => None,
+        Err(failure) if failure.retry && !last_attempt => return Err(failure),
+        Err(failure) => {
+            tracing::warn!(document_id = %document.id, error = %failure.message,
+                "the document is indexed for lexical search only");
+            Some(failure.message)
+        }
+    };
+    set_status(
+        app,
+        document,
+        "indexed",
+        None,
+        embedding_error.as_deref(),
+        chunks.len(),
+    )
+    .await?;
     Ok(chunks.len())
+}
+
+/// Embeds the chunks and replaces the document's vectors, when an embedding endpoint is set. The
+/// old vectors go first, so a document whose new chunks cannot be embedded keeps none pointing at
+/// chunks it no longer has.
+async fn embed(
+    app: &AppState,
+    document: &Document,
+    caller: Caller<'_>,
+    chunks: &[chunk::Chunk],
+    ids: &[String],
+) -> Result<(), Failure> {
+    let Some(embedder) = &app.knowledge.embeddings else {
+        return Ok(());
+    };
+    let scope = Scope {
+        tenant_id: document.tenant_id.clone(),
+        collection_id: document.collection_id.clone(),
+    };
+    app.knowledge
+        .vectors
+        .delete_document(&scope, &document.id)
+        .await
+        .map_err(|e| Failure::transient(e.to_string()))?;
+    let texts: Vec<String> = chunks
+        .iter()
+        .map(|c| match &c.heading {
+            Some(h) => format!("{h}\n{}", c.text),
+            None => c.text.clone(),
+        })
+        .collect();
+    let vectors = embedder
+        .embed(&app.store, caller, &texts)
+        .await
+        .map_err(|e| Failure {
+            message: format!("embedding: {}", e.message),
+            retry: e.retryable,
+        })?;
+    let entries = ids
+        .iter()
+        .zip(vectors)
+        .map(|(id, vector)| Entry {
+            chunk_id: id.clone(),
+            document_id: document.id.clone(),
+            vector,
+        })
+        .collect();
+    app.knowledge
+        .vectors
+        .upsert(&scope, entries)
+        .await
+        .map_err(|e| Failure::transient(e.to_string()))
 }
 
 async fn insert_chunk(
@@ -200,17 +239,19 @@ async fn set_status(
     document: &Document,
     status: &str,
     error: Option<&str>,
+    embedding_error: Option<&str>,
     chunks: usize,
 ) -> Result<(), sqlx::Error> {
     let now = crate::clock::now();
     let indexed_at = (status == "indexed").then_some(now);
     crate::with_writer!(&app.store, pool => {
         sqlx::query(
-            "UPDATE documents SET status = $1, error = $2, chunk_count = $3, updated_at = $4, indexed_at = $5 \
-             WHERE tenant_id = $6 AND id = $7",
+            "UPDATE documents SET status = $1, error = $2, embedding_error = $3, chunk_count = $4, updated_at = $5, \
+             indexed_at = $6 WHERE tenant_id = $7 AND id = $8",
         )
         .bind(status)
         .bind(error)
+        .bind(embedding_error)
         .bind(i32::try_from(chunks).unwrap_or(i32::MAX))
         .bind(now)
         .bind(indexed_at)

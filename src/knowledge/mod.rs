@@ -113,6 +113,9 @@ pub struct Document {
     pub metadata: Value,
     pub status: String,
     pub error: Option<String>,
+    /// Why the chunks have no embeddings although the document is `indexed` (it is found by
+    /// lexical search); null when they have them or no embedding endpoint is configured.
+    pub embedding_error: Option<String>,
     pub chunk_count: i32,
     /// The ingestion job (its runs are in `GET /runs?job_id=`).
     pub job_id: Option<String>,
@@ -139,6 +142,7 @@ pub(crate) struct DocumentRow {
     metadata: String,
     status: String,
     error: Option<String>,
+    embedding_error: Option<String>,
     chunk_count: i32,
     job_id: Option<String>,
     created_by: String,
@@ -148,7 +152,7 @@ pub(crate) struct DocumentRow {
 }
 
 pub(crate) const DOCUMENT_COLUMNS: &str = "id, tenant_id, collection_id, title, content_type, size_bytes, sha256, object_key, \
-    metadata, status, error, chunk_count, job_id, created_by, created_at, updated_at, indexed_at";
+    metadata, status, error, embedding_error, chunk_count, job_id, created_by, created_at, updated_at, indexed_at";
 
 impl From<DocumentRow> for Document {
     fn from(row: DocumentRow) -> Self {
@@ -164,6 +168,7 @@ impl From<DocumentRow> for Document {
             object_key: row.object_key,
             status: row.status,
             error: row.error,
+            embedding_error: row.embedding_error,
             chunk_count: row.chunk_count,
             job_id: row.job_id,
             created_by: row.created_by,

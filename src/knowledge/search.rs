@@ -61,7 +61,11 @@ pub struct SearchHit {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SearchResponse {
+    /// The retrieval that produced the results: `lexical` also when hybrid was asked for (or the
+    /// default) but the query could not be embedded, with the reason in `fallback`.
     pub mode: Mode,
+    /// Why the search fell back to lexical retrieval; null when it did not.
+    pub fallback: Option<String>,
     pub results: Vec<SearchHit>,
 }
 
@@ -241,7 +245,7 @@ pub async fn search(
         ));
     }
     let embeddings = app.knowledge.embeddings.as_ref();
-    let mode = request.mode.unwrap_or(if embeddings.is_some() {
+    let mut mode = request.mode.unwrap_or(if embeddings.is_some() {
         Mode::Hybrid
     } else {
         Mode::Lexical
@@ -252,20 +256,22 @@ pub async fn search(
     } else {
         lexical(&app.store, scope, query, candidates).await?
     };
+    let mut fallback = None;
     let vector_hits = if mode == Mode::Lexical {
         Vec::new()
     } else {
         let embedder = embeddings.ok_or(SearchError::NoEmbeddings)?;
-        let vectors = embedder
-            .embed(&app.store, caller, &[query.to_owned()])
-            .await
-            .map_err(|e| SearchError::Upstream(format!("embedding the query: {}", e.message)))?;
-        let vector = vectors.into_iter().next().unwrap_or_default();
-        app.knowledge
-            .vectors
-            .query(scope, &vector, candidates)
-            .await
-            .map_err(|e| SearchError::Upstream(e.to_string()))?
+        match vector(app, embedder.as_ref(), scope, query, candidates, caller).await {
+            Ok(hits) => hits,
+            // Hybrid without its vector half is lexical search: answer with that, and say so.
+            Err(reason) if mode == Mode::Hybrid => {
+                tracing::warn!(%reason, "search falls back to lexical retrieval");
+                mode = Mode::Lexical;
+                fallback = Some(reason);
+                Vec::new()
+            }
+            Err(reason) => return Err(SearchError::Upstream(reason)),
+        }
     };
 
     let mut ids: Vec<String> = lexical_hits.iter().map(|(id, ..)| id.clone()).collect();
@@ -348,7 +354,32 @@ pub async fn search(
             .then_with(|| a.chunk_id.cmp(&b.chunk_id))
     });
     results.truncate(k);
-    Ok(SearchResponse { mode, results })
+    Ok(SearchResponse {
+        mode,
+        fallback,
+        results,
+    })
+}
+
+/// The chunks nearest to the query's embedding, or why there are none.
+async fn vector(
+    app: &AppState,
+    embedder: &dyn super::embed::Embedder,
+    scope: &Scope,
+    query: &str,
+    candidates: usize,
+    caller: Caller<'_>,
+) -> Result<Vec<super::vectors::Hit>, String> {
+    let vectors = embedder
+        .embed(&app.store, caller, &[query.to_owned()])
+        .await
+        .map_err(|e| format!("embedding the query: {}", e.message))?;
+    let vector = vectors.into_iter().next().unwrap_or_default();
+    app.knowledge
+        .vectors
+        .query(scope, &vector, candidates)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

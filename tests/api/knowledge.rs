@@ -370,13 +370,35 @@ on_both_backends! {
     }
 
     async fn ingestion_that_cannot_succeed_marks_the_document_failed(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let kb = collection(&app, &sue, "procedures").await;
+        let (status, doc) = upload(&app, &sue, &kb, "scan.pdf", "application/pdf", b"%PDF-1.4 this is no PDF at all").await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{doc}");
+        let failed = wait_status(&app, &sue, &kb, &doc, "failed").await;
+        assert!(!failed["error"].as_str().unwrap_or_default().is_empty(), "{failed}");
+        assert_eq!(failed["embedding_error"], Value::Null);
+    }
+
+    // The lexical index does not need embeddings: a document whose chunks cannot be embedded (an
+    // endpoint that refuses for good) is indexed, says why it has no embeddings, and is found.
+    async fn a_document_that_cannot_be_embedded_is_indexed_for_lexical_search(backend) {
         let (base, _) = embedding_server(0, true).await;
         let Some(app) = TestApp::spawn_with(backend, ProcessRole::All, &[("EMBEDDING_BASE_URL", base.as_str())]).await else { return };
         let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
         let kb = collection(&app, &sue, "procedures").await;
         let doc = add(&app, &sue, &kb, "Cheques", "ops", CORPUS[0].2).await;
-        let failed = wait_status(&app, &sue, &kb, &doc, "failed").await;
-        assert!(failed["error"].as_str().unwrap().contains("model not found"), "{failed}");
+        let indexed = wait_status(&app, &sue, &kb, &doc, "indexed").await;
+        assert!(indexed["embedding_error"].as_str().unwrap().contains("model not found"), "{indexed}");
+        assert_eq!(indexed["error"], Value::Null);
+        assert!(indexed["chunk_count"].as_u64().unwrap() >= 1, "{indexed}");
+        let (status, found) = search(&app, &sue, &kb, json!({ "query": "cheque signatures" })).await;
+        assert_eq!(status, StatusCode::OK, "{found}");
+        assert_eq!((found["mode"].as_str(), titles(&found).first().map(String::as_str)), (Some("lexical"), Some("Cheques")), "{found}");
+        assert!(found["fallback"].as_str().unwrap().contains("embedding the query"), "{found}");
+        // Asked for vector search only, there is nothing to fall back on.
+        let (status, error) = search(&app, &sue, &kb, json!({ "query": "cheque signatures", "mode": "vector" })).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{error}");
     }
 }
 
@@ -526,5 +548,38 @@ on_both_backends! {
         assert_eq!(status, StatusCode::OK, "{found}");
         assert_eq!(found["id"], policies.as_str(), "{found}");
         assert_eq!(found["name"], "policies", "{found}");
+    }
+}
+
+on_both_backends! {
+    // A provider with chat but no /embeddings: answers come from lexical retrieval, with
+    // embeddings implied by LLM_BASE_URL (and failing) or turned off (and never called).
+    async fn a_chat_only_model_answers_from_lexical_retrieval(backend) {
+        let (llm, _) = answering_model().await;
+        let (unused_embeddings, embedding_calls) = embedding_server(0, false).await;
+        for off in [false, true] {
+            let mut env = vec![("LLM_BASE_URL", llm.as_str()), ("LLM_MODEL", "tiny"), ("RATE_LIMIT_PER_MINUTE", "100000")];
+            if off {
+                env.extend([("EMBEDDINGS", "off"), ("EMBEDDING_BASE_URL", unused_embeddings.as_str())]);
+            }
+            let Some(app) = TestApp::spawn_with(backend, ProcessRole::All, &env).await else { return };
+            let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+            let kb = collection(&app, &sue, "procedures").await;
+            for (title, team, text) in CORPUS {
+                let doc = add(&app, &sue, &kb, title, team, text).await;
+                let indexed = wait_status(&app, &sue, &kb, &doc, "indexed").await;
+                assert_eq!(indexed["embedding_error"].is_null(), off, "EMBEDDINGS=off: {off}, {indexed}");
+            }
+            let (status, answer) = app.call(Method::POST, &format!("/api/v1/collections/{kb}/ask"), &sue.access_token,
+                Some(json!({ "question": "What do large cheques above 5000 need?", "k": 3 }))).await;
+            assert_eq!(status, StatusCode::OK, "{answer}");
+            assert_eq!(answer["status"], "answered", "{answer}");
+            assert_eq!(answer["citations"][0]["document_title"], "Cheque handling", "{answer}");
+            assert_eq!(answer["retrieval"], "lexical", "{answer}");
+            assert_eq!(answer["retrieval_fallback"].is_null(), off, "{answer}");
+            let (_, found) = search(&app, &sue, &kb, json!({ "query": "cheque signatures" })).await;
+            assert_eq!((found["mode"].as_str(), found["fallback"].is_null()), (Some("lexical"), off), "{found}");
+        }
+        assert_eq!(embedding_calls.load(Ordering::SeqCst), 0, "EMBEDDINGS=off calls no embedding endpoint");
     }
 }
