@@ -131,7 +131,10 @@ pub struct Config {
     pub pipeline_env_allowlist: Vec<String>,
     /// How often a pipeline waiting for a wake-up (a review) checks anyway, in case one was missed.
     pub pipeline_wait_recheck_seconds: u64,
-    /// OpenAI-compatible `/embeddings` for the knowledge base; defaults to `LLM_BASE_URL`.
+    /// `EMBEDDINGS`: off embeds nothing although an endpoint is configured.
+    pub embeddings: bool,
+    /// OpenAI-compatible `/embeddings` for the knowledge base; defaults to `LLM_BASE_URL`; `None`
+    /// when `EMBEDDINGS` is off.
     pub embedding_base_url: Option<String>,
     pub embedding_api_key: Option<Secret>,
     pub embedding_model: String,
@@ -555,6 +558,7 @@ impl Config {
             assessment_timeout,
             pipeline_env_allowlist,
             pipeline_wait_recheck_seconds,
+            embeddings,
             embedding_base_url,
             embedding_api_key,
             embedding_model,
@@ -715,6 +719,7 @@ impl Config {
                 "PIPELINE_WAIT_RECHECK_SECONDS={}",
                 self.pipeline_wait_recheck_seconds
             ),
+            format!("EMBEDDINGS={}", if self.embeddings { "on" } else { "off" }),
             format!(
                 "EMBEDDING_BASE_URL={}",
                 self.embedding_base_url
