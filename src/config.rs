@@ -131,6 +131,9 @@ pub struct Config {
     pub pipeline_env_allowlist: Vec<String>,
     /// How often a pipeline waiting for a wake-up (a review) checks anyway, in case one was missed.
     pub pipeline_wait_recheck_seconds: u64,
+    /// How many jobs deep `tasks.run` and `events.publish` may start further jobs (a job started by
+    /// one at depth d has depth d+1), so a pipeline that starts itself stops.
+    pub pipeline_call_depth: u32,
     /// OpenAI-compatible `/embeddings` for the knowledge base; defaults to `LLM_BASE_URL`.
     pub embedding_base_url: Option<String>,
     pub embedding_api_key: Option<Secret>,
@@ -495,6 +498,8 @@ impl Config {
             get("PIPELINE_WAIT_RECHECK_SECONDS"),
             300,
         )?;
+        let pipeline_call_depth =
+            parse_number::<u32>("PIPELINE_CALL_DEPTH", get("PIPELINE_CALL_DEPTH"), 8)?;
 
         Ok(Self {
             environment,
@@ -551,6 +556,7 @@ impl Config {
             assessment_timeout,
             pipeline_env_allowlist,
             pipeline_wait_recheck_seconds,
+            pipeline_call_depth,
             embedding_base_url,
             embedding_api_key,
             embedding_model,
@@ -711,6 +717,7 @@ impl Config {
                 "PIPELINE_WAIT_RECHECK_SECONDS={}",
                 self.pipeline_wait_recheck_seconds
             ),
+            format!("PIPELINE_CALL_DEPTH={}", self.pipeline_call_depth),
             format!(
                 "EMBEDDING_BASE_URL={}",
                 self.embedding_base_url
@@ -1192,6 +1199,7 @@ mod tests {
                 &[("ASSESSMENT_TIMEOUT_SECONDS", "0")],
                 "ASSESSMENT_TIMEOUT_SECONDS",
             ),
+            (&[("PIPELINE_CALL_DEPTH", "-1")], "PIPELINE_CALL_DEPTH"),
         ];
         for (vars, expected) in cases {
             let err = load(vars).expect_err(&format!("{vars:?} should be rejected"));

@@ -100,7 +100,8 @@ pub async fn publish(
     event.occurred_at = now;
 
     let mut tx = state.store.begin().await?;
-    let Some(jobs) = super::record(&mut tx, &state.queue.settings, &event, key.as_deref()).await?
+    let Some(jobs) =
+        super::record(&mut tx, &state.queue.settings, &event, key.as_deref(), 0).await?
     else {
         drop(tx);
         return duplicate(
