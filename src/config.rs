@@ -134,6 +134,10 @@ pub struct Config {
     /// How many jobs deep `tasks.run` and `events.publish` may start further jobs (a job started by
     /// one at depth d has depth d+1), so a pipeline that starts itself stops.
     pub pipeline_call_depth: u32,
+    /// Jobs a tenant may have queued or running at once; 0 means no limit.
+    pub tenant_queued_jobs_max: u64,
+    /// Jobs a tenant may enqueue per minute; 0 means no limit.
+    pub tenant_enqueues_per_minute: u64,
     /// OpenAI-compatible `/embeddings` for the knowledge base; defaults to `LLM_BASE_URL`.
     pub embedding_base_url: Option<String>,
     pub embedding_api_key: Option<Secret>,
@@ -500,6 +504,16 @@ impl Config {
         )?;
         let pipeline_call_depth =
             parse_number::<u32>("PIPELINE_CALL_DEPTH", get("PIPELINE_CALL_DEPTH"), 8)?;
+        let tenant_queued_jobs_max = parse_number::<u64>(
+            "TENANT_QUEUED_JOBS_MAX",
+            get("TENANT_QUEUED_JOBS_MAX"),
+            10_000,
+        )?;
+        let tenant_enqueues_per_minute = parse_number::<u64>(
+            "TENANT_ENQUEUES_PER_MINUTE",
+            get("TENANT_ENQUEUES_PER_MINUTE"),
+            6_000,
+        )?;
 
         Ok(Self {
             environment,
@@ -557,6 +571,8 @@ impl Config {
             pipeline_env_allowlist,
             pipeline_wait_recheck_seconds,
             pipeline_call_depth,
+            tenant_queued_jobs_max,
+            tenant_enqueues_per_minute,
             embedding_base_url,
             embedding_api_key,
             embedding_model,
@@ -718,6 +734,11 @@ impl Config {
                 self.pipeline_wait_recheck_seconds
             ),
             format!("PIPELINE_CALL_DEPTH={}", self.pipeline_call_depth),
+            format!("TENANT_QUEUED_JOBS_MAX={}", self.tenant_queued_jobs_max),
+            format!(
+                "TENANT_ENQUEUES_PER_MINUTE={}",
+                self.tenant_enqueues_per_minute
+            ),
             format!(
                 "EMBEDDING_BASE_URL={}",
                 self.embedding_base_url
@@ -1200,6 +1221,14 @@ mod tests {
                 "ASSESSMENT_TIMEOUT_SECONDS",
             ),
             (&[("PIPELINE_CALL_DEPTH", "-1")], "PIPELINE_CALL_DEPTH"),
+            (
+                &[("TENANT_QUEUED_JOBS_MAX", "many")],
+                "TENANT_QUEUED_JOBS_MAX",
+            ),
+            (
+                &[("TENANT_ENQUEUES_PER_MINUTE", "1.5")],
+                "TENANT_ENQUEUES_PER_MINUTE",
+            ),
         ];
         for (vars, expected) in cases {
             let err = load(vars).expect_err(&format!("{vars:?} should be rejected"));

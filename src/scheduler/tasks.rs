@@ -930,7 +930,7 @@ pub async fn delete_task(
 #[utoipa::path(post, path = "/tasks/{id}/run_now", tag = "tasks",
     description = "Requires: supervisor or admin (`WriteTasks`), or an API key with `tasks:write`.",
     params(("id" = String, Path)),
-    responses((status = 202, body = Job), (status = 404, body = crate::http::error::ErrorBody)))]
+    responses((status = 202, body = Job), (status = 404, body = crate::http::error::ErrorBody), (status = 429, body = crate::http::error::ErrorBody)))]
 pub async fn run_now(
     State(state): State<AppState>,
     Authorized(principal, ..): Authorized<WriteTasks>,
@@ -942,6 +942,10 @@ pub async fn run_now(
     job.unique_key = Some(format!("task:{}:manual:{}", task.id, Uuid::now_v7()));
     let mut tx = state.store.begin().await?;
     let job = queue::enqueue(&mut tx, &state.queue.settings, job, now).await?;
+    let quotas = queue::quota::Quotas::from_config(&state.config);
+    if let Some(refused) = queue::quota::check(&mut tx, quotas, &task.tenant_id, 0, now).await? {
+        return Err(refused.into());
+    }
     principal
         .audit(
             &mut tx,

@@ -55,6 +55,21 @@ impl Tool for PublishEvent {
             let recorded = events::record(&mut tx, &app.queue.settings, &event, Some(&key), depth)
                 .await
                 .map_err(failed)?;
+            if recorded.as_ref().is_some_and(|jobs| !jobs.is_empty()) {
+                let quotas = crate::queue::quota::Quotas::from_config(&app.config);
+                let refused = crate::queue::quota::check(
+                    &mut tx,
+                    quotas,
+                    &ctx.tenant_id,
+                    0,
+                    event.occurred_at,
+                )
+                .await
+                .map_err(failed)?;
+                if let Some(refused) = refused {
+                    return Err(ToolError::transient(refused.to_string()));
+                }
+            }
             tx.commit().await.map_err(failed)?;
             let duplicate = recorded.is_none();
             if let Some(jobs) = recorded {

@@ -82,6 +82,13 @@ impl Tool for RunTask {
             let job = queue::enqueue(&mut tx, &app.queue.settings, job, now)
                 .await
                 .map_err(failed)?;
+            let quotas = queue::quota::Quotas::from_config(&app.config);
+            if let Some(refused) = queue::quota::check(&mut tx, quotas, &ctx.tenant_id, 0, now)
+                .await
+                .map_err(failed)?
+            {
+                return Err(ToolError::transient(refused.to_string()));
+            }
             tx.commit().await.map_err(failed)?;
             app.queue.enqueued(std::slice::from_ref(&job));
             Ok(ToolResult::Done(
