@@ -131,6 +131,13 @@ pub struct Config {
     pub pipeline_env_allowlist: Vec<String>,
     /// How often a pipeline waiting for a wake-up (a review) checks anyway, in case one was missed.
     pub pipeline_wait_recheck_seconds: u64,
+    /// How many jobs deep `tasks.run` and `events.publish` may start further jobs (a job started by
+    /// one at depth d has depth d+1), so a pipeline that starts itself stops.
+    pub pipeline_call_depth: u32,
+    /// Jobs a tenant may have queued or running at once; 0 means no limit.
+    pub tenant_queued_jobs_max: u64,
+    /// Jobs a tenant may enqueue per minute; 0 means no limit.
+    pub tenant_enqueues_per_minute: u64,
     /// `EMBEDDINGS`: off embeds nothing although an endpoint is configured.
     pub embeddings: bool,
     /// OpenAI-compatible `/embeddings` for the knowledge base; defaults to `LLM_BASE_URL`; `None`
@@ -502,6 +509,18 @@ impl Config {
             get("PIPELINE_WAIT_RECHECK_SECONDS"),
             300,
         )?;
+        let pipeline_call_depth =
+            parse_number::<u32>("PIPELINE_CALL_DEPTH", get("PIPELINE_CALL_DEPTH"), 8)?;
+        let tenant_queued_jobs_max = parse_number::<u64>(
+            "TENANT_QUEUED_JOBS_MAX",
+            get("TENANT_QUEUED_JOBS_MAX"),
+            10_000,
+        )?;
+        let tenant_enqueues_per_minute = parse_number::<u64>(
+            "TENANT_ENQUEUES_PER_MINUTE",
+            get("TENANT_ENQUEUES_PER_MINUTE"),
+            6_000,
+        )?;
 
         Ok(Self {
             environment,
@@ -558,6 +577,9 @@ impl Config {
             assessment_timeout,
             pipeline_env_allowlist,
             pipeline_wait_recheck_seconds,
+            pipeline_call_depth,
+            tenant_queued_jobs_max,
+            tenant_enqueues_per_minute,
             embeddings,
             embedding_base_url,
             embedding_api_key,
@@ -718,6 +740,12 @@ impl Config {
             format!(
                 "PIPELINE_WAIT_RECHECK_SECONDS={}",
                 self.pipeline_wait_recheck_seconds
+            ),
+            format!("PIPELINE_CALL_DEPTH={}", self.pipeline_call_depth),
+            format!("TENANT_QUEUED_JOBS_MAX={}", self.tenant_queued_jobs_max),
+            format!(
+                "TENANT_ENQUEUES_PER_MINUTE={}",
+                self.tenant_enqueues_per_minute
             ),
             format!("EMBEDDINGS={}", if self.embeddings { "on" } else { "off" }),
             format!(
@@ -1200,6 +1228,15 @@ mod tests {
             (
                 &[("ASSESSMENT_TIMEOUT_SECONDS", "0")],
                 "ASSESSMENT_TIMEOUT_SECONDS",
+            ),
+            (&[("PIPELINE_CALL_DEPTH", "-1")], "PIPELINE_CALL_DEPTH"),
+            (
+                &[("TENANT_QUEUED_JOBS_MAX", "many")],
+                "TENANT_QUEUED_JOBS_MAX",
+            ),
+            (
+                &[("TENANT_ENQUEUES_PER_MINUTE", "1.5")],
+                "TENANT_ENQUEUES_PER_MINUTE",
             ),
         ];
         for (vars, expected) in cases {

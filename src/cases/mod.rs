@@ -782,7 +782,7 @@ pub async fn record(
         }),
     );
     event.occurred_at = now;
-    let mut jobs = crate::events::record(tx, &state.queue.settings, &event, None)
+    let mut jobs = crate::events::record(tx, &state.queue.settings, &event, None, 0)
         .await?
         .unwrap_or_default();
     if row.is_final() {

@@ -68,7 +68,7 @@ fn validate_topic(topic: &str) -> Result<(), ApiError> {
 #[utoipa::path(post, path = "/events", tag = "events",
     description = "Requires: supervisor or admin (`PublishEvents`), or an API key with `events:write`.",
     request_body = PublishEvent,
-    responses((status = 202, body = Published), (status = 200, description = "duplicate idempotency key", body = Published), (status = 422, body = crate::http::error::ErrorBody)))]
+    responses((status = 202, body = Published), (status = 200, description = "duplicate idempotency key", body = Published), (status = 422, body = crate::http::error::ErrorBody), (status = 429, description = "queue quota exceeded; nothing was stored", body = crate::http::error::ErrorBody)))]
 pub async fn publish(
     State(state): State<AppState>,
     Authorized(principal, ..): Authorized<PublishEvents>,
@@ -100,7 +100,8 @@ pub async fn publish(
     event.occurred_at = now;
 
     let mut tx = state.store.begin().await?;
-    let Some(jobs) = super::record(&mut tx, &state.queue.settings, &event, key.as_deref()).await?
+    let Some(jobs) =
+        super::record(&mut tx, &state.queue.settings, &event, key.as_deref(), 0).await?
     else {
         drop(tx);
         return duplicate(
@@ -110,6 +111,14 @@ pub async fn publish(
         )
         .await;
     };
+    if !jobs.is_empty() {
+        let quotas = crate::queue::quota::Quotas::from_config(&state.config);
+        if let Some(refused) =
+            crate::queue::quota::check(&mut tx, quotas, &principal.tenant_id, 0, now).await?
+        {
+            return Err(refused.into());
+        }
+    }
     tx.commit().await?;
     state.events.publish(event.clone());
     state.queue.enqueued(&jobs);

@@ -160,13 +160,15 @@ impl EventBus {
 
 /// Stores `event` inside `tx` and enqueues a job for every active task listening on its topic, so
 /// the event exists, and its jobs with it, exactly when the change it describes commits. `None` when
-/// `idempotency_key` was used before (nothing is written). Publish the event and announce the jobs
+/// `idempotency_key` was used before (nothing is written). The jobs get `depth`, the call depth of
+/// whatever published the event (0 unless a pipeline did). Publish the event and announce the jobs
 /// after the commit.
 pub async fn record(
     tx: &mut Tx,
     settings: &queue::Settings,
     event: &Envelope,
     idempotency_key: Option<&str>,
+    depth: u32,
 ) -> Result<Option<Vec<queue::Job>>, sqlx::Error> {
     let inserted = with_tx!(tx, conn => {
         sqlx::query(
@@ -201,6 +203,7 @@ pub async fn record(
     for task in &tasks {
         let mut job = task.job_for(event.occurred_at);
         job.payload["event"] = serde_json::json!(event);
+        TaskRow::set_call_depth(&mut job, depth);
         task.render_keys(&mut job);
         job.unique_key = Some(format!("task:{}:event:{}", task.id, event.id));
         jobs.push(queue::enqueue(tx, settings, job, event.occurred_at).await?);

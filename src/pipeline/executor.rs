@@ -52,6 +52,7 @@ pub async fn run(app: &AppState, job: &JobContext, definition: Definition) -> Ou
             job_id: job.job_id.clone(),
             task_id: job.task_id.clone(),
             step_id: step.id.clone(),
+            depth: crate::scheduler::tasks::call_depth(&job.payload),
             timeout: step_timeout(step),
         };
         let started_at = crate::clock::now();

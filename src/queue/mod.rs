@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod http;
+pub mod quota;
 pub mod worker;
 
 use utoipa_axum::router::OpenApiRouter;

@@ -131,6 +131,7 @@ impl Worker {
         ));
         let _listener = spawn_pg_listener(&self.queue.store, ready.clone(), shutdown.clone());
         let mut running: JoinSet<()> = JoinSet::new();
+        let mut claim_failed = false;
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -143,7 +144,21 @@ impl Worker {
             let free = concurrency.saturating_sub(running.len());
             let mut claimed_full_batch = false;
             // Claim in batches: one slot at a time would cost a transaction per job under load.
-            if free > 0 && (free >= claim_threshold || running.is_empty()) {
+            let wants_claim = free > 0 && (free >= claim_threshold || running.is_empty());
+            // After a failed claim (an outage), wait at most a poll interval for the database
+            // before claiming: a claim would sit out the pool's whole acquire timeout on a
+            // connection attempt made while the server was down. Healthy claims skip the check.
+            let reachable = if wants_claim && claim_failed {
+                self.queue
+                    .store
+                    .reachable_within(settings.poll_interval)
+                    .await
+            } else {
+                Ok(())
+            };
+            if let Err(e) = reachable {
+                tracing::debug!(error = %e, "database not reachable; claiming at the next poll");
+            } else if wants_claim {
                 let limit = u32::try_from(free).unwrap_or(u32::MAX);
                 match super::claim(
                     &self.queue.store,
@@ -155,6 +170,7 @@ impl Worker {
                 .await
                 {
                     Ok(jobs) => {
+                        claim_failed = false;
                         claimed_full_batch = jobs.len() == free;
                         for claimed in jobs {
                             running.spawn(execute(
@@ -168,7 +184,10 @@ impl Worker {
                             ));
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "claiming jobs failed"),
+                    Err(e) => {
+                        claim_failed = true;
+                        tracing::warn!(error = %e, "claiming jobs failed");
+                    }
                 }
             }
             if claimed_full_batch && running.len() < concurrency {

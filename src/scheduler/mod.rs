@@ -76,6 +76,8 @@ pub struct Tick {
     /// Occurrences answered by an earlier job: the task's dedupe key was taken within its window.
     pub deduplicated: usize,
     pub missed: usize,
+    /// Occurrences skipped because their tenant was over a queue quota.
+    pub refused: usize,
     /// The jobs enqueued, to announce once the pass has committed.
     pub jobs: Vec<queue::Job>,
 }
@@ -85,6 +87,7 @@ pub struct Tick {
 pub async fn tick(
     store: &Store,
     settings: &Settings,
+    quotas: queue::quota::Quotas,
     now: DateTime<Utc>,
 ) -> Result<Tick, sqlx::Error> {
     let mut tx = store.begin().await?;
@@ -120,6 +123,12 @@ pub async fn tick(
             if now - at > grace {
                 let (first, _, count) = missed.unwrap_or((at, at, 0));
                 missed = Some((first, at, count + 1));
+            } else if let Some(refused) =
+                queue::quota::check(&mut tx, quotas, &task.tenant_id, 1, now).await?
+            {
+                // Skipped, not postponed: replaying it later would add to the flood.
+                tracing::warn!(task_id = %task.id, tenant_id = %task.tenant_id, occurrence = %at, reason = refused.reason, "{refused}; occurrence skipped");
+                report.refused += 1;
             } else {
                 let (job, created) =
                     queue::enqueue_or_existing(&mut tx, settings, task.job_for(at), now).await?;
@@ -201,6 +210,7 @@ impl Scheduler {
             let full_batch = match tick(
                 &self.state.store,
                 &self.state.queue.settings,
+                queue::quota::Quotas::from_config(&self.state.config),
                 crate::clock::now(),
             )
             .await

@@ -102,6 +102,14 @@ impl TaskRow {
         job
     }
 
+    /// Marks a job as started by a job at `depth - 1` (`tasks.run`, or an event a pipeline
+    /// published); jobs started by a schedule, a person or the API are at depth 0 and carry none.
+    pub fn set_call_depth(job: &mut NewJob, depth: u32) {
+        if depth > 0 {
+            job.payload[CALL_DEPTH_KEY] = json!(depth);
+        }
+    }
+
     /// Sets the job's keys from the task's templates, rendered against the job's payload (its
     /// `payload.params` and `event`). Callers that change those after [`TaskRow::job_for`] call
     /// this again.
@@ -116,6 +124,17 @@ impl TaskRow {
         job.concurrency_key = render(&self.concurrency_key);
         job.dedupe_key = render(&self.dedupe_key);
     }
+}
+
+/// Where a task job's payload keeps its call depth (see [`TaskRow::set_call_depth`]).
+pub const CALL_DEPTH_KEY: &str = "call_depth";
+
+/// The call depth of a task job, from its payload.
+pub fn call_depth(payload: &Value) -> u32 {
+    payload[CALL_DEPTH_KEY]
+        .as_u64()
+        .and_then(|d| u32::try_from(d).ok())
+        .unwrap_or(0)
 }
 
 /// Longest key as written in a task, and as stored after rendering.
@@ -911,7 +930,7 @@ pub async fn delete_task(
 #[utoipa::path(post, path = "/tasks/{id}/run_now", tag = "tasks",
     description = "Requires: supervisor or admin (`WriteTasks`), or an API key with `tasks:write`.",
     params(("id" = String, Path)),
-    responses((status = 202, body = Job), (status = 404, body = crate::http::error::ErrorBody)))]
+    responses((status = 202, body = Job), (status = 404, body = crate::http::error::ErrorBody), (status = 429, body = crate::http::error::ErrorBody)))]
 pub async fn run_now(
     State(state): State<AppState>,
     Authorized(principal, ..): Authorized<WriteTasks>,
@@ -923,6 +942,10 @@ pub async fn run_now(
     job.unique_key = Some(format!("task:{}:manual:{}", task.id, Uuid::now_v7()));
     let mut tx = state.store.begin().await?;
     let job = queue::enqueue(&mut tx, &state.queue.settings, job, now).await?;
+    let quotas = queue::quota::Quotas::from_config(&state.config);
+    if let Some(refused) = queue::quota::check(&mut tx, quotas, &task.tenant_id, 0, now).await? {
+        return Err(refused.into());
+    }
     principal
         .audit(
             &mut tx,

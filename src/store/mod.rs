@@ -386,6 +386,18 @@ impl Store {
         }
     }
 
+    /// Waits at most `within` for a working database connection (PostgreSQL; SQLite is always
+    /// there), for a worker recovering from a failed claim.
+    pub async fn reachable_within(&self, within: Duration) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Sqlite(..) => Ok(()),
+            Self::Postgres(pool) => tokio::time::timeout(within, pool.acquire())
+                .await
+                .map_err(|_| sqlx::Error::PoolTimedOut)?
+                .map(drop),
+        }
+    }
+
     /// The row-locking clause for claim queries: PostgreSQL skips rows other transactions hold;
     /// SQLite has one writer at a time, so there is nothing to skip.
     pub fn skip_locked(&self) -> &'static str {
@@ -449,17 +461,30 @@ pub fn spawn_listener(
             let listen = async {
                 let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
                 listener.listen(channel).await?;
-                loop {
-                    listener.recv().await?;
+                // Whatever was sent while no listener was connected (an outage, a restart of the
+                // server) was lost: wake everyone once so it is not left for the next poll.
+                notify.notify_waiters();
+                // `None`: the connection was lost; reconnect here, so the wake-up above follows.
+                while listener.try_recv().await?.is_some() {
                     notify.notify_waiters();
                 }
+                Ok(())
             };
             let result: Result<(), sqlx::Error> = tokio::select! {
                 () = shutdown.cancelled() => return,
                 result = listen => result,
             };
-            if let Err(e) = result {
-                tracing::debug!(channel, error = %e, "notification listener lost its connection; reconnecting");
+            match result {
+                Ok(()) => {
+                    tracing::debug!(
+                        channel,
+                        "notification listener lost its connection; reconnecting"
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(channel, error = %e, "notification listener cannot connect; retrying");
+                }
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,

@@ -388,3 +388,95 @@ on_both_backends! {
         assert_eq!(steps.len(), 1, "nothing after the failed step ran");
     }
 }
+
+/// The statuses of a task's jobs, oldest first.
+async fn job_statuses(app: &TestApp, tenant: &str, task_id: &str) -> Vec<String> {
+    let sql =
+        "SELECT status FROM jobs WHERE tenant_id = $1 AND task_id = $2 ORDER BY created_at, id";
+    match &app.state.store {
+        docket::store::Store::Sqlite(pool, _) => sqlx::query_scalar(sql)
+            .bind(tenant)
+            .bind(task_id)
+            .fetch_all(pool)
+            .await
+            .unwrap(),
+        docket::store::Store::Postgres(pool) => sqlx::query_scalar(sql)
+            .bind(tenant)
+            .bind(task_id)
+            .fetch_all(pool)
+            .await
+            .unwrap(),
+    }
+}
+
+/// Waits until the task has a dead job (the one refused at the limit), then a little longer, so a
+/// job enqueued too many would be seen.
+async fn settled_statuses(app: &TestApp, tenant: &str, task_id: &str) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let statuses = job_statuses(app, tenant, task_id).await;
+        if statuses.iter().any(|s| s == "dead") {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return job_statuses(app, tenant, task_id).await;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no job was refused: {statuses:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+on_both_backends! {
+    async fn a_pipeline_that_runs_itself_stops_at_the_call_depth_limit(backend) {
+        let Some(app) = TestApp::spawn_with(backend, ProcessRole::All, &[("PIPELINE_CALL_DEPTH", "3")]).await else { return };
+        let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let (status, task) = create_task(&app, &sue, json!({ "pipeline": [
+            { "id": "again", "uses": "tasks.run", "with": { "task_id": "${run.task_id}" } }
+        ] })).await;
+        assert_eq!(status, StatusCode::CREATED, "{task}");
+        let first = run_now(&app, &sue, &task).await;
+        let statuses = settled_statuses(&app, &sue.tenant_id, task["id"].as_str().unwrap()).await;
+        assert_eq!(statuses, ["succeeded", "succeeded", "succeeded", "dead"], "depths 0 to 3, and no fifth job");
+        let (_, runs) = app.call(Method::GET, &format!("/api/v1/runs?task_id={}", task["id"].as_str().unwrap()), &sue.access_token, None).await;
+        let errors: Vec<&str> = runs["items"].as_array().unwrap().iter().filter_map(|r| r["error"].as_str()).collect();
+        assert_eq!(errors.len(), 1, "{runs}");
+        assert!(errors[0].contains("call depth limit reached") && errors[0].contains("PIPELINE_CALL_DEPTH is 3"), "{}", errors[0]);
+        assert_ne!(first, "", "the first job was started by the API at depth 0");
+    }
+
+    async fn an_event_loop_stops_at_the_call_depth_limit(backend) {
+        let Some(app) = TestApp::spawn_with(backend, ProcessRole::All, &[("PIPELINE_CALL_DEPTH", "2")]).await else { return };
+        let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let (status, task) = app.call(Method::POST, "/api/v1/tasks", &sue.access_token, Some(json!({
+            "title": "Echo", "schedule_kind": "event", "schedule_expr": "loop.echo",
+            "payload": { "pipeline": [{ "id": "echo", "uses": "events.publish", "with": { "topic": "loop.echo" } }] }
+        }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{task}");
+        let (status, event) = app.call(Method::POST, "/api/v1/events", &sue.access_token, Some(json!({ "topic": "loop.echo", "payload": {} }))).await;
+        assert!(status.is_success(), "{event}");
+        let statuses = settled_statuses(&app, &sue.tenant_id, task["id"].as_str().unwrap()).await;
+        assert_eq!(statuses, ["succeeded", "succeeded", "dead"], "depths 0 to 2");
+        assert_eq!(events_on(&app, &sue.tenant_id, "loop.echo").await, 3, "the API's event and two published by the pipeline");
+    }
+
+    async fn tasks_run_refuses_a_paused_task_but_a_person_may_still_run_it_now(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let (_, target) = create_task(&app, &sue, json!({ "pipeline": [{ "id": "a", "uses": "events.publish", "with": { "topic": "target.ran" } }] })).await;
+        let target_id = target["id"].as_str().unwrap();
+        let (status, paused) = app.call(Method::POST, &format!("/api/v1/tasks/{target_id}/pause"), &sue.access_token, None).await;
+        assert_eq!(status, StatusCode::OK, "{paused}");
+        let (_, caller) = create_task(&app, &sue, json!({ "pipeline": [{ "id": "start", "uses": "tasks.run", "with": { "task_id": target_id } }] })).await;
+        let job_id = run_now(&app, &sue, &caller).await;
+        let dead = app.wait_for_job(&sue.tenant_id, &job_id, "dead").await;
+        let error = dead.last_error.unwrap();
+        assert!(error.contains("is paused"), "{error}");
+        assert!(job_statuses(&app, &sue.tenant_id, target_id).await.is_empty(), "nothing was enqueued for the paused task");
+
+        // Run now is a person's deliberate action on the task itself, so pausing the schedule does not refuse it.
+        let job_id = run_now(&app, &sue, &target).await;
+        app.wait_for_job(&sue.tenant_id, &job_id, "succeeded").await;
+        assert_eq!(events_on(&app, &sue.tenant_id, "target.ran").await, 1);
+    }
+}

@@ -413,3 +413,108 @@ on_both_backends! {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
     }
 }
+
+async fn manual_task(app: &TestApp, who: &crate::support::Login, payload: Value) -> String {
+    let (status, task) = app
+        .call(
+            Method::POST,
+            "/api/v1/tasks",
+            &who.access_token,
+            Some(json!({ "title": "Quota", "schedule_kind": "manual", "payload": payload })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{task}");
+    task["id"].as_str().unwrap().to_owned()
+}
+
+async fn run_now_raw(
+    app: &TestApp,
+    who: &crate::support::Login,
+    task_id: &str,
+) -> reqwest::Response {
+    app.client
+        .post(format!("{}/api/v1/tasks/{task_id}/run_now", app.base))
+        .bearer_auth(&who.access_token)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn tenant_jobs(app: &TestApp, tenant: &str) -> i64 {
+    let sql = "SELECT COUNT(*) FROM jobs WHERE tenant_id = $1";
+    match &app.state.store {
+        docket::store::Store::Sqlite(pool, _) => sqlx::query_scalar(sql)
+            .bind(tenant)
+            .fetch_one(pool)
+            .await
+            .unwrap(),
+        docket::store::Store::Postgres(pool) => sqlx::query_scalar(sql)
+            .bind(tenant)
+            .fetch_one(pool)
+            .await
+            .unwrap(),
+    }
+}
+
+on_both_backends! {
+    async fn queued_jobs_beyond_the_tenant_quota_are_refused_with_429(backend) {
+        // API only: the jobs stay queued.
+        let Some(app) = TestApp::spawn_with(backend, docket::app::Role::Api, &[("TENANT_QUEUED_JOBS_MAX", "2")]).await else { return };
+        let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let task = manual_task(&app, &sue, json!({})).await;
+        for _ in 0..2 {
+            assert_eq!(run_now_raw(&app, &sue, &task).await.status(), StatusCode::ACCEPTED);
+        }
+        let refused = run_now_raw(&app, &sue, &task).await;
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.headers()["retry-after"], "30");
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "queue_quota_exceeded", "{body}");
+        assert_eq!(body["error"]["details"]["reason"], "queued_jobs");
+        assert_eq!(body["error"]["details"]["limit"], 2);
+        assert_eq!(tenant_jobs(&app, &sue.tenant_id).await, 2, "the refused job was not enqueued");
+
+        // An event that would start a job is refused as a whole: not stored either.
+        let (status, _) = app.call(Method::POST, "/api/v1/tasks", &sue.access_token, Some(json!({ "title": "On order", "schedule_kind": "event", "schedule_expr": "orders.created" }))).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, body) = app.call(Method::POST, "/api/v1/events", &sue.access_token, Some(json!({ "topic": "orders.created", "payload": {} }))).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert_eq!(body["error"]["code"], "queue_quota_exceeded");
+        assert_eq!(tenant_jobs(&app, &sue.tenant_id).await, 2);
+
+        // Other tenants have quotas of their own.
+        let ann = app.sign_in("globex", "ann@globex.test", Role::Supervisor).await;
+        let other = manual_task(&app, &ann, json!({})).await;
+        assert_eq!(run_now_raw(&app, &ann, &other).await.status(), StatusCode::ACCEPTED);
+
+        let metrics = app.get("/metrics").await.text().await.unwrap();
+        assert!(metrics.contains("docket_queue_refused_total{reason=\"queued_jobs\"}"), "{metrics}");
+    }
+
+    async fn enqueues_beyond_the_tenants_rate_are_refused_and_fail_pipeline_steps(backend) {
+        let Some(app) = TestApp::spawn_with(backend, docket::app::Role::All, &[("TENANT_ENQUEUES_PER_MINUTE", "3")]).await else { return };
+        let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let target = manual_task(&app, &sue, json!({})).await;
+        let caller = manual_task(&app, &sue, json!({ "pipeline": [{ "id": "start", "uses": "tasks.run", "with": { "task_id": target } }] })).await;
+        assert_eq!(run_now_raw(&app, &sue, &target).await.status(), StatusCode::ACCEPTED);
+        let job: Value = run_now_raw(&app, &sue, &caller).await.json().await.unwrap();
+        // The caller's step starts the third job of the minute.
+        app.wait_for_job(&sue.tenant_id, job["id"].as_str().unwrap(), "succeeded").await;
+        let job: Value = run_now_raw(&app, &sue, &caller).await.json().await.unwrap();
+        assert!(job["id"].is_null(), "the fourth run is refused: {job}");
+        assert_eq!(job["error"]["details"]["reason"], "enqueue_rate");
+        assert_eq!(tenant_jobs(&app, &sue.tenant_id).await, 3);
+    }
+
+    async fn a_pipeline_step_over_the_quota_fails_and_enqueues_nothing(backend) {
+        let Some(app) = TestApp::spawn_with(backend, docket::app::Role::All, &[("TENANT_ENQUEUES_PER_MINUTE", "1")]).await else { return };
+        let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let target = manual_task(&app, &sue, json!({})).await;
+        let caller = manual_task(&app, &sue, json!({ "pipeline": [{ "id": "start", "uses": "tasks.run", "with": { "task_id": target } }] })).await;
+        let job: Value = run_now_raw(&app, &sue, &caller).await.json().await.unwrap();
+        let dead = app.wait_for_job(&sue.tenant_id, job["id"].as_str().unwrap(), "dead").await;
+        let error = dead.last_error.unwrap();
+        assert!(error.contains("queue quota exceeded") && error.contains("TENANT_ENQUEUES_PER_MINUTE"), "{error}");
+        assert_eq!(tenant_jobs(&app, &sue.tenant_id).await, 1, "only the caller's job");
+    }
+}

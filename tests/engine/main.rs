@@ -4,5 +4,6 @@
 mod support;
 
 mod job_keys;
+mod outage;
 mod queue;
 mod scheduler;

@@ -79,13 +79,13 @@ on_both_backends! {
     async fn due_occurrences_are_enqueued_once(backend) {
         let Some(h) = harness(backend).await else { return };
         insert_task(&h.store, "every-minute", "cron", "* * * * *", at(8, 0, 0), 30).await;
-        let report = scheduler::tick(&h.store, &h.settings, at(8, 0, 1)).await.unwrap();
+        let report = scheduler::tick(&h.store, &h.settings, docket::queue::quota::Quotas::NONE, at(8, 0, 1)).await.unwrap();
         assert_eq!((report.enqueued, report.missed), (1, 0));
         assert_eq!(jobs_of(&h.store, "every-minute").await, [("queued".to_owned(), at(8, 0, 0))]);
         assert_eq!(task(&h.store, "every-minute").await.next_run_at, Some(at(8, 1, 0)));
-        let again = scheduler::tick(&h.store, &h.settings, at(8, 0, 2)).await.unwrap();
+        let again = scheduler::tick(&h.store, &h.settings, docket::queue::quota::Quotas::NONE, at(8, 0, 2)).await.unwrap();
         assert_eq!(again.enqueued, 0, "not due again until 08:01");
-        let later = scheduler::tick(&h.store, &h.settings, at(8, 1, 0)).await.unwrap();
+        let later = scheduler::tick(&h.store, &h.settings, docket::queue::quota::Quotas::NONE, at(8, 1, 0)).await.unwrap();
         assert_eq!(later.enqueued, 1);
         assert_eq!(jobs_of(&h.store, "every-minute").await.len(), 2);
     }
@@ -98,8 +98,8 @@ on_both_backends! {
         for second in 0..20 {
             let now = at(9, 0, second);
             let (a, b) = tokio::join!(
-                scheduler::tick(&h.store, &h.settings, now),
-                scheduler::tick(&h.store, &h.settings, now)
+                scheduler::tick(&h.store, &h.settings, docket::queue::quota::Quotas::NONE, now),
+                scheduler::tick(&h.store, &h.settings, docket::queue::quota::Quotas::NONE, now)
             );
             a.unwrap();
             b.unwrap();
@@ -119,9 +119,9 @@ on_both_backends! {
             sqlx::query("UPDATE tasks SET dedupe_key = 'sync-all', dedupe_window_seconds = 3600 WHERE id = 'sync'").execute(pool).await.map(|_| ())
         })
         .unwrap();
-        let first = scheduler::tick(&h.store, &h.settings, at(8, 0, 1)).await.unwrap();
+        let first = scheduler::tick(&h.store, &h.settings, docket::queue::quota::Quotas::NONE, at(8, 0, 1)).await.unwrap();
         assert_eq!((first.enqueued, first.deduplicated, first.jobs.len()), (1, 0, 1));
-        let second = scheduler::tick(&h.store, &h.settings, at(8, 1, 1)).await.unwrap();
+        let second = scheduler::tick(&h.store, &h.settings, docket::queue::quota::Quotas::NONE, at(8, 1, 1)).await.unwrap();
         assert_eq!((second.enqueued, second.deduplicated), (0, 1), "08:01 is answered by the 08:00 job");
         assert!(second.jobs.is_empty(), "nothing new to announce");
         assert_eq!(jobs_of(&h.store, "sync").await, [("queued".to_owned(), at(8, 0, 0))]);
@@ -132,7 +132,7 @@ on_both_backends! {
         let Some(h) = harness(backend).await else { return };
         insert_task(&h.store, "minutely", "cron", "* * * * *", at(10, 0, 0), 30).await;
         // The scheduler was down for an hour; it comes back at 11:00:10.
-        let report = scheduler::tick(&h.store, &h.settings, at(11, 0, 10)).await.unwrap();
+        let report = scheduler::tick(&h.store, &h.settings, docket::queue::quota::Quotas::NONE, at(11, 0, 10)).await.unwrap();
         assert_eq!(report.missed, 60, "10:00 … 10:59");
         assert_eq!(report.enqueued, 1, "11:00 is within the 30 s grace");
         let jobs = jobs_of(&h.store, "minutely").await;
@@ -152,7 +152,7 @@ on_both_backends! {
         let Some(h) = harness(backend).await else { return };
         insert_task(&h.store, "once", "once", "2030-01-01T12:00:00Z", at(12, 0, 0), 30).await;
         insert_task(&h.store, "too-late", "once", "2030-01-01T12:00:00Z", at(12, 0, 0), 5).await;
-        scheduler::tick(&h.store, &h.settings, at(12, 0, 10)).await.unwrap();
+        scheduler::tick(&h.store, &h.settings, docket::queue::quota::Quotas::NONE, at(12, 0, 10)).await.unwrap();
         let once = task(&h.store, "once").await;
         assert_eq!((once.status.as_str(), once.next_run_at), ("completed", None));
         assert_eq!(jobs_of(&h.store, "once").await, [("queued".to_owned(), at(12, 0, 0))]);
@@ -175,5 +175,19 @@ on_both_backends! {
         }
         shutdown.cancel();
         loop_handle.await.unwrap();
+    }
+}
+
+on_both_backends! {
+    async fn an_occurrence_over_the_tenants_queue_quota_is_skipped(backend) {
+        let Some(h) = harness(backend).await else { return };
+        insert_task(&h.store, "every-minute", "cron", "* * * * *", at(8, 0, 0), 30).await;
+        let quotas = docket::queue::quota::Quotas { queued_max: 1, per_minute: 0 };
+        let first = scheduler::tick(&h.store, &h.settings, quotas, at(8, 0, 1)).await.unwrap();
+        assert_eq!((first.enqueued, first.refused), (1, 0));
+        let second = scheduler::tick(&h.store, &h.settings, quotas, at(8, 1, 1)).await.unwrap();
+        assert_eq!((second.enqueued, second.refused), (0, 1), "the first job is still queued");
+        assert_eq!(jobs_of(&h.store, "every-minute").await.len(), 1);
+        assert_eq!(task(&h.store, "every-minute").await.next_run_at, Some(at(8, 2, 0)), "skipped, not replayed");
     }
 }

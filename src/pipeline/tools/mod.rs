@@ -32,6 +32,8 @@ pub struct ToolContext {
     pub job_id: String,
     pub task_id: Option<String>,
     pub step_id: String,
+    /// The job's call depth: jobs this step starts (`tasks.run`, `events.publish`) are one deeper.
+    pub depth: u32,
     /// The step's timeout; tools that call out pass it on (the executor also enforces it).
     pub timeout: Duration,
 }
@@ -103,6 +105,21 @@ pub trait Tool: Send + Sync + 'static {
             ))
         })
     }
+}
+
+/// The call depth of a job started by this step, or the error that fails the step when it would
+/// be deeper than `PIPELINE_CALL_DEPTH` (a pipeline that starts itself, directly or by an event).
+pub fn child_depth(ctx: &ToolContext) -> Result<u32, ToolError> {
+    let limit = ctx.app.config.pipeline_call_depth;
+    let depth = ctx.depth.saturating_add(1);
+    if depth > limit {
+        return Err(ToolError::permanent(format!(
+            "call depth limit reached: this job is {} calls deep and PIPELINE_CALL_DEPTH is {limit}, \
+             so it cannot start another job",
+            ctx.depth
+        )));
+    }
+    Ok(depth)
 }
 
 /// The JSON Schema of a type deriving `utoipa::ToSchema`, for [`Tool::input_schema`].

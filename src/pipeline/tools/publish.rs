@@ -3,7 +3,9 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Tool, ToolContext, ToolError, ToolFuture, ToolResult, parse_input, schema_of};
+use super::{
+    Tool, ToolContext, ToolError, ToolFuture, ToolResult, child_depth, parse_input, schema_of,
+};
 use crate::events::{self, Envelope};
 
 pub struct PublishEvent;
@@ -41,6 +43,7 @@ impl Tool for PublishEvent {
                     "topic must be 1-200 letters, digits or . _ - : /",
                 ));
             }
+            let depth = child_depth(ctx)?;
             let key = input
                 .idempotency_key
                 .unwrap_or_else(|| format!("pipeline:{}:{}", ctx.job_id, ctx.step_id));
@@ -49,9 +52,24 @@ impl Tool for PublishEvent {
             event.source = "pipeline".to_owned();
             let failed = |e: sqlx::Error| ToolError::transient(format!("database: {e}"));
             let mut tx = app.store.begin().await.map_err(failed)?;
-            let recorded = events::record(&mut tx, &app.queue.settings, &event, Some(&key))
+            let recorded = events::record(&mut tx, &app.queue.settings, &event, Some(&key), depth)
                 .await
                 .map_err(failed)?;
+            if recorded.as_ref().is_some_and(|jobs| !jobs.is_empty()) {
+                let quotas = crate::queue::quota::Quotas::from_config(&app.config);
+                let refused = crate::queue::quota::check(
+                    &mut tx,
+                    quotas,
+                    &ctx.tenant_id,
+                    0,
+                    event.occurred_at,
+                )
+                .await
+                .map_err(failed)?;
+                if let Some(refused) = refused {
+                    return Err(ToolError::transient(refused.to_string()));
+                }
+            }
             tx.commit().await.map_err(failed)?;
             let duplicate = recorded.is_none();
             if let Some(jobs) = recorded {

@@ -1,9 +1,12 @@
-//! `tasks.run`: start another task of the tenant now (once per step, even if resumed).
+//! `tasks.run`: start another task of the tenant now (once per step, even if resumed), unless it is
+//! paused or the call depth limit is reached.
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{Tool, ToolContext, ToolError, ToolFuture, ToolResult, parse_input, schema_of};
+use super::{
+    Tool, ToolContext, ToolError, ToolFuture, ToolResult, child_depth, parse_input, schema_of,
+};
 use crate::queue;
 use crate::scheduler::tasks::{COLUMNS, TaskRow};
 use crate::with_pool;
@@ -36,6 +39,7 @@ impl Tool for RunTask {
     fn call<'a>(&'a self, ctx: &'a ToolContext, input: Value) -> ToolFuture<'a> {
         Box::pin(async move {
             let input: RunTaskInput = parse_input(input)?;
+            let depth = child_depth(ctx)?;
             let app = &ctx.app;
             let failed = |e: sqlx::Error| ToolError::transient(format!("database: {e}"));
             let task: Option<TaskRow> = with_pool!(&app.store, pool => {
@@ -51,6 +55,12 @@ impl Tool for RunTask {
             let task = task.ok_or_else(|| {
                 ToolError::permanent(format!("no task {:?} in this tenant", input.task_id))
             })?;
+            if task.status == "paused" {
+                return Err(ToolError::permanent(format!(
+                    "task {:?} is paused; resume it to run it",
+                    task.id
+                )));
+            }
             let now = crate::clock::now();
             let mut job = task.job_for(now);
             if !input.params.is_empty() {
@@ -62,6 +72,7 @@ impl Tool for RunTask {
                     existing.extend(input.params);
                 }
             }
+            TaskRow::set_call_depth(&mut job, depth);
             task.render_keys(&mut job);
             job.unique_key = Some(format!(
                 "task:{}:pipeline:{}:{}",
@@ -71,6 +82,13 @@ impl Tool for RunTask {
             let job = queue::enqueue(&mut tx, &app.queue.settings, job, now)
                 .await
                 .map_err(failed)?;
+            let quotas = queue::quota::Quotas::from_config(&app.config);
+            if let Some(refused) = queue::quota::check(&mut tx, quotas, &ctx.tenant_id, 0, now)
+                .await
+                .map_err(failed)?
+            {
+                return Err(ToolError::transient(refused.to_string()));
+            }
             tx.commit().await.map_err(failed)?;
             app.queue.enqueued(std::slice::from_ref(&job));
             Ok(ToolResult::Done(
