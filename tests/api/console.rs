@@ -1361,6 +1361,24 @@ on_both_backends! {
 }
 
 on_both_backends! {
+    async fn the_sign_in_page_says_busy_and_too_many_attempts_plainly(backend) {
+        let overrides = [("PASSWORD_HASH_CONCURRENCY", "1"), ("PASSWORD_HASH_QUEUE_SECONDS", "0.001"), ("LOGIN_FAILURES_PER_IP", "1000")];
+        let Some(app) = TestApp::spawn_with(backend, docket::app::Role::All, &overrides).await else { return };
+        let mut browsers: Vec<Browser> = (0..12).map(|_| Browser::new(&app)).collect();
+        let replies = futures_util::future::join_all(browsers.iter_mut().map(|b| b.sign_in("nobody@acme.test", "wrong password!"))).await;
+        let statuses: Vec<StatusCode> = replies.iter().map(|r| r.status).collect();
+        assert!(statuses.iter().all(|s| [StatusCode::UNAUTHORIZED, StatusCode::SERVICE_UNAVAILABLE].contains(s)), "{statuses:?}");
+        let busy = replies.iter().find(|r| r.status == StatusCode::SERVICE_UNAVAILABLE).expect("one slot cannot serve twelve at once");
+        assert!(busy.body.contains("Docket is busy signing other people in"), "{}", busy.body);
+
+        let Some(app) = TestApp::spawn_with(backend, docket::app::Role::All, &[("LOGIN_FAILURES_PER_IP", "1")]).await else { return };
+        let mut browser = Browser::new(&app);
+        assert_eq!(browser.sign_in("nobody@acme.test", "wrong password!").await.status, StatusCode::UNAUTHORIZED);
+        let refused = browser.sign_in("nobody@acme.test", "wrong password!").await;
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(refused.body.contains("Too many failed sign-in attempts from your address"), "{}", refused.body);
+    }
+
     async fn console_pages_count_once_against_their_users_own_budgets(backend) {
         let overrides = [("RATE_LIMIT_PER_MINUTE", "40"), ("LIVE_RATE_LIMIT_PER_MINUTE", "40"), ("API_KEY_RATE_LIMIT_PER_MINUTE", "10")];
         let Some(app) = TestApp::spawn_with(backend, docket::app::Role::All, &overrides).await else { return };
