@@ -46,8 +46,6 @@ pub struct UserRow {
     pub status: String,
     pub totp_secret: Option<String>,
     pub totp_enabled: bool,
-    pub failed_logins: i32,
-    pub locked_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -80,7 +78,7 @@ impl UserRow {
 }
 
 pub const COLUMNS: &str = "id, tenant_id, email, name, role, platform_admin, password_hash, status, totp_secret, \
-                           totp_enabled, failed_logins, locked_until, created_at, updated_at";
+                           totp_enabled, created_at, updated_at";
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -167,16 +165,14 @@ pub async fn insert(
         status: "active".to_owned(),
         totp_secret: None,
         totp_enabled: false,
-        failed_logins: 0,
-        locked_until: None,
         created_at: now,
         updated_at: now,
     };
     let inserted = with_tx!(tx, conn => {
         sqlx::query(
             "INSERT INTO users (id, tenant_id, email, name, role, platform_admin, password_hash, status, \
-             totp_enabled, failed_logins, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11) ON CONFLICT (email) DO NOTHING",
+             totp_enabled, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (email) DO NOTHING",
         )
         .bind(&row.id)
         .bind(&row.tenant_id)
