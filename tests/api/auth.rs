@@ -574,6 +574,34 @@ on_both_backends! {
         second_state.shutdown.cancel();
     }
 
+    async fn sign_in_counts_are_kept_and_taken_back_in_redis(backend) {
+        let Some(redis) = crate::support::shared_redis() else { return };
+        let url = redis.url();
+        // Addresses of their own: the Redis counters outlive this test's app.
+        let ip = format!("198.18.{}.{}", rand::random::<u8>(), rand::random::<u8>());
+        let overrides = [("LOGIN_FAILURES_PER_IP", "3"), ("TRUSTED_PROXIES", "127.0.0.1"), ("REDIS_URL", url.as_str())];
+        let Some(app) = TestApp::spawn_with(backend, ProcessRole::Api, &overrides).await else { return };
+        let email = format!("lou{}@acme.test", rand::random::<u32>());
+        app.create_user("acme", &email, Role::Viewer, false).await;
+        let login = |password: &'static str| {
+            let (app, ip, email) = (&app, ip.clone(), email.clone());
+            async move {
+                let response = app.client.post(app.url("/api/v1/auth/login")).header("x-forwarded-for", ip)
+                    .json(&json!({ "email": email, "password": password })).send().await.unwrap();
+                response.status()
+            }
+        };
+        for _ in 0..2 {
+            assert_eq!(login("wrong password!").await, StatusCode::UNAUTHORIZED);
+        }
+        // Successful sign-ins are counted first and then taken back: they use up nothing.
+        for _ in 0..3 {
+            assert_eq!(login(PASSWORD).await, StatusCode::OK);
+        }
+        assert_eq!(login("wrong password!").await, StatusCode::UNAUTHORIZED);
+        assert_eq!(login(PASSWORD).await, StatusCode::TOO_MANY_REQUESTS, "the third failure used the budget");
+    }
+
     async fn responses_carry_security_headers(backend) {
         let Some(app) = TestApp::spawn(backend).await else { return };
         let response = app.get("/api/v1/health").await;
