@@ -3,6 +3,7 @@
 use serde_json::json;
 
 use crate::audit::{self, Actor, Event, Origin, Verification};
+use crate::auth::password::Hashing;
 use crate::auth::users::{self, NewUser};
 use crate::auth::{Role, tenants};
 use crate::store::Store;
@@ -58,8 +59,11 @@ pub async fn create_admin(
             (tenant.id, true)
         }
     };
+    // The CLI creates one user: one slot, and no hurry.
+    let hashing = Hashing::new(1, std::time::Duration::from_secs(600));
     let user = users::insert(
         &mut tx,
+        &hashing,
         NewUser {
             tenant_id: &tenant_id,
             email,

@@ -10,6 +10,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::password::Hashing;
 use crate::auth::rate_limit::RateLimiter;
 use crate::config::{Config, Secret};
 use crate::events::EventBus;
@@ -108,6 +109,8 @@ pub struct AppState {
     pub job_handlers: Arc<Registry>,
     /// Per-tenant and per-key request limits and login failure counters (Redis when configured).
     pub rate_limiter: Arc<RateLimiter>,
+    /// Where passwords are hashed and verified: a bounded number at once.
+    pub hashing: Arc<Hashing>,
     /// Cancelled when the process begins shutting down; readiness reports 503 from then on.
     pub shutdown: CancellationToken,
 }
@@ -161,6 +164,10 @@ impl AppState {
             Some(client) => RateLimiter::redis(client.clone()),
             None => RateLimiter::in_process(),
         });
+        let hashing = Arc::new(Hashing::new(
+            config.password_hash_concurrency,
+            config.password_hash_queue,
+        ));
         let events = EventBus::new(redis.clone());
         let objects = crate::objects::open(&config.object_store_url)?;
         let queue = Queue::new(
@@ -180,6 +187,7 @@ impl AppState {
             store,
             redis,
             rate_limiter,
+            hashing,
             secret_key,
             metrics: telemetry::metrics_handle(),
             shutdown: CancellationToken::new(),

@@ -76,7 +76,23 @@ pub struct Config {
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
     pub session_idle_timeout: Duration,
+    /// Requests one user may make per minute (their own budget, not their tenant's).
     pub rate_limit_per_minute: u32,
+    /// Requests one API key may make per minute.
+    pub api_key_rate_limit_per_minute: u32,
+    /// Background console refreshes (`X-Docket-Live: 1`) one user may make per minute, counted apart
+    /// from their own budget so open live pages cannot starve the desk.
+    pub live_rate_limit_per_minute: u32,
+    /// Requests all users and keys of one tenant may make per minute together: an outer bound.
+    pub tenant_rate_limit_per_minute: u32,
+    /// Password hashes (Argon2, 19 MiB each) computed at once; more wait for a free slot.
+    pub password_hash_concurrency: usize,
+    /// How long a password check waits for a slot before the request gets 503 `busy`.
+    pub password_hash_queue: Duration,
+    /// Failed sign-ins one address may make per 15 minutes before it gets 429.
+    pub login_failures_per_ip: u32,
+    /// Rejected bearer tokens or API keys one address may present per 15 minutes before 429.
+    pub auth_failures_per_ip: u32,
     /// Open `GET /events/stream` responses one user or API key may hold in one process.
     pub event_streams_per_principal: usize,
     /// How often an open event stream re-checks the session or key behind it (at most a minute).
@@ -325,7 +341,36 @@ impl Config {
             30,
         )?;
         let rate_limit_per_minute =
-            positive::<u32>("RATE_LIMIT_PER_MINUTE", get("RATE_LIMIT_PER_MINUTE"), 100)?;
+            positive::<u32>("RATE_LIMIT_PER_MINUTE", get("RATE_LIMIT_PER_MINUTE"), 600)?;
+        let api_key_rate_limit_per_minute = positive::<u32>(
+            "API_KEY_RATE_LIMIT_PER_MINUTE",
+            get("API_KEY_RATE_LIMIT_PER_MINUTE"),
+            1200,
+        )?;
+        let live_rate_limit_per_minute = positive::<u32>(
+            "LIVE_RATE_LIMIT_PER_MINUTE",
+            get("LIVE_RATE_LIMIT_PER_MINUTE"),
+            600,
+        )?;
+        let tenant_rate_limit_per_minute = positive::<u32>(
+            "TENANT_RATE_LIMIT_PER_MINUTE",
+            get("TENANT_RATE_LIMIT_PER_MINUTE"),
+            20_000,
+        )?;
+        let password_hash_concurrency = positive::<usize>(
+            "PASSWORD_HASH_CONCURRENCY",
+            get("PASSWORD_HASH_CONCURRENCY"),
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        )?;
+        let password_hash_queue = seconds(
+            "PASSWORD_HASH_QUEUE_SECONDS",
+            get("PASSWORD_HASH_QUEUE_SECONDS"),
+            2.0,
+        )?;
+        let login_failures_per_ip =
+            positive::<u32>("LOGIN_FAILURES_PER_IP", get("LOGIN_FAILURES_PER_IP"), 20)?;
+        let auth_failures_per_ip =
+            positive::<u32>("AUTH_FAILURES_PER_IP", get("AUTH_FAILURES_PER_IP"), 100)?;
         let event_streams_per_principal = positive::<usize>(
             "EVENT_STREAMS_PER_PRINCIPAL",
             get("EVENT_STREAMS_PER_PRINCIPAL"),
@@ -546,6 +591,13 @@ impl Config {
             refresh_token_ttl: Duration::from_secs(refresh_days * 24 * 60 * 60),
             session_idle_timeout: Duration::from_secs(idle_minutes * 60),
             rate_limit_per_minute,
+            api_key_rate_limit_per_minute,
+            live_rate_limit_per_minute,
+            tenant_rate_limit_per_minute,
+            password_hash_concurrency,
+            password_hash_queue,
+            login_failures_per_ip,
+            auth_failures_per_ip,
             event_streams_per_principal,
             event_stream_recheck: Duration::from_secs(recheck_seconds),
             trusted_proxies,
@@ -655,6 +707,28 @@ impl Config {
                 self.session_idle_timeout.as_secs() / 60
             ),
             format!("RATE_LIMIT_PER_MINUTE={}", self.rate_limit_per_minute),
+            format!(
+                "API_KEY_RATE_LIMIT_PER_MINUTE={}",
+                self.api_key_rate_limit_per_minute
+            ),
+            format!(
+                "LIVE_RATE_LIMIT_PER_MINUTE={}",
+                self.live_rate_limit_per_minute
+            ),
+            format!(
+                "TENANT_RATE_LIMIT_PER_MINUTE={}",
+                self.tenant_rate_limit_per_minute
+            ),
+            format!(
+                "PASSWORD_HASH_CONCURRENCY={}",
+                self.password_hash_concurrency
+            ),
+            format!(
+                "PASSWORD_HASH_QUEUE_SECONDS={}",
+                self.password_hash_queue.as_secs_f64()
+            ),
+            format!("LOGIN_FAILURES_PER_IP={}", self.login_failures_per_ip),
+            format!("AUTH_FAILURES_PER_IP={}", self.auth_failures_per_ip),
             format!(
                 "EVENT_STREAMS_PER_PRINCIPAL={}",
                 self.event_streams_per_principal
@@ -1219,6 +1293,26 @@ mod tests {
                 "ACCESS_TOKEN_EXPIRE_MINUTES",
             ),
             (&[("RATE_LIMIT_PER_MINUTE", "x")], "RATE_LIMIT_PER_MINUTE"),
+            (
+                &[("API_KEY_RATE_LIMIT_PER_MINUTE", "0")],
+                "API_KEY_RATE_LIMIT_PER_MINUTE",
+            ),
+            (
+                &[("TENANT_RATE_LIMIT_PER_MINUTE", "-5")],
+                "TENANT_RATE_LIMIT_PER_MINUTE",
+            ),
+            (
+                &[("PASSWORD_HASH_CONCURRENCY", "0")],
+                "PASSWORD_HASH_CONCURRENCY",
+            ),
+            (
+                &[("PASSWORD_HASH_QUEUE_SECONDS", "0")],
+                "PASSWORD_HASH_QUEUE_SECONDS",
+            ),
+            (
+                &[("LOGIN_FAILURES_PER_IP", "many")],
+                "LOGIN_FAILURES_PER_IP",
+            ),
             (&[("TRUSTED_PROXIES", "10.0.0.0/33")], "TRUSTED_PROXIES"),
             (&[("WORKER_POLL_INTERVAL", "0")], "WORKER_POLL_INTERVAL"),
             (&[("WORKER_CONCURRENCY", "0")], "WORKER_CONCURRENCY"),
@@ -1246,6 +1340,26 @@ mod tests {
             assert!(!line.contains('\n'), "one line: {line}");
             assert!(line.contains(expected), "{line}");
         }
+    }
+
+    #[test]
+    fn rate_limits_are_per_principal_with_an_outer_tenant_bound() {
+        let config = load(&[]).unwrap();
+        assert_eq!(config.rate_limit_per_minute, 600);
+        assert_eq!(config.api_key_rate_limit_per_minute, 1200);
+        assert_eq!(config.live_rate_limit_per_minute, 600);
+        assert_eq!(config.tenant_rate_limit_per_minute, 20_000);
+        assert!(config.password_hash_concurrency >= 1);
+        assert_eq!(config.password_hash_queue, Duration::from_secs(2));
+        assert_eq!(config.login_failures_per_ip, 20);
+        assert_eq!(config.auth_failures_per_ip, 100);
+        let config = load(&[
+            ("PASSWORD_HASH_CONCURRENCY", "3"),
+            ("PASSWORD_HASH_QUEUE_SECONDS", "0.5"),
+        ])
+        .unwrap();
+        assert_eq!(config.password_hash_concurrency, 3);
+        assert_eq!(config.password_hash_queue, Duration::from_millis(500));
     }
 
     #[test]

@@ -38,6 +38,8 @@ start_docket() {
     mkdir -p "$data_dir"
     export DATA_DIR="$data_dir" DATABASE_URL="$database_url" PORT="$port" HOST=127.0.0.1
     export LOG_LEVEL=${LOG_LEVEL:-warn} RATE_LIMIT_PER_MINUTE=${RATE_LIMIT_PER_MINUTE:-100000000}
+    export API_KEY_RATE_LIMIT_PER_MINUTE=${API_KEY_RATE_LIMIT_PER_MINUTE:-100000000}
+    export TENANT_RATE_LIMIT_PER_MINUTE=${TENANT_RATE_LIMIT_PER_MINUTE:-100000000}
     local email="bench-admin@example.com" password="bench passphrase, long enough 42"
     "$DOCKET" all >"$work/$label.log" 2>&1 &
     pid=$!

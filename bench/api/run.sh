@@ -8,7 +8,8 @@
 #   bench/api/run.sh
 #   DATABASE_URL=postgres://postgres@127.0.0.1:5432/bench THREADS=2 CONNECTIONS=64 DURATION=30s bench/api/run.sh
 #
-# RATE_LIMIT_PER_MINUTE is set to 100000000 for the server (default 100 per tenant and per key
+# RATE_LIMIT_PER_MINUTE, API_KEY_RATE_LIMIT_PER_MINUTE and TENANT_RATE_LIMIT_PER_MINUTE are set to
+# 100000000 for the server (the defaults, 600 per user, 1200 per key, 20000 per tenant,
 # would turn almost every POST into a 429); override it to measure the limiter itself.
 # wrk runs on the same host and shares its CPUs with the server.
 set -euo pipefail

@@ -11,7 +11,7 @@ use totp_rs::{Algorithm, Builder, Totp};
 
 use super::principal::{Authorized, MfaEnrolment, Principal, SignedIn};
 use super::users::{self, UserRow};
-use super::{AuthError, password, tokens};
+use super::{AuthError, tokens};
 use crate::app::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
@@ -248,8 +248,11 @@ pub async fn disable(
     if !user.totp_enabled {
         return Err(ApiError::conflict("MFA is not enabled."));
     }
-    let (plain, stored) = (body.password.clone(), user.password_hash.clone());
-    if !password::blocking(move || password::verify(&plain, &stored)).await? {
+    if !state
+        .hashing
+        .verify(&body.password, &user.password_hash)
+        .await?
+    {
         return Err(AuthError::InvalidCredentials.into());
     }
     let mut tx = state.store.begin().await?;

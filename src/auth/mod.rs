@@ -72,6 +72,10 @@ pub enum AuthError {
     MfaEnrolmentRequired,
     #[error("too many failed attempts")]
     Throttled { retry_after_seconds: u64 },
+    #[error("too many rejected tokens or keys from this address")]
+    CredentialsThrottled { retry_after_seconds: u64 },
+    #[error("password hashing is busy")]
+    Busy { retry_after_seconds: u64 },
     #[error("rate limit exceeded")]
     RateLimited {
         limit: u32,
@@ -133,6 +137,22 @@ impl From<AuthError> for ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_attempts",
                 "Too many failed sign-in attempts; try again later.",
+            )
+            .with_header(header::RETRY_AFTER, retry_after_seconds),
+            AuthError::CredentialsThrottled {
+                retry_after_seconds,
+            } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                "Too many rejected tokens or API keys from this address; try again later.",
+            )
+            .with_header(header::RETRY_AFTER, retry_after_seconds),
+            AuthError::Busy {
+                retry_after_seconds,
+            } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "The server is busy checking passwords; try again shortly.",
             )
             .with_header(header::RETRY_AFTER, retry_after_seconds),
             AuthError::RateLimited {

@@ -225,13 +225,102 @@ impl<P: Permission> FromRequestParts<AppState> for Authorized<P> {
     }
 }
 
+/// Marks a background refresh of a console page (console.js sends `X-Docket-Live: 1`). Those count
+/// against the user's separate live budget, so that open live pages cannot starve the desk.
+pub const LIVE_HEADER: &str = "x-docket-live";
+
+pub fn is_live(parts: &Parts) -> bool {
+    parts
+        .headers
+        .get(LIVE_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"1")
+}
+
+/// Counts one request of `actor`: against its own budget (each user and each API key has one;
+/// a user's live refreshes another), then against its tenant's much larger outer bound.
+pub async fn count_request(
+    state: &AppState,
+    tenant_id: &str,
+    actor: &Actor,
+    live: bool,
+) -> Result<(), AuthError> {
+    let config = &state.config;
+    let own = match actor {
+        Actor::ApiKey(id) => Some((format!("key:{id}"), config.api_key_rate_limit_per_minute)),
+        Actor::User(id) if live => Some((format!("live:{id}"), config.live_rate_limit_per_minute)),
+        Actor::User(id) => Some((format!("user:{id}"), config.rate_limit_per_minute)),
+        _ => None,
+    };
+    if let Some((key, limit)) = own {
+        state.rate_limiter.check(&key, limit).await?;
+    }
+    state
+        .rate_limiter
+        .check(
+            &format!("tenant:{tenant_id}"),
+            config.tenant_rate_limit_per_minute,
+        )
+        .await
+}
+
 async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, AuthError> {
     let origin = client_origin(parts, state);
-    let client_ip = origin.ip.as_deref().and_then(|ip| ip.parse().ok());
-    let token = parts
+    let header = parts
         .headers
         .get(header::AUTHORIZATION)
-        .ok_or(AuthError::MissingCredentials)?
+        .ok_or(AuthError::MissingCredentials)?;
+    // Rejected credentials are counted per address and refused once too many, before anything
+    // else is looked up: guessing tokens or keys stays cheap to turn away.
+    let failure_key = origin.ip.as_ref().map(|ip| format!("auth-ip:{ip}"));
+    if let Some(key) = &failure_key
+        && let Some(retry_after_seconds) = state
+            .rate_limiter
+            .failures_exceeded(key, state.config.auth_failures_per_ip)
+            .await?
+    {
+        return Err(AuthError::CredentialsThrottled {
+            retry_after_seconds,
+        });
+    }
+    let principal = match identify(header, origin, state).await {
+        Ok(principal) => principal,
+        Err(e) => {
+            if let Some(key) = &failure_key
+                && matches!(e, AuthError::InvalidToken(_) | AuthError::SessionEnded)
+            {
+                state
+                    .rate_limiter
+                    .record_failure(key, AUTH_FAILURE_WINDOW_SECONDS)
+                    .await?;
+            }
+            return Err(e);
+        }
+    };
+    if parts.extensions.get::<ConsoleCall>().is_some() {
+        // The console page that made this call was counted once already.
+        return Ok(principal);
+    }
+    count_request(
+        state,
+        &principal.tenant_id,
+        &principal.actor,
+        is_live(parts),
+    )
+    .await?;
+    Ok(principal)
+}
+
+/// The window of `AUTH_FAILURES_PER_IP`.
+const AUTH_FAILURE_WINDOW_SECONDS: u64 = 15 * 60;
+
+/// The caller behind an `Authorization` header: an API key or a signed-in session.
+async fn identify(
+    header: &header::HeaderValue,
+    origin: Origin,
+    state: &AppState,
+) -> Result<Principal, AuthError> {
+    let client_ip = origin.ip.as_deref().and_then(|ip| ip.parse().ok());
+    let token = header
         .to_str()
         .ok()
         .and_then(|v| {
@@ -274,28 +363,6 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, Auth
             client_ip,
         }
     };
-    if parts.extensions.get::<ConsoleCall>().is_some() {
-        // The console page that made this call was counted once already.
-        return Ok(principal);
-    }
-    let rate_key = match &principal.actor {
-        Actor::ApiKey(id) => format!("key:{id}"),
-        _ => format!("tenant:{}", principal.tenant_id),
-    };
-    state
-        .rate_limiter
-        .check(&rate_key, state.config.rate_limit_per_minute)
-        .await?;
-    if let Actor::ApiKey(_) = principal.actor {
-        // A key also counts against its tenant's budget.
-        state
-            .rate_limiter
-            .check(
-                &format!("tenant:{}", principal.tenant_id),
-                state.config.rate_limit_per_minute,
-            )
-            .await?;
-    }
     Ok(principal)
 }
 

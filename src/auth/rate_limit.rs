@@ -154,7 +154,13 @@ impl RateLimiter {
     }
 
     /// Counts a failure (e.g. a failed login) for `key`, forgotten `window_seconds` after the first.
-    pub async fn record_failure(&self, key: &str, window_seconds: u64) -> Result<(), AuthError> {
+    /// Returns the count in the window and the seconds until it ends (0 and the whole window when
+    /// Redis is away: not enforced then).
+    pub async fn record_failure(
+        &self,
+        key: &str,
+        window_seconds: u64,
+    ) -> Result<(u32, u64), AuthError> {
         let now = now_seconds();
         match &self.backend {
             Backend::InProcess { failures, .. } => {
@@ -171,11 +177,11 @@ impl RateLimiter {
                     *entry = (0, now + window_seconds);
                 }
                 entry.0 += 1;
-                Ok(())
+                Ok((entry.0, entry.1 - now))
             }
             Backend::Redis { client, connection } => {
                 let Some(mut conn) = Self::connection(client, connection).await else {
-                    return Ok(());
+                    return Ok((0, window_seconds));
                 };
                 let key = format!("docket:fail:{key}");
                 let count: redis::RedisResult<u32> = conn.incr(&key, 1).await;
@@ -184,8 +190,80 @@ impl RateLimiter {
                         .expire(&key, i64::try_from(window_seconds).unwrap_or(i64::MAX))
                         .await;
                 }
-                if let Err(e) = count {
-                    tracing::warn!(error = %e, "Redis failure counter not updated");
+                let ttl: i64 = conn.ttl(&key).await.unwrap_or(-1);
+                match count {
+                    Ok(count) => Ok((count, u64::try_from(ttl).unwrap_or(1).max(1))),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Redis failure counter not updated");
+                        Ok((0, window_seconds))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts an attempt for `key` before it is made, so that a parallel burst is refused before it
+    /// costs anything (failures counted afterwards would let the whole burst through). When the
+    /// attempt makes more than `limit` in the window: the seconds until the window ends. An attempt
+    /// that turns out not to be a failure is taken back with [`Self::forgive`].
+    pub async fn attempt(
+        &self,
+        key: &str,
+        limit: u32,
+        window_seconds: u64,
+    ) -> Result<Option<u64>, AuthError> {
+        let (count, retry_after) = self.record_failure(key, window_seconds).await?;
+        Ok((count > limit).then_some(retry_after.max(1)))
+    }
+
+    /// Takes back one failure counted for `key` (an attempt that succeeded).
+    pub async fn forgive(&self, key: &str) -> Result<(), AuthError> {
+        match &self.backend {
+            Backend::InProcess { failures, .. } => {
+                let mut failures = failures
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if let Some(entry) = failures.get_mut(key) {
+                    entry.0 = entry.0.saturating_sub(1);
+                }
+                Ok(())
+            }
+            Backend::Redis { client, connection } => {
+                let Some(mut conn) = Self::connection(client, connection).await else {
+                    return Ok(());
+                };
+                // Only an existing counter: a plain DECR would create one without an expiry.
+                let result: redis::RedisResult<i64> = redis::cmd("EVAL")
+                    .arg("if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECR', KEYS[1]) end return 0")
+                    .arg(1)
+                    .arg(format!("docket:fail:{key}"))
+                    .query_async(&mut conn)
+                    .await;
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "Redis failure counter not taken back");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Forgets every failure counted for `key` (a successful sign-in ends a lockout).
+    pub async fn clear(&self, key: &str) -> Result<(), AuthError> {
+        match &self.backend {
+            Backend::InProcess { failures, .. } => {
+                failures
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .remove(key);
+                Ok(())
+            }
+            Backend::Redis { client, connection } => {
+                let Some(mut conn) = Self::connection(client, connection).await else {
+                    return Ok(());
+                };
+                let result: redis::RedisResult<()> = conn.del(format!("docket:fail:{key}")).await;
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "Redis failure counter not cleared");
                 }
                 Ok(())
             }
@@ -257,6 +335,21 @@ mod tests {
         limiter.record_failure("ip", 600).await.unwrap();
         let retry = limiter.failures_exceeded("ip", 3).await.unwrap().unwrap();
         assert!((590..=600).contains(&retry), "{retry}");
+    }
+
+    #[tokio::test]
+    async fn attempts_count_before_and_can_be_taken_back() {
+        let limiter = RateLimiter::in_process();
+        for _ in 0..2 {
+            assert_eq!(limiter.attempt("k", 2, 600).await.unwrap(), None);
+        }
+        let retry = limiter.attempt("k", 2, 600).await.unwrap().unwrap();
+        assert!((590..=600).contains(&retry), "{retry}");
+        limiter.forgive("k").await.unwrap();
+        limiter.forgive("k").await.unwrap();
+        assert_eq!(limiter.attempt("k", 2, 600).await.unwrap(), None);
+        limiter.clear("k").await.unwrap();
+        assert_eq!(limiter.failures_exceeded("k", 1).await.unwrap(), None);
     }
 
     #[test]

@@ -19,11 +19,10 @@ use crate::http::extract::Json;
 use crate::store::Tx;
 use crate::{with_pool, with_tx};
 
-/// Failed logins on one account before it is locked; each further failure doubles the lock.
-const ACCOUNT_FAILURES_BEFORE_LOCK: i32 = 5;
-const MAX_ACCOUNT_LOCK_SECONDS: i64 = 60 * 60;
-/// Failed logins from one address within the window before it is throttled.
-const IP_FAILURES_LIMIT: u32 = 20;
+/// Failed logins on one account from one address within the window before that address is locked
+/// out of that account. Per address, so that nobody can lock the owner out from elsewhere.
+const ACCOUNT_FAILURES_BEFORE_LOCK: u32 = 5;
+/// The window of the per-address failure counts (`LOGIN_FAILURES_PER_IP` and the account lock).
 const IP_FAILURE_WINDOW_SECONDS: u64 = 15 * 60;
 /// `last_seen_at` is written at most this often per session, not on every request.
 const TOUCH_INTERVAL_SECONDS: i64 = 60;
@@ -276,34 +275,9 @@ async fn record_failed_login(
     reason: &str,
     origin: &Origin,
 ) -> Result<(), AuthError> {
-    if let Some(ip) = &origin.ip {
-        state
-            .rate_limiter
-            .record_failure(&format!("login-ip:{ip}"), IP_FAILURE_WINDOW_SECONDS)
-            .await?;
-    }
     let mut tx = state.store.begin().await?;
     let (tenant_id, target_id) = match user {
-        Some(user) => {
-            let failures = user.failed_logins + 1;
-            let locked_until = (failures >= ACCOUNT_FAILURES_BEFORE_LOCK).then(|| {
-                let exponent = u32::try_from(failures - ACCOUNT_FAILURES_BEFORE_LOCK)
-                    .unwrap_or(0)
-                    .min(12);
-                crate::clock::now()
-                    + chrono::Duration::seconds((60_i64 << exponent).min(MAX_ACCOUNT_LOCK_SECONDS))
-            });
-            with_tx!(&mut tx, conn => {
-                sqlx::query("UPDATE users SET failed_logins = $1, locked_until = COALESCE($2, locked_until) WHERE id = $3")
-                    .bind(failures)
-                    .bind(locked_until)
-                    .bind(&user.id)
-                    .execute(conn)
-                    .await
-                    .map(|_| ())
-            })?;
-            (user.tenant_id.as_str(), user.id.as_str())
-        }
+        Some(user) => (user.tenant_id.as_str(), user.id.as_str()),
         None => (PLATFORM_CHAIN, ""),
     };
     audit::append(
@@ -323,57 +297,130 @@ async fn record_failed_login(
     Ok(())
 }
 
+/// The failure counters one sign-in attempt counts against: its address, and the account from that
+/// address. Counted before the password is checked, taken back when it was no failed guess.
+struct LoginAttempt {
+    ip_key: Option<String>,
+    account_key: Option<String>,
+}
+
+impl LoginAttempt {
+    fn new(origin: &Origin, email: &str) -> Self {
+        let email = email.trim().to_lowercase();
+        Self {
+            ip_key: origin.ip.as_ref().map(|ip| format!("login-ip:{ip}")),
+            account_key: origin
+                .ip
+                .as_ref()
+                .map(|ip| format!("login-account:{email}:{ip}")),
+        }
+    }
+
+    /// Counts the attempt: 429 when the address is over its limit; `true` when the address is locked
+    /// out of this account (answered like a wrong password, so that a lock reveals nothing).
+    async fn count(&self, state: &AppState) -> Result<bool, AuthError> {
+        if let Some(key) = &self.ip_key
+            && let Some(retry_after_seconds) = state
+                .rate_limiter
+                .attempt(
+                    key,
+                    state.config.login_failures_per_ip,
+                    IP_FAILURE_WINDOW_SECONDS,
+                )
+                .await?
+        {
+            return Err(AuthError::Throttled {
+                retry_after_seconds,
+            });
+        }
+        match &self.account_key {
+            Some(key) => Ok(state
+                .rate_limiter
+                .attempt(key, ACCOUNT_FAILURES_BEFORE_LOCK, IP_FAILURE_WINDOW_SECONDS)
+                .await?
+                .is_some()),
+            None => Ok(false),
+        }
+    }
+
+    /// Takes the attempt back: it was no guess (the server was busy, or a code was still missing).
+    async fn forgive(&self, state: &AppState) -> Result<(), AuthError> {
+        for key in [&self.ip_key, &self.account_key].into_iter().flatten() {
+            state.rate_limiter.forgive(key).await?;
+        }
+        Ok(())
+    }
+
+    /// A successful sign-in: the attempt was no failure, and it ends the account's lock count.
+    async fn succeeded(&self, state: &AppState) -> Result<(), AuthError> {
+        if let Some(key) = &self.ip_key {
+            state.rate_limiter.forgive(key).await?;
+        }
+        if let Some(key) = &self.account_key {
+            state.rate_limiter.clear(key).await?;
+        }
+        Ok(())
+    }
+}
+
 /// Sign in with email and password (and a TOTP or recovery code when MFA is enabled).
 #[utoipa::path(post, path = "/auth/login", tag = "auth",
-    description = "Public. Unknown email and wrong password give the same 401. Repeated failures lock the account \
-                   (exponentially) and throttle the address (429).",
+    description = "Public. Unknown email, wrong password and an account locked for this address give the same 401. \
+                   Repeated failures from one address lock it out of that account and throttle it (429). 503 `busy` \
+                   (with Retry-After) when password checks are queued too long.",
     request_body = LoginRequest,
     security(()),
-    responses((status = 200, body = TokenPair), (status = 401, body = crate::http::error::ErrorBody), (status = 429, body = crate::http::error::ErrorBody)))]
+    responses((status = 200, body = TokenPair), (status = 401, body = crate::http::error::ErrorBody),
+              (status = 429, body = crate::http::error::ErrorBody), (status = 503, body = crate::http::error::ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
     ClientOrigin(origin): ClientOrigin,
     headers: HeaderMap,
     Json(body): Json<LoginRequest>,
 ) -> Result<ResponseJson<TokenPair>, ApiError> {
-    if let Some(ip) = &origin.ip {
-        let key = format!("login-ip:{ip}");
-        if let Some(retry_after_seconds) = state
-            .rate_limiter
-            .failures_exceeded(&key, IP_FAILURES_LIMIT)
-            .await?
-        {
-            return Err(AuthError::Throttled {
-                retry_after_seconds,
-            }
-            .into());
-        }
-    }
     if body.password.len() > password::MAX_LENGTH {
         return Err(AuthError::InvalidCredentials.into());
     }
-    let user = users::find_by_email(&state.store, &body.email).await?;
-    let Some(user) = user.filter(|u| u.status != "deleted") else {
-        let plain = body.password.clone();
-        password::blocking(move || password::verify_against_nothing(&plain)).await?;
-        record_failed_login(&state, None, &body.email, "unknown_email", &origin).await?;
-        return Err(AuthError::InvalidCredentials.into());
+    let attempt = LoginAttempt::new(&origin, &body.email);
+    // Counted before any hashing, so that a burst is refused before it costs memory.
+    let locked = attempt.count(&state).await?;
+    let user = users::find_by_email(&state.store, &body.email)
+        .await?
+        .filter(|u| u.status != "deleted");
+    // Hashed even when locked: the answer must take as long as a wrong password's.
+    let checked = match &user {
+        Some(user) => {
+            state
+                .hashing
+                .verify(&body.password, &user.password_hash)
+                .await
+        }
+        None => state
+            .hashing
+            .verify_against_nothing(&body.password)
+            .await
+            .map(|()| false),
+    };
+    let matches = match checked {
+        Ok(matches) => matches,
+        Err(e) => {
+            attempt.forgive(&state).await?;
+            return Err(e.into());
+        }
+    };
+    let user = match user {
+        Some(user) if matches && !locked => user,
+        user => {
+            let reason = match (&user, locked) {
+                (None, _) => "unknown_email",
+                (Some(_), true) => "locked",
+                (Some(_), false) => "wrong_password",
+            };
+            record_failed_login(&state, user.as_ref(), &body.email, reason, &origin).await?;
+            return Err(AuthError::InvalidCredentials.into());
+        }
     };
     let now = crate::clock::now();
-    if let Some(until) = user.locked_until.filter(|until| *until > now) {
-        let retry_after_seconds = u64::try_from((until - now).num_seconds())
-            .unwrap_or(1)
-            .max(1);
-        return Err(AuthError::Throttled {
-            retry_after_seconds,
-        }
-        .into());
-    }
-    let (plain, stored) = (body.password.clone(), user.password_hash.clone());
-    if !password::blocking(move || password::verify(&plain, &stored)).await? {
-        record_failed_login(&state, Some(&user), &body.email, "wrong_password", &origin).await?;
-        return Err(AuthError::InvalidCredentials.into());
-    }
     if user.status != "active" {
         return Err(AuthError::AccountDisabled.into());
     }
@@ -397,15 +444,19 @@ pub async fn login(
             Ok(()) => true,
             Err(e) => {
                 drop(tx);
-                if matches!(e, AuthError::InvalidMfaCode) {
-                    record_failed_login(
-                        &state,
-                        Some(&user),
-                        &body.email,
-                        "wrong_mfa_code",
-                        &origin,
-                    )
-                    .await?;
+                match e {
+                    AuthError::InvalidMfaCode => {
+                        record_failed_login(
+                            &state,
+                            Some(&user),
+                            &body.email,
+                            "wrong_mfa_code",
+                            &origin,
+                        )
+                        .await?;
+                    }
+                    AuthError::MfaRequired => attempt.forgive(&state).await?,
+                    _ => {}
                 }
                 return Err(e.into());
             }
@@ -440,13 +491,6 @@ pub async fn login(
         .await
         .map(|_| ())
     })?;
-    with_tx!(&mut tx, conn => {
-        sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
-            .bind(&user.id)
-            .execute(conn)
-            .await
-            .map(|_| ())
-    })?;
     let refresh_token = issue_refresh_token(&mut tx, &session_id, now, expires_at).await?;
     audit::append(
         &mut tx,
@@ -462,6 +506,7 @@ pub async fn login(
     )
     .await?;
     tx.commit().await?;
+    attempt.succeeded(&state).await?;
     Ok(ResponseJson(token_pair(
         &state,
         &user,

@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::password::{self, Hashing};
 use super::principal::{Authorized, ReadUsers, SignedIn, TenantAdmin};
-use super::{AuthError, Role, password, sessions};
+use super::{AuthError, Role, sessions};
 use crate::app::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
@@ -45,8 +46,6 @@ pub struct UserRow {
     pub status: String,
     pub totp_secret: Option<String>,
     pub totp_enabled: bool,
-    pub failed_logins: i32,
-    pub locked_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -79,7 +78,7 @@ impl UserRow {
 }
 
 pub const COLUMNS: &str = "id, tenant_id, email, name, role, platform_admin, password_hash, status, totp_secret, \
-                           totp_enabled, failed_logins, locked_until, created_at, updated_at";
+                           totp_enabled, created_at, updated_at";
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -138,8 +137,12 @@ pub struct NewUser<'a> {
     pub password: &'a str,
 }
 
-/// Validates and inserts a user inside `tx` (hashing the password).
-pub async fn insert(tx: &mut Tx, new: NewUser<'_>) -> Result<UserRow, AuthError> {
+/// Validates and inserts a user inside `tx` (hashing the password in `hashing`).
+pub async fn insert(
+    tx: &mut Tx,
+    hashing: &Hashing,
+    new: NewUser<'_>,
+) -> Result<UserRow, AuthError> {
     let email = normalise_email(new.email)?;
     let name = new.name.trim();
     if name.is_empty() || name.chars().count() > 200 {
@@ -149,8 +152,7 @@ pub async fn insert(tx: &mut Tx, new: NewUser<'_>) -> Result<UserRow, AuthError>
         });
     }
     password::validate("password", new.password)?;
-    let plain = new.password.to_owned();
-    let password_hash = password::blocking(move || password::hash(&plain)).await??;
+    let password_hash = hashing.hash(new.password).await?;
     let now = crate::clock::now();
     let row = UserRow {
         id: Uuid::now_v7().to_string(),
@@ -163,16 +165,14 @@ pub async fn insert(tx: &mut Tx, new: NewUser<'_>) -> Result<UserRow, AuthError>
         status: "active".to_owned(),
         totp_secret: None,
         totp_enabled: false,
-        failed_logins: 0,
-        locked_until: None,
         created_at: now,
         updated_at: now,
     };
     let inserted = with_tx!(tx, conn => {
         sqlx::query(
             "INSERT INTO users (id, tenant_id, email, name, role, platform_admin, password_hash, status, \
-             totp_enabled, failed_logins, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11) ON CONFLICT (email) DO NOTHING",
+             totp_enabled, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (email) DO NOTHING",
         )
         .bind(&row.id)
         .bind(&row.tenant_id)
@@ -236,6 +236,7 @@ pub async fn create_user(
     let mut tx = state.store.begin().await?;
     let user = insert(
         &mut tx,
+        &state.hashing,
         NewUser {
             tenant_id: &principal.tenant_id,
             email: &body.email,
@@ -350,8 +351,7 @@ pub async fn update_user(
     }
     if let Some(new_password) = &body.password {
         password::validate("password", new_password)?;
-        let plain = new_password.clone();
-        after.password_hash = password::blocking(move || password::hash(&plain)).await??;
+        after.password_hash = state.hashing.hash(new_password).await?;
     }
     after.updated_at = crate::clock::now();
     let ends_sessions =
@@ -450,12 +450,14 @@ pub async fn change_password(
         .await?
         .ok_or(AuthError::NotFound("user"))?;
     password::validate("new_password", &body.new_password)?;
-    let (current, stored) = (body.current_password.clone(), user.password_hash.clone());
-    if !password::blocking(move || password::verify(&current, &stored)).await? {
+    if !state
+        .hashing
+        .verify(&body.current_password, &user.password_hash)
+        .await?
+    {
         return Err(ApiError::invalid_field("current_password", "is wrong"));
     }
-    let plain = body.new_password.clone();
-    let new_hash = password::blocking(move || password::hash(&plain)).await??;
+    let new_hash = state.hashing.hash(&body.new_password).await?;
     let mut tx = state.store.begin().await?;
     with_tx!(&mut tx, conn => {
         sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4")

@@ -18,6 +18,7 @@ use subtle::ConstantTimeEq;
 use super::client::{Api, InternalApi, NewTokens, Tokens};
 use super::layout;
 use crate::app::AppState;
+use crate::audit::Actor;
 use crate::auth::Role;
 use crate::config::Environment;
 
@@ -126,15 +127,16 @@ impl FromRequestParts<AppState> for Console {
             Err(failure) if failure.needs_sign_in() => return Err(Rejection::SignIn { next }),
             Err(failure) => return Err(Rejection::Page(layout::failure_page(&failure))),
         };
-        // One console page counts once against the tenant's budget, however many API calls it
-        // makes (those are marked as console calls and not counted again).
-        if let Err(e) = state
-            .rate_limiter
-            .check(
-                &format!("tenant:{}", me.user.tenant_id),
-                state.config.rate_limit_per_minute,
-            )
-            .await
+        // One console page counts once against the user's budget (a background refresh against
+        // their live budget), however many API calls it makes (those are marked as console calls
+        // and not counted again).
+        if let Err(e) = crate::auth::principal::count_request(
+            state,
+            &me.user.tenant_id,
+            &Actor::User(me.user.id.clone()),
+            crate::auth::principal::is_live(parts),
+        )
+        .await
         {
             let failure = crate::http::error::ApiError::from(e);
             return Err(Rejection::Page(layout::message_page(

@@ -107,19 +107,79 @@ on_both_backends! {
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "refresh cannot revive an idle session");
     }
 
-    async fn repeated_failures_lock_the_account(backend) {
-        let Some(app) = TestApp::spawn(backend).await else { return };
+    async fn repeated_failures_lock_the_address_out_of_the_account_not_the_owner(backend) {
+        let Some(app) = TestApp::spawn_with(backend, ProcessRole::All, &[("TRUSTED_PROXIES", "127.0.0.1")]).await else { return };
         app.create_user("acme", "lou@acme.test", Role::Viewer, false).await;
-        for _ in 0..5 {
-            let (status, _) = app.login(json!({ "email": "lou@acme.test", "password": "wrong password!" })).await;
-            assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let login_from = |ip: &'static str, password: &'static str| {
+            let app = &app;
+            async move {
+                let response = app.client.post(app.url("/api/v1/auth/login")).header("x-forwarded-for", ip)
+                    .json(&json!({ "email": "lou@acme.test", "password": password })).send().await.unwrap();
+                let status = response.status();
+                (status, response.json::<Value>().await.unwrap())
+            }
+        };
+        let (status, wrong) = login_from("203.0.113.7", "wrong password!").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        for _ in 0..4 {
+            assert_eq!(login_from("203.0.113.7", "wrong password!").await.0, StatusCode::UNAUTHORIZED);
         }
-        let response = app.client.post(app.url("/api/v1/auth/login")).json(&json!({ "email": "lou@acme.test", "password": PASSWORD })).send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS, "locked even with the right password");
-        let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
-        assert!((1..=60).contains(&retry_after), "{retry_after}");
-        let body: Value = response.json().await.unwrap();
+        // Locked for the attacker's address, and answered exactly like a wrong password.
+        let (status, locked) = login_from("203.0.113.7", PASSWORD).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "locked even with the right password: {locked}");
+        assert_eq!(locked, wrong, "a lock is no oracle");
+        // The owner, from elsewhere, still signs in, and that does not unlock the attacker.
+        let (status, body) = login_from("198.51.100.20", PASSWORD).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(login_from("203.0.113.7", PASSWORD).await.0, StatusCode::UNAUTHORIZED);
+    }
+
+    async fn bursts_of_bad_logins_are_refused_before_hashing(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        // Forty at once from one address with a limit of twenty: counted before hashing, so only
+        // twenty get as far as a password check.
+        let attempts = (0..40).map(|i| app.login(json!({ "email": format!("ghost{i}@acme.test"), "password": "whatever it is" })));
+        let results = futures_util::future::join_all(attempts).await;
+        let count = |status| results.iter().filter(|(s, _)| *s == status).count();
+        assert_eq!(count(StatusCode::TOO_MANY_REQUESTS), 20, "{results:?}");
+        assert_eq!(count(StatusCode::UNAUTHORIZED) + count(StatusCode::SERVICE_UNAVAILABLE), 20, "{results:?}");
+    }
+
+    async fn password_hashing_is_bounded_and_says_busy(backend) {
+        let overrides = [("PASSWORD_HASH_CONCURRENCY", "1"), ("PASSWORD_HASH_QUEUE_SECONDS", "0.01"), ("LOGIN_FAILURES_PER_IP", "1000")];
+        let Some(app) = TestApp::spawn_with(backend, ProcessRole::All, &overrides).await else { return };
+        let attempts = (0..30).map(|i| {
+            let app = &app;
+            async move {
+                let response = app.client.post(app.url("/api/v1/auth/login"))
+                    .json(&json!({ "email": format!("ghost{i}@acme.test"), "password": "whatever it is" })).send().await.unwrap();
+                let (status, retry_after) = (response.status(), response.headers().get("retry-after").cloned());
+                (status, retry_after, response.json::<Value>().await.unwrap())
+            }
+        });
+        let results = futures_util::future::join_all(attempts).await;
+        assert!(results.iter().all(|(s, ..)| [StatusCode::UNAUTHORIZED, StatusCode::SERVICE_UNAVAILABLE].contains(s)), "{results:?}");
+        let (_, retry_after, body) = results.iter().find(|(s, ..)| *s == StatusCode::SERVICE_UNAVAILABLE).expect("one slot cannot serve thirty at once");
+        assert_error(body, "busy");
+        assert_eq!(retry_after.as_ref().map(|v| v.to_str().unwrap()), Some("1"));
+    }
+
+    async fn rejected_tokens_from_one_address_are_throttled(backend) {
+        let overrides = [("TRUSTED_PROXIES", "127.0.0.1"), ("AUTH_FAILURES_PER_IP", "3")];
+        let Some(app) = TestApp::spawn_with(backend, ProcessRole::All, &overrides).await else { return };
+        let user = app.sign_in("acme", "val@acme.test", Role::Viewer).await;
+        let me_from = |ip: &'static str, token: &str| {
+            app.client.get(app.url("/api/v1/auth/me")).bearer_auth(token).header("x-forwarded-for", ip).send()
+        };
+        for token in ["dk_not_a_key", "not.a.jwt", "dk_nor_this"] {
+            assert_eq!(me_from("203.0.113.7", token).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+        }
+        let refused = me_from("203.0.113.7", &user.access_token).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(refused.headers().contains_key("retry-after"));
+        let body: Value = refused.json().await.unwrap();
         assert_error(&body, "too_many_attempts");
+        assert_eq!(me_from("198.51.100.20", &user.access_token).await.unwrap().status(), StatusCode::OK, "other addresses are unaffected");
     }
 
     async fn repeated_failures_from_one_address_are_throttled(backend) {
@@ -450,8 +510,9 @@ on_both_backends! {
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
     }
 
-    async fn rate_limits_per_tenant_in_process(backend) {
-        let Some(app) = TestApp::spawn_with(backend, ProcessRole::All, &[("RATE_LIMIT_PER_MINUTE", "10")]).await else { return };
+    async fn rate_limits_per_user_within_an_outer_tenant_bound(backend) {
+        let overrides = [("RATE_LIMIT_PER_MINUTE", "10"), ("TENANT_RATE_LIMIT_PER_MINUTE", "15")];
+        let Some(app) = TestApp::spawn_with(backend, ProcessRole::All, &overrides).await else { return };
         let user = app.sign_in("acme", "val@acme.test", Role::Viewer).await;
         let mut statuses = Vec::new();
         let mut limited = None;
@@ -469,9 +530,23 @@ on_both_backends! {
         assert_eq!(limited.headers()["x-ratelimit-limit"], "10");
         let body: Value = limited.json().await.unwrap();
         assert_error(&body, "rate_limited");
-        // Another tenant has its own budget.
-        let other = app.sign_in("globex", "gil@globex.test", Role::Viewer).await;
+        // Another user of the same tenant has their own budget...
+        let other = app.sign_in("acme", "vic@acme.test", Role::Viewer).await;
         assert_eq!(app.call(Method::GET, "/api/v1/auth/me", &other.access_token, None).await.0, StatusCode::OK);
+        // ...within the tenant's outer bound (what Val was refused did not count against it).
+        let mut tenant_limited = None;
+        for _ in 0..8 {
+            let response = app.client.get(app.url("/api/v1/auth/me")).bearer_auth(&other.access_token).send().await.unwrap();
+            if response.status() == StatusCode::TOO_MANY_REQUESTS {
+                tenant_limited = Some(response);
+                break;
+            }
+        }
+        let tenant_limited = tenant_limited.expect("the tenant bound applies before Vic's own");
+        assert_eq!(tenant_limited.headers()["x-ratelimit-limit"], "15");
+        // Another tenant has its own bound.
+        let elsewhere = app.sign_in("globex", "gil@globex.test", Role::Viewer).await;
+        assert_eq!(app.call(Method::GET, "/api/v1/auth/me", &elsewhere.access_token, None).await.0, StatusCode::OK);
     }
 
     async fn rate_limits_are_shared_through_redis(backend) {
@@ -497,6 +572,34 @@ on_both_backends! {
         assert!(statuses[..9].iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
         assert!(statuses.contains(&StatusCode::TOO_MANY_REQUESTS), "the budget is shared: {statuses:?}");
         second_state.shutdown.cancel();
+    }
+
+    async fn sign_in_counts_are_kept_and_taken_back_in_redis(backend) {
+        let Some(redis) = crate::support::shared_redis() else { return };
+        let url = redis.url();
+        // Addresses of their own: the Redis counters outlive this test's app.
+        let ip = format!("198.18.{}.{}", rand::random::<u8>(), rand::random::<u8>());
+        let overrides = [("LOGIN_FAILURES_PER_IP", "3"), ("TRUSTED_PROXIES", "127.0.0.1"), ("REDIS_URL", url.as_str())];
+        let Some(app) = TestApp::spawn_with(backend, ProcessRole::Api, &overrides).await else { return };
+        let email = format!("lou{}@acme.test", rand::random::<u32>());
+        app.create_user("acme", &email, Role::Viewer, false).await;
+        let login = |password: &'static str| {
+            let (app, ip, email) = (&app, ip.clone(), email.clone());
+            async move {
+                let response = app.client.post(app.url("/api/v1/auth/login")).header("x-forwarded-for", ip)
+                    .json(&json!({ "email": email, "password": password })).send().await.unwrap();
+                response.status()
+            }
+        };
+        for _ in 0..2 {
+            assert_eq!(login("wrong password!").await, StatusCode::UNAUTHORIZED);
+        }
+        // Successful sign-ins are counted first and then taken back: they use up nothing.
+        for _ in 0..3 {
+            assert_eq!(login(PASSWORD).await, StatusCode::OK);
+        }
+        assert_eq!(login("wrong password!").await, StatusCode::UNAUTHORIZED);
+        assert_eq!(login(PASSWORD).await, StatusCode::TOO_MANY_REQUESTS, "the third failure used the budget");
     }
 
     async fn responses_carry_security_headers(backend) {

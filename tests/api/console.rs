@@ -1371,10 +1371,30 @@ on_both_backends! {
 }
 
 on_both_backends! {
-    async fn a_console_page_counts_once_against_the_tenant_rate_limit(backend) {
-        let Some(app) = TestApp::spawn_with(backend, docket::app::Role::All, &[("RATE_LIMIT_PER_MINUTE", "40")]).await else { return };
+    async fn the_sign_in_page_says_busy_and_too_many_attempts_plainly(backend) {
+        let overrides = [("PASSWORD_HASH_CONCURRENCY", "1"), ("PASSWORD_HASH_QUEUE_SECONDS", "0.001"), ("LOGIN_FAILURES_PER_IP", "1000")];
+        let Some(app) = TestApp::spawn_with(backend, docket::app::Role::All, &overrides).await else { return };
+        let mut browsers: Vec<Browser> = (0..12).map(|_| Browser::new(&app)).collect();
+        let replies = futures_util::future::join_all(browsers.iter_mut().map(|b| b.sign_in("nobody@acme.test", "wrong password!"))).await;
+        let statuses: Vec<StatusCode> = replies.iter().map(|r| r.status).collect();
+        assert!(statuses.iter().all(|s| [StatusCode::UNAUTHORIZED, StatusCode::SERVICE_UNAVAILABLE].contains(s)), "{statuses:?}");
+        let busy = replies.iter().find(|r| r.status == StatusCode::SERVICE_UNAVAILABLE).expect("one slot cannot serve twelve at once");
+        assert!(busy.body.contains("Docket is busy signing other people in"), "{}", busy.body);
+
+        let Some(app) = TestApp::spawn_with(backend, docket::app::Role::All, &[("LOGIN_FAILURES_PER_IP", "1")]).await else { return };
+        let mut browser = Browser::new(&app);
+        assert_eq!(browser.sign_in("nobody@acme.test", "wrong password!").await.status, StatusCode::UNAUTHORIZED);
+        let refused = browser.sign_in("nobody@acme.test", "wrong password!").await;
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(refused.body.contains("Too many failed sign-in attempts from your address"), "{}", refused.body);
+    }
+
+    async fn console_pages_count_once_against_their_users_own_budgets(backend) {
+        let overrides = [("RATE_LIMIT_PER_MINUTE", "40"), ("LIVE_RATE_LIMIT_PER_MINUTE", "40"), ("API_KEY_RATE_LIMIT_PER_MINUTE", "10")];
+        let Some(app) = TestApp::spawn_with(backend, docket::app::Role::All, &overrides).await else { return };
         let tenant = seed::tenant(&app, "acme").await;
         seed::user(&app, &tenant, "rita@acme.test", "Rita Reviewer", "reviewer").await;
+        seed::user(&app, &tenant, "rob@acme.test", "Rob Reviewer", "reviewer").await;
         seed::case(&app, &tenant, "CHQ-1", "120.50", "Ann Smith").await;
         let mut rita = Browser::signed_in(&app, "rita@acme.test").await;
 
@@ -1384,7 +1404,26 @@ on_both_backends! {
             let desk = rita.get("/console/review").await;
             assert_eq!(desk.status, StatusCode::OK, "page {n}: {}", desk.body);
         }
-        // Counted per page, the budget still runs out, and the console says so.
+        // Live refreshes of the open desk have their own budget: thirty of them leave the desk's.
+        for n in 0..30 {
+            let request = rita.client.get(app.url("/console/review/queue")).header("x-docket-live", "1");
+            let refresh = rita.send(request).await;
+            assert_eq!(refresh.status, StatusCode::OK, "refresh {n}: {}", refresh.body);
+        }
+        // An integration hammers the API with its key until it is refused...
+        let (status, created) = app.call(Method::POST, "/api/v1/api-keys", &tenant.admin.access_token, Some(json!({ "name": "bot", "scopes": ["cases:read"] }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let key = created["secret"].as_str().unwrap().to_owned();
+        let mut key_statuses = Vec::new();
+        for _ in 0..12 {
+            key_statuses.push(app.call(Method::GET, "/api/v1/cases", &key, None).await.0);
+        }
+        assert!(key_statuses[..10].iter().all(|s| *s == StatusCode::OK), "{key_statuses:?}");
+        assert!(key_statuses[10..].iter().all(|s| *s == StatusCode::TOO_MANY_REQUESTS), "{key_statuses:?}");
+        // ...and the reviewer's desk is unaffected by it.
+        assert_eq!(rita.get("/console/review").await.status, StatusCode::OK);
+
+        // Counted per page, Rita's own budget still runs out, and the console says so.
         let mut refused = None;
         for _ in 0..40 {
             let page = rita.get("/console/review").await;
@@ -1393,9 +1432,13 @@ on_both_backends! {
                 break;
             }
         }
-        let refused = refused.expect("the tenant's budget runs out");
+        let refused = refused.expect("her budget runs out");
         assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
         assert!(refused.body.contains("Rate limit of 40 requests per minute"), "{}", refused.body);
+        // Another reviewer of the same tenant works on.
+        let mut rob = Browser::signed_in(&app, "rob@acme.test").await;
+        let desk = rob.get("/console/review").await;
+        assert_eq!(desk.status, StatusCode::OK, "{}", desk.body);
     }
 }
 

@@ -544,6 +544,7 @@ impl TestApp {
         let mut tx = self.state.store.begin().await.unwrap();
         let user = docket::auth::users::insert(
             &mut tx,
+            &self.state.hashing,
             docket::auth::users::NewUser {
                 tenant_id: &tenant_id,
                 email,

@@ -155,7 +155,7 @@
       setTimeout(function () {
         pending = false;
         regions.forEach(function (region) {
-          fetch(region.getAttribute("data-live"), { credentials: "same-origin", headers: { "Accept": "text/html" } })
+          fetch(region.getAttribute("data-live"), { credentials: "same-origin", headers: { "Accept": "text/html", "X-Docket-Live": "1" } })
             // A redirect means the session ended (sign-in page): keep what is shown.
             .then(function (r) { return r.ok && !r.redirected ? r.text() : null; })
             .then(function (html) {

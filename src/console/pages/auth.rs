@@ -129,13 +129,19 @@ pub async fn login(anonymous: Anonymous, form: axum::Form<LoginForm>) -> Respons
         }
         Err(failure) => {
             let ask_code = matches!(failure.code.as_str(), "mfa_required" | "invalid_mfa_code");
-            let message = if failure.code == "mfa_required" {
-                "Enter the code from your authenticator app.".to_owned()
-            } else {
-                failure.message.clone()
+            let message = match failure.code.as_str() {
+                "mfa_required" => "Enter the code from your authenticator app.".to_owned(),
+                "busy" => "Docket is busy signing other people in. Wait a few seconds and sign in again."
+                    .to_owned(),
+                "too_many_attempts" => {
+                    "Too many failed sign-in attempts from your address. Wait a few minutes and try again."
+                        .to_owned()
+                }
+                _ => failure.message.clone(),
             };
             login_form(
-                if failure.status.is_client_error() {
+                // Busy is the server's own, temporary refusal, not a failure of the API behind it.
+                if failure.status.is_client_error() || failure.code == "busy" {
                     failure.status
                 } else {
                     StatusCode::BAD_GATEWAY
