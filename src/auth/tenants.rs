@@ -258,6 +258,7 @@ pub async fn create_tenant_admin(
     let mut tx = state.store.begin().await?;
     let user = users::insert(
         &mut tx,
+        &state.hashing,
         NewUser {
             tenant_id: &tenant.id,
             email: &body.email,
