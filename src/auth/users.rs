@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::principal::{Authorized, ReadUsers, SignedIn, TenantAdmin};
+use super::principal::{Authorized, Principal, ReadUsers, SignedIn, TenantAdmin};
 use super::{AuthError, Role, password, sessions};
 use crate::app::AppState;
 use crate::http::error::ApiError;
@@ -259,6 +259,18 @@ pub async fn create_user(
     Ok((StatusCode::CREATED, ResponseJson(user.public())))
 }
 
+/// A platform admin can run every tenant, so a tenant admin who could reset their password or
+/// disable them could take over the platform: only another platform admin may change one.
+fn guard_platform_admin(principal: &Principal, target: &UserRow) -> Result<(), ApiError> {
+    if target.platform_admin && !principal.platform_admin {
+        return Err(ApiError::forbidden(
+            "Only a platform administrator may change a platform administrator.",
+        )
+        .with_code("platform_admin_protected"));
+    }
+    Ok(())
+}
+
 fn summary(user: &UserRow) -> serde_json::Value {
     json!({ "email": user.email, "name": user.name, "role": user.role, "status": user.status })
 }
@@ -322,6 +334,7 @@ pub async fn update_user(
     let before = find(&state.store, &principal.tenant_id, &id)
         .await?
         .ok_or(AuthError::NotFound("user"))?;
+    guard_platform_admin(&principal, &before)?;
     let mut after = before.clone();
     if let Some(name) = &body.name {
         let name = name.trim();
@@ -407,6 +420,7 @@ pub async fn delete_user(
     let before = find(&state.store, &principal.tenant_id, &id)
         .await?
         .ok_or(AuthError::NotFound("user"))?;
+    guard_platform_admin(&principal, &before)?;
     let mut tx = state.store.begin().await?;
     with_tx!(&mut tx, conn => {
         sqlx::query("UPDATE users SET status = 'deleted', updated_at = $1 WHERE tenant_id = $2 AND id = $3")
