@@ -9,7 +9,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::principal::{Authorized, Principal, ReadUsers, SignedIn, TenantAdmin};
-use super::{AuthError, Role, password, sessions};
+use super::{AuthError, Role, api_keys, password, sessions};
 use crate::app::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
@@ -391,6 +391,9 @@ pub async fn update_user(
         sessions::revoke_all_for_user(&mut tx, &principal.tenant_id, &id, "account_changed", None)
             .await?;
     }
+    if after.status != "active" {
+        api_keys::revoke_all_created_by(&mut tx, &principal, &id, "creator_disabled").await?;
+    }
     let mut changes = json!({ "before": summary(&before), "after": summary(&after) });
     if body.password.is_some() {
         changes["password_reset"] = json!(true);
@@ -433,6 +436,7 @@ pub async fn delete_user(
     })?;
     sessions::revoke_all_for_user(&mut tx, &principal.tenant_id, &id, "account_deleted", None)
         .await?;
+    api_keys::revoke_all_created_by(&mut tx, &principal, &id, "creator_deleted").await?;
     principal
         .audit(
             &mut tx,

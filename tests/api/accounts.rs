@@ -60,6 +60,62 @@ on_both_backends! {
         let (status, body) = app.call(Method::PATCH, &format!("/api/v1/users/{rita}"), &admin.access_token, Some(json!({ "role": "supervisor" }))).await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
+
+    async fn disabling_or_deleting_a_user_revokes_their_api_keys(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let boss = app.sign_in("acme", "boss@acme.test", Role::Admin).await;
+        let mut secrets = Vec::new();
+        for who in ["dora@acme.test", "dave@acme.test"] {
+            let admin = app.sign_in("acme", who, Role::Admin).await;
+            let (status, key) = app.call(Method::POST, "/api/v1/api-keys", &admin.access_token, Some(json!({ "name": who, "scopes": ["users:read"] }))).await;
+            assert_eq!(status, StatusCode::CREATED, "{key}");
+            let secret = key["secret"].as_str().unwrap().to_owned();
+            assert_eq!(app.call(Method::GET, "/api/v1/users", &secret, None).await.0, StatusCode::OK);
+            secrets.push((admin.user_id, key["id"].as_str().unwrap().to_owned(), secret));
+        }
+        let (dora, dora_key, dora_secret) = &secrets[0];
+        let (dave, dave_key, dave_secret) = &secrets[1];
+        let (status, body) = app.call(Method::PATCH, &format!("/api/v1/users/{dora}"), &boss.access_token, Some(json!({ "status": "disabled" }))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, body) = app.call(Method::DELETE, &format!("/api/v1/users/{dave}"), &boss.access_token, None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        for secret in [dora_secret, dave_secret] {
+            let (status, body) = app.call(Method::GET, "/api/v1/users", secret, None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        }
+        let (_, keys) = app.call(Method::GET, "/api/v1/api-keys", &boss.access_token, None).await;
+        for key in keys["items"].as_array().unwrap() {
+            assert!(key["revoked_at"].is_string(), "{key}");
+        }
+        let revocations: Vec<(String, String)> = docket::with_pool!(&app.state.store, pool => {
+            sqlx::query_as("SELECT target_id, summary FROM audit_log WHERE action = 'api_key.revoke' ORDER BY seq")
+                .fetch_all(pool)
+                .await
+        })
+        .unwrap();
+        assert_eq!(revocations.len(), 2, "{revocations:?}");
+        assert_eq!(&revocations[0].0, dora_key);
+        assert!(revocations[0].1.contains("creator_disabled"), "{revocations:?}");
+        assert_eq!(&revocations[1].0, dave_key);
+        assert!(revocations[1].1.contains("creator_deleted"), "{revocations:?}");
+    }
+
+    async fn a_key_of_a_disabled_creator_is_refused_before_any_revoke(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let admin = app.sign_in("acme", "ann@acme.test", Role::Admin).await;
+        let (_, key) = app.call(Method::POST, "/api/v1/api-keys", &admin.access_token, Some(json!({ "name": "bot", "scopes": ["users:read"] }))).await;
+        let secret = key["secret"].as_str().unwrap();
+        assert_eq!(app.call(Method::GET, "/api/v1/users", secret, None).await.0, StatusCode::OK);
+        // The account changes without going through the API (say, another process mid-update).
+        docket::with_pool!(&app.state.store, pool => {
+            sqlx::query("UPDATE users SET status = 'disabled' WHERE id = $1").bind(&admin.user_id).execute(pool).await.map(|_| ())
+        })
+        .unwrap();
+        let (status, body) = app.call(Method::GET, "/api/v1/users", secret, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert_error(&body, "invalid_token");
+    }
+
     async fn worker_hosts_and_pids_are_for_platform_admins(backend) {
         let Some(app) = TestApp::spawn(backend).await else { return };
         let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
