@@ -388,6 +388,7 @@ pub async fn login(
     let mfa_verified = if user.totp_enabled {
         match mfa::verify_login(
             &mut tx,
+            &state.secret_key,
             &user,
             body.totp_code.as_deref(),
             body.recovery_code.as_deref(),

@@ -5,7 +5,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::on_both_backends;
-use crate::support::TestApp;
+use crate::support::{PASSWORD, TestApp, totp_code};
 
 fn assert_error(body: &Value, code: &str) {
     assert_eq!(body["error"]["code"], code, "{body}");
@@ -138,5 +138,48 @@ on_both_backends! {
         assert_eq!(status, StatusCode::OK, "{workers}");
         let pid = i64::from(std::process::id());
         assert!(workers.as_array().unwrap().iter().any(|w| w["hostname"].is_string() && w["pid"] == pid), "{workers}");
+    }
+
+    async fn totp_secrets_are_encrypted_at_rest_and_old_rows_are_sealed_at_start(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let ada = app.sign_in("acme", "ada@acme.test", Role::Admin).await;
+        let secret = ada.totp_secret.clone().unwrap();
+        let stored = |app: &TestApp, id: String| {
+            let store = app.state.store.clone();
+            async move {
+                docket::with_pool!(&store, pool => {
+                    sqlx::query_scalar::<_, String>("SELECT totp_secret FROM users WHERE id = $1").bind(&id).fetch_one(pool).await
+                })
+                .unwrap()
+            }
+        };
+        let sealed = stored(&app, ada.user_id.clone()).await;
+        assert!(sealed.starts_with("enc1:"), "{sealed}");
+        assert!(!sealed.contains(&secret), "the column is not the base32 secret");
+        let (status, body) = app.login(json!({ "email": "ada@acme.test", "password": PASSWORD, "totp_code": totp_code(&secret, 1) })).await;
+        assert_eq!(status, StatusCode::OK, "sign-in with TOTP works on a sealed secret: {body}");
+
+        // A row written before encryption holds the plain base32 secret.
+        let bob = app.sign_in("acme", "bob@acme.test", Role::Admin).await;
+        let bob_secret = bob.totp_secret.clone().unwrap();
+        docket::with_pool!(&app.state.store, pool => {
+            sqlx::query("UPDATE users SET totp_secret = $1 WHERE id = $2").bind(&bob_secret).bind(&bob.user_id).execute(pool).await.map(|_| ())
+        })
+        .unwrap();
+        // A restart on the same database seals it, and the user signs in as before.
+        let config = app.state.config.as_ref().clone();
+        let restarted = docket::app::AppState::initialise(config).await.unwrap();
+        let resealed = docket::with_pool!(&restarted.store, pool => {
+            sqlx::query_scalar::<_, String>("SELECT totp_secret FROM users WHERE id = $1").bind(&bob.user_id).fetch_one(pool).await
+        })
+        .unwrap();
+        assert!(resealed.starts_with("enc1:") && !resealed.contains(&bob_secret), "{resealed}");
+        assert_eq!(stored(&app, bob.user_id.clone()).await, resealed);
+        let (status, body) = app.login(json!({ "email": "bob@acme.test", "password": PASSWORD, "totp_code": totp_code(&bob_secret, 1) })).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        // Starting again changes nothing.
+        let config = app.state.config.as_ref().clone();
+        docket::app::AppState::initialise(config).await.unwrap();
+        assert_eq!(stored(&app, bob.user_id.clone()).await, resealed);
     }
 }
