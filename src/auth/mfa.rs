@@ -161,6 +161,54 @@ fn user_totp(secret_key: &Secret, user: &UserRow) -> Result<Totp, AuthError> {
     totp(bytes.as_bytes().to_vec(), &user.email)
 }
 
+/// How long the second sign-in step may take after the password was accepted.
+const CHALLENGE_TTL_SECONDS: i64 = 5 * 60;
+
+/// After a correct password, a token that stands in for it in the second step (the TOTP or recovery
+/// code), so that nothing has to hold the password meanwhile. Single use; expired ones are removed.
+pub async fn issue_challenge(store: &Store, user: &UserRow) -> Result<String, AuthError> {
+    let token = tokens::new_secret("dm_");
+    let now = crate::clock::now();
+    crate::with_writer!(store, pool => {
+        sqlx::query("DELETE FROM mfa_challenges WHERE expires_at <= $1").bind(now).execute(pool).await.map(|_| ())
+    })?;
+    crate::with_writer!(store, pool => {
+        sqlx::query(
+            "INSERT INTO mfa_challenges (token_hash, tenant_id, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(tokens::hash_secret(&token))
+        .bind(&user.tenant_id)
+        .bind(&user.id)
+        .bind(now)
+        .bind(now + chrono::Duration::seconds(CHALLENGE_TTL_SECONDS))
+        .execute(pool)
+        .await
+        .map(|_| ())
+    })?;
+    Ok(token)
+}
+
+/// The user a live challenge token was issued to; the token is used up by this call.
+pub async fn take_challenge(store: &Store, token: &str) -> Result<UserRow, AuthError> {
+    let now = crate::clock::now();
+    let owner: Option<(String, String)> = crate::with_writer!(store, pool => {
+        sqlx::query_as(
+            "UPDATE mfa_challenges SET used_at = $1 \
+             WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1 RETURNING tenant_id, user_id",
+        )
+        .bind(now)
+        .bind(tokens::hash_secret(token))
+        .fetch_optional(pool)
+        .await
+    })?;
+    let expired =
+        || AuthError::InvalidToken("the sign-in step expired or was already used; sign in again");
+    let (tenant_id, user_id) = owner.ok_or_else(expired)?;
+    users::find(store, &tenant_id, &user_id)
+        .await?
+        .ok_or_else(expired)
+}
+
 /// Accepts a code once: the matched time step must be newer than the last accepted one.
 async fn accept_code(
     tx: &mut Tx,

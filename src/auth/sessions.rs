@@ -31,8 +31,16 @@ const TOUCH_INTERVAL_SECONDS: i64 = 60;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
+    /// Not needed with `mfa_token`.
+    #[serde(default)]
     pub email: String,
+    /// Not needed with `mfa_token`.
+    #[serde(default)]
     pub password: String,
+    /// The second step: the token from a `mfa_required` or `invalid_mfa_code` answer (in
+    /// `details.mfa_token`, single use, 5 minutes) with `totp_code` or `recovery_code`, instead of
+    /// sending the password again.
+    pub mfa_token: Option<String>,
     /// Six-digit code from the authenticator app, when MFA is enabled.
     pub totp_code: Option<String>,
     /// A one-time recovery code instead of `totp_code`.
@@ -349,31 +357,46 @@ pub async fn login(
             .into());
         }
     }
-    if body.password.len() > password::MAX_LENGTH {
-        return Err(AuthError::InvalidCredentials.into());
-    }
-    let user = users::find_by_email(&state.store, &body.email).await?;
-    let Some(user) = user.filter(|u| u.status != "deleted") else {
-        let plain = body.password.clone();
-        password::blocking(move || password::verify_against_nothing(&plain)).await?;
-        record_failed_login(&state, None, &body.email, "unknown_email", &origin).await?;
-        return Err(AuthError::InvalidCredentials.into());
-    };
     let now = crate::clock::now();
-    if let Some(until) = user.locked_until.filter(|until| *until > now) {
-        let retry_after_seconds = u64::try_from((until - now).num_seconds())
-            .unwrap_or(1)
-            .max(1);
-        return Err(AuthError::Throttled {
-            retry_after_seconds,
+    let locked = |user: &UserRow| {
+        user.locked_until.filter(|until| *until > now).map(|until| {
+            let retry_after_seconds = u64::try_from((until - now).num_seconds())
+                .unwrap_or(1)
+                .max(1);
+            AuthError::Throttled {
+                retry_after_seconds,
+            }
+        })
+    };
+    let user = if let Some(token) = &body.mfa_token {
+        // The password was accepted when this token was issued.
+        let user = mfa::take_challenge(&state.store, token).await?;
+        if let Some(throttled) = locked(&user) {
+            return Err(throttled.into());
         }
-        .into());
-    }
-    let (plain, stored) = (body.password.clone(), user.password_hash.clone());
-    if !password::blocking(move || password::verify(&plain, &stored)).await? {
-        record_failed_login(&state, Some(&user), &body.email, "wrong_password", &origin).await?;
-        return Err(AuthError::InvalidCredentials.into());
-    }
+        user
+    } else {
+        if body.password.len() > password::MAX_LENGTH {
+            return Err(AuthError::InvalidCredentials.into());
+        }
+        let user = users::find_by_email(&state.store, &body.email).await?;
+        let Some(user) = user.filter(|u| u.status != "deleted") else {
+            let plain = body.password.clone();
+            password::blocking(move || password::verify_against_nothing(&plain)).await?;
+            record_failed_login(&state, None, &body.email, "unknown_email", &origin).await?;
+            return Err(AuthError::InvalidCredentials.into());
+        };
+        if let Some(throttled) = locked(&user) {
+            return Err(throttled.into());
+        }
+        let (plain, stored) = (body.password.clone(), user.password_hash.clone());
+        if !password::blocking(move || password::verify(&plain, &stored)).await? {
+            record_failed_login(&state, Some(&user), &body.email, "wrong_password", &origin)
+                .await?;
+            return Err(AuthError::InvalidCredentials.into());
+        }
+        user
+    };
     if user.status != "active" {
         return Err(AuthError::AccountDisabled.into());
     }
@@ -402,13 +425,19 @@ pub async fn login(
                     record_failed_login(
                         &state,
                         Some(&user),
-                        &body.email,
+                        &user.email,
                         "wrong_mfa_code",
                         &origin,
                     )
                     .await?;
                 }
-                return Err(e.into());
+                if !matches!(e, AuthError::MfaRequired | AuthError::InvalidMfaCode) {
+                    return Err(e.into());
+                }
+                // The password (or an earlier token) was right: the next attempt needs only the
+                // code. Wrong codes count as failed logins, so the lock still stops guessing.
+                let token = mfa::issue_challenge(&state.store, &user).await?;
+                return Err(ApiError::from(e).with_details(json!({ "mfa_token": token })));
             }
         }
     } else {

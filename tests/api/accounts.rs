@@ -182,4 +182,54 @@ on_both_backends! {
         docket::app::AppState::initialise(config).await.unwrap();
         assert_eq!(stored(&app, bob.user_id.clone()).await, resealed);
     }
+
+    async fn the_second_sign_in_step_uses_a_single_use_expiring_token(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let ada = app.sign_in("acme", "ada@acme.test", Role::Admin).await;
+        let secret = ada.totp_secret.clone().unwrap();
+        let first_step = || app.login(json!({ "email": "ada@acme.test", "password": PASSWORD }));
+        let (status, body) = first_step().await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_error(&body, "mfa_required");
+        let token = body["error"]["details"]["mfa_token"].as_str().unwrap().to_owned();
+        let stored: i64 = docket::with_pool!(&app.state.store, pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM mfa_challenges WHERE token_hash = $1").bind(&token).fetch_one(pool).await
+        })
+        .unwrap();
+        assert_eq!(stored, 0, "only a hash of the token is stored");
+
+        // A wrong code uses the token up and hands out a new one (and counts as a failure).
+        let (status, body) = app.login(json!({ "mfa_token": token, "totp_code": "000000" })).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_error(&body, "invalid_mfa_code");
+        let retry = body["error"]["details"]["mfa_token"].as_str().unwrap().to_owned();
+        assert_ne!(retry, token);
+        let (status, body) = app.login(json!({ "mfa_token": token, "totp_code": totp_code(&secret, 1) })).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "single use: {body}");
+        assert_error(&body, "invalid_token");
+        let (status, body) = app.login(json!({ "mfa_token": retry, "totp_code": totp_code(&secret, 1) })).await;
+        assert_eq!(status, StatusCode::OK, "the token and the code sign in, no password: {body}");
+        assert!(body["access_token"].is_string());
+        let (status, body) = app.login(json!({ "mfa_token": retry, "recovery_code": "whatever" })).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "used: {body}");
+        assert_error(&body, "invalid_token");
+
+        // Five minutes later the token is worthless.
+        let (_, body) = first_step().await;
+        let stale = body["error"]["details"]["mfa_token"].as_str().unwrap().to_owned();
+        docket::with_pool!(&app.state.store, pool => {
+            sqlx::query("UPDATE mfa_challenges SET expires_at = $1 WHERE used_at IS NULL")
+                .bind(chrono::Utc::now() - chrono::Duration::seconds(1))
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })
+        .unwrap();
+        let (status, body) = app.login(json!({ "mfa_token": stale, "totp_code": totp_code(&secret, 2) })).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert_error(&body, "invalid_token");
+        let (status, body) = app.login(json!({ "mfa_token": "dm_made_up", "totp_code": totp_code(&secret, 2) })).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert_error(&body, "invalid_token");
+    }
 }
