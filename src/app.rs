@@ -155,6 +155,13 @@ impl AppState {
                 "SECRET_KEY is not set: using the development key stored under DATA_DIR"
             );
         }
+        // TOTP secrets written before they were encrypted at rest are sealed now; a failure (say,
+        // migrations still pending) is retried at the next start, and such rows still work meanwhile.
+        match crate::auth::mfa::seal_plaintext_secrets(&store, &secret_key).await {
+            Ok(0) => {}
+            Ok(sealed) => tracing::info!(sealed, "encrypted plaintext TOTP secrets"),
+            Err(e) => tracing::warn!(error = %e, "could not encrypt plaintext TOTP secrets"),
+        }
         // The URL was validated with the configuration, so opening the client cannot fail here.
         let redis = config
             .redis_url

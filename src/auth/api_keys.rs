@@ -8,13 +8,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::principal::{Authorized, TenantAdmin};
+use super::principal::{Authorized, Principal, TenantAdmin};
 use super::{AuthError, tokens};
 use crate::app::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
 use crate::http::pagination::{Page, PageParams};
-use crate::store::Store;
+use crate::store::{Store, Tx};
 use crate::{with_pool, with_tx};
 
 /// Every key starts with this, so it is recognisable (and detectable by secret scanners).
@@ -165,6 +165,20 @@ async fn still_usable(
     if tenant_status.as_deref() != Some("active") {
         return Err(AuthError::InvalidToken("the tenant is suspended"));
     }
+    // Disabling or deleting the creator revokes their keys; this check covers the moment before
+    // that lands and any key that slipped past it, so a key never outlives its creator's access.
+    let creator_status: Option<String> = with_pool!(store, pool => {
+        sqlx::query_scalar("SELECT status FROM users WHERE tenant_id = $1 AND id = $2")
+            .bind(&row.tenant_id)
+            .bind(&row.created_by)
+            .fetch_optional(pool)
+            .await
+    })?;
+    if creator_status.as_deref() != Some("active") {
+        return Err(AuthError::InvalidToken(
+            "the API key's creator is no longer active",
+        ));
+    }
     let tenant_id = row.tenant_id.clone();
     let key = ApiKey::from(row);
     Ok(KeyIdentity {
@@ -173,6 +187,39 @@ async fn still_usable(
         scopes: key.scopes,
         created_by: key.created_by,
     })
+}
+
+/// Revokes every live key `creator_id` made (their account was disabled or deleted), one audit
+/// record per key naming `reason`.
+pub async fn revoke_all_created_by(
+    tx: &mut Tx,
+    principal: &Principal,
+    creator_id: &str,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    let revoked: Vec<String> = with_tx!(tx, conn => {
+        sqlx::query_scalar(
+            "UPDATE api_keys SET revoked_at = $1 WHERE tenant_id = $2 AND created_by = $3 AND revoked_at IS NULL \
+             RETURNING id",
+        )
+        .bind(crate::clock::now())
+        .bind(&principal.tenant_id)
+        .bind(creator_id)
+        .fetch_all(conn)
+        .await
+    })?;
+    for key_id in revoked {
+        principal
+            .audit(
+                tx,
+                "api_key.revoke",
+                "api_key",
+                &key_id,
+                json!({ "reason": reason, "created_by": creator_id }),
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// Create an API key. The secret is in the response and nowhere else.

@@ -30,8 +30,16 @@ const TOUCH_INTERVAL_SECONDS: i64 = 60;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
+    /// Not needed with `mfa_token`.
+    #[serde(default)]
     pub email: String,
+    /// Not needed with `mfa_token`.
+    #[serde(default)]
     pub password: String,
+    /// The second step: the token from a `mfa_required` or `invalid_mfa_code` answer (in
+    /// `details.mfa_token`, single use, 5 minutes) with `totp_code` or `recovery_code`, instead of
+    /// sending the password again.
+    pub mfa_token: Option<String>,
     /// Six-digit code from the authenticator app, when MFA is enabled.
     pub totp_code: Option<String>,
     /// A one-time recovery code instead of `totp_code`.
@@ -381,43 +389,54 @@ pub async fn login(
     if body.password.len() > password::MAX_LENGTH {
         return Err(AuthError::InvalidCredentials.into());
     }
-    let attempt = LoginAttempt::new(&origin, &body.email);
-    // Counted before any hashing, so that a burst is refused before it costs memory.
-    let locked = attempt.count(&state).await?;
-    let user = users::find_by_email(&state.store, &body.email)
-        .await?
-        .filter(|u| u.status != "deleted");
-    // Hashed even when locked: the answer must take as long as a wrong password's.
-    let checked = match &user {
-        Some(user) => {
-            state
-                .hashing
-                .verify(&body.password, &user.password_hash)
-                .await
-        }
-        None => state
-            .hashing
-            .verify_against_nothing(&body.password)
-            .await
-            .map(|()| false),
-    };
-    let matches = match checked {
-        Ok(matches) => matches,
-        Err(e) => {
-            attempt.forgive(&state).await?;
-            return Err(e.into());
-        }
-    };
-    let user = match user {
-        Some(user) if matches && !locked => user,
-        user => {
-            let reason = match (&user, locked) {
-                (None, _) => "unknown_email",
-                (Some(_), true) => "locked",
-                (Some(_), false) => "wrong_password",
-            };
-            record_failed_login(&state, user.as_ref(), &body.email, reason, &origin).await?;
+    let (user, attempt) = if let Some(token) = &body.mfa_token {
+        // The password was accepted when this token was issued; the lock still applies.
+        let user = mfa::take_challenge(&state.store, token).await?;
+        let attempt = LoginAttempt::new(&origin, &user.email);
+        if attempt.count(&state).await? {
+            record_failed_login(&state, Some(&user), &user.email, "locked", &origin).await?;
             return Err(AuthError::InvalidCredentials.into());
+        }
+        (user, attempt)
+    } else {
+        let attempt = LoginAttempt::new(&origin, &body.email);
+        // Counted before any hashing, so that a burst is refused before it costs memory.
+        let locked = attempt.count(&state).await?;
+        let user = users::find_by_email(&state.store, &body.email)
+            .await?
+            .filter(|u| u.status != "deleted");
+        // Hashed even when locked: the answer must take as long as a wrong password's.
+        let checked = match &user {
+            Some(user) => {
+                state
+                    .hashing
+                    .verify(&body.password, &user.password_hash)
+                    .await
+            }
+            None => state
+                .hashing
+                .verify_against_nothing(&body.password)
+                .await
+                .map(|()| false),
+        };
+        let matches = match checked {
+            Ok(matches) => matches,
+            Err(e) => {
+                attempt.forgive(&state).await?;
+                return Err(e.into());
+            }
+        };
+        match user {
+            Some(user) if matches && !locked => (user, attempt),
+            user => {
+                let reason = match (&user, locked) {
+                    (None, _) => "unknown_email",
+                    (Some(_), true) => "locked",
+                    (Some(_), false) => "wrong_password",
+                };
+                record_failed_login(&state, user.as_ref(), &body.email, reason, &origin).await?;
+                return Err(AuthError::InvalidCredentials.into());
+            }
         }
     };
     let now = crate::clock::now();
@@ -435,6 +454,7 @@ pub async fn login(
     let mfa_verified = if user.totp_enabled {
         match mfa::verify_login(
             &mut tx,
+            &state.secret_key,
             &user,
             body.totp_code.as_deref(),
             body.recovery_code.as_deref(),
@@ -449,16 +469,20 @@ pub async fn login(
                         record_failed_login(
                             &state,
                             Some(&user),
-                            &body.email,
+                            &user.email,
                             "wrong_mfa_code",
                             &origin,
                         )
                         .await?;
                     }
+                    // The password was right: that attempt is not a failure.
                     AuthError::MfaRequired => attempt.forgive(&state).await?,
-                    _ => {}
+                    _ => return Err(e.into()),
                 }
-                return Err(e.into());
+                // The password (or an earlier token) was right: the next attempt needs only the
+                // code. Wrong codes count as failed logins, so the lock still stops guessing.
+                let token = mfa::issue_challenge(&state.store, &user).await?;
+                return Err(ApiError::from(e).with_details(json!({ "mfa_token": token })));
             }
         }
     } else {

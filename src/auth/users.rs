@@ -9,8 +9,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::password::{self, Hashing};
-use super::principal::{Authorized, ReadUsers, SignedIn, TenantAdmin};
-use super::{AuthError, Role, sessions};
+use super::principal::{Authorized, Principal, ReadUsers, SignedIn, TenantAdmin};
+use super::{AuthError, Role, api_keys, sessions};
 use crate::app::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
@@ -260,6 +260,18 @@ pub async fn create_user(
     Ok((StatusCode::CREATED, ResponseJson(user.public())))
 }
 
+/// A platform admin can run every tenant, so a tenant admin who could reset their password or
+/// disable them could take over the platform: only another platform admin may change one.
+fn guard_platform_admin(principal: &Principal, target: &UserRow) -> Result<(), ApiError> {
+    if target.platform_admin && !principal.platform_admin {
+        return Err(ApiError::forbidden(
+            "Only a platform administrator may change a platform administrator.",
+        )
+        .with_code("platform_admin_protected"));
+    }
+    Ok(())
+}
+
 pub(super) fn summary(user: &UserRow) -> serde_json::Value {
     json!({ "email": user.email, "name": user.name, "role": user.role, "status": user.status })
 }
@@ -323,6 +335,7 @@ pub async fn update_user(
     let before = find(&state.store, &principal.tenant_id, &id)
         .await?
         .ok_or(AuthError::NotFound("user"))?;
+    guard_platform_admin(&principal, &before)?;
     let mut after = before.clone();
     if let Some(name) = &body.name {
         let name = name.trim();
@@ -378,6 +391,9 @@ pub async fn update_user(
         sessions::revoke_all_for_user(&mut tx, &principal.tenant_id, &id, "account_changed", None)
             .await?;
     }
+    if after.status != "active" {
+        api_keys::revoke_all_created_by(&mut tx, &principal, &id, "creator_disabled").await?;
+    }
     let mut changes = json!({ "before": summary(&before), "after": summary(&after) });
     if body.password.is_some() {
         changes["password_reset"] = json!(true);
@@ -407,6 +423,7 @@ pub async fn delete_user(
     let before = find(&state.store, &principal.tenant_id, &id)
         .await?
         .ok_or(AuthError::NotFound("user"))?;
+    guard_platform_admin(&principal, &before)?;
     let mut tx = state.store.begin().await?;
     with_tx!(&mut tx, conn => {
         sqlx::query("UPDATE users SET status = 'deleted', updated_at = $1 WHERE tenant_id = $2 AND id = $3")
@@ -419,6 +436,7 @@ pub async fn delete_user(
     })?;
     sessions::revoke_all_for_user(&mut tx, &principal.tenant_id, &id, "account_deleted", None)
         .await?;
+    api_keys::revoke_all_created_by(&mut tx, &principal, &id, "creator_deleted").await?;
     principal
         .audit(
             &mut tx,

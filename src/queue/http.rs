@@ -14,8 +14,12 @@ use crate::{nodes, with_pool};
 pub struct WorkerInfo {
     pub id: String,
     pub role: String,
-    pub hostname: String,
-    pub pid: i32,
+    /// Platform admins only: where the processes run is about the whole installation, not a tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Platform admins only, like `hostname`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
     pub version: String,
     pub started_at: DateTime<Utc>,
     pub heartbeat_at: DateTime<Utc>,
@@ -35,7 +39,8 @@ pub struct QueueDepth {
 
 /// Live worker processes (heartbeat within the last 30 seconds).
 #[utoipa::path(get, path = "/workers", tag = "runs",
-    description = "Requires: supervisor or admin (`ReadOperations`), or an API key with `tasks:read`.",
+    description = "Requires: supervisor or admin (`ReadOperations`), or an API key with `tasks:read`. \
+                   Host names and process ids are shown to platform admins only.",
     responses((status = 200, body = Vec<WorkerInfo>)))]
 pub async fn list_workers(
     State(state): State<AppState>,
@@ -50,6 +55,7 @@ pub async fn list_workers(
             .fetch_all(pool)
             .await
     })?;
+    let show_hosts = principal.platform_admin;
     let workers = alive
         .into_iter()
         .filter(|n| n.role == "worker" || n.role == "all")
@@ -60,8 +66,8 @@ pub async fn list_workers(
                 .map_or(0, |(_, c)| *c),
             id: n.id,
             role: n.role,
-            hostname: n.hostname,
-            pid: n.pid,
+            hostname: show_hosts.then_some(n.hostname),
+            pid: show_hosts.then_some(n.pid),
             version: n.version,
             started_at: n.started_at,
             heartbeat_at: n.heartbeat_at,

@@ -674,6 +674,33 @@ on_both_backends! {
         assert!(api.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
     }
 
+    async fn the_code_step_of_sign_in_does_not_hold_the_password(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let tenant = seed::tenant(&app, "acme").await;
+        let mut browser = Browser::new(&app);
+        let reply = browser.sign_in(&tenant.admin_email, PASSWORD).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "the code is asked for");
+        assert!(!reply.body.contains(PASSWORD), "{}", reply.body);
+        let mut form = reply.form("totp_code");
+        assert!(form.get("password").is_none_or(str::is_empty), "no password field in the second step");
+        assert!(form.get("mfa_token").is_some_and(|t| t.starts_with("dm_")), "{}", reply.body);
+        // A wrong code: the page asks again, still without the password.
+        form.set("totp_code", "000000");
+        let again = browser.submit(&form).await;
+        assert_eq!(again.status, StatusCode::UNAUTHORIZED);
+        assert!(!again.body.contains(PASSWORD));
+        // The used token cannot be replayed with a good code.
+        form.set("totp_code", &totp_code(tenant.admin_totp_secret(), 1));
+        let replay = browser.submit(&form).await;
+        assert_eq!(replay.status, StatusCode::UNAUTHORIZED, "{}", replay.body);
+        assert!(replay.body.contains("id=\"password\""), "back to the first step: {}", replay.body);
+        // The fresh token from the wrong-code page works.
+        let mut form = again.form("totp_code");
+        form.set("totp_code", &totp_code(tenant.admin_totp_secret(), 1));
+        let done = browser.submit(&form).await;
+        assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+    }
+
     async fn viewers_cannot_reach_admin_pages(backend) {
         let Some(app) = TestApp::spawn(backend).await else { return };
         let tenant = seed::tenant(&app, "acme").await;

@@ -18,8 +18,13 @@ pub struct NextQuery {
 
 #[derive(Deserialize)]
 pub struct LoginForm {
+    #[serde(default)]
     email: String,
+    #[serde(default)]
     password: String,
+    /// The second step's stand-in for the password (from the API, single use, short-lived).
+    #[serde(default)]
+    mfa_token: String,
     #[serde(default)]
     totp_code: String,
     #[serde(default)]
@@ -31,9 +36,9 @@ struct LoginView<'a> {
     csrf: &'a str,
     next: &'a str,
     email: &'a str,
-    /// Kept so that the second step (the TOTP code) does not ask for it again.
-    password: Option<&'a str>,
-    ask_code: bool,
+    /// In the second step (the TOTP code): the API's token for the accepted password, so that the
+    /// page never holds the password itself.
+    mfa_token: Option<&'a str>,
 }
 
 fn login_form(status: StatusCode, view: LoginView<'_>, flash: Option<&Flash>) -> Response {
@@ -42,17 +47,10 @@ fn login_form(status: StatusCode, view: LoginView<'_>, flash: Option<&Flash>) ->
         form.stack method="post" action="/console/login" {
             (csrf_input(view.csrf))
             input type="hidden" name="next" value=(view.next);
-            div {
-                label for="email" { "Email" }
-                input #email type="email" name="email" autocomplete="username" required
-                    value=(view.email) data-autofocus[!view.ask_code];
-            }
-            div {
-                label for="password" { "Password" }
-                input #password type="password" name="password" autocomplete="current-password"
-                    required value=[view.password];
-            }
-            @if view.ask_code {
+            @if let Some(token) = view.mfa_token {
+                input type="hidden" name="mfa_token" value=(token);
+                input type="hidden" name="email" value=(view.email);
+                p { "Signing in as " strong { (view.email) } }
                 div {
                     label for="totp_code" {
                         "Authentication code"
@@ -60,6 +58,17 @@ fn login_form(status: StatusCode, view: LoginView<'_>, flash: Option<&Flash>) ->
                     }
                     input #totp_code type="text" name="totp_code" inputmode="numeric"
                         autocomplete="one-time-code" required data-autofocus data-no-draft;
+                }
+            } @else {
+                div {
+                    label for="email" { "Email" }
+                    input #email type="email" name="email" autocomplete="username" required
+                        value=(view.email) data-autofocus;
+                }
+                div {
+                    label for="password" { "Password" }
+                    input #password type="password" name="password" autocomplete="current-password"
+                        required;
                 }
             }
             div { button type="submit" { "Sign in" } }
@@ -88,8 +97,7 @@ pub async fn login_page(anonymous: Anonymous, Query(query): Query<NextQuery>) ->
             csrf: &anonymous.csrf,
             next: &next,
             email: "",
-            password: None,
-            ask_code: false,
+            mfa_token: None,
         },
         flash.as_ref(),
     )
@@ -102,7 +110,11 @@ pub async fn login(anonymous: Anonymous, form: axum::Form<LoginForm>) -> Respons
     } else {
         "/console".to_owned()
     };
-    let mut body = json!({ "email": form.email.trim(), "password": form.password });
+    let mut body = if form.mfa_token.is_empty() {
+        json!({ "email": form.email.trim(), "password": form.password })
+    } else {
+        json!({ "mfa_token": form.mfa_token })
+    };
     let code = form.totp_code.trim();
     if !code.is_empty() {
         // Recovery codes are longer than the six-digit TOTP codes.
@@ -128,7 +140,7 @@ pub async fn login(anonymous: Anonymous, form: axum::Form<LoginForm>) -> Respons
             Redirect::to(&to).into_response()
         }
         Err(failure) => {
-            let ask_code = matches!(failure.code.as_str(), "mfa_required" | "invalid_mfa_code");
+            let mfa_token = failure.details["mfa_token"].as_str();
             let message = match failure.code.as_str() {
                 "mfa_required" => "Enter the code from your authenticator app.".to_owned(),
                 "busy" => "Docket is busy signing other people in. Wait a few seconds and sign in again."
@@ -150,8 +162,7 @@ pub async fn login(anonymous: Anonymous, form: axum::Form<LoginForm>) -> Respons
                     csrf: &anonymous.csrf,
                     next: &next,
                     email: form.email.trim(),
-                    password: ask_code.then_some(form.password.as_str()),
-                    ask_code,
+                    mfa_token,
                 },
                 Some(&Flash {
                     kind: FlashKind::Error,

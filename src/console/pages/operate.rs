@@ -143,8 +143,9 @@ struct Step {
 struct Worker {
     id: String,
     role: String,
-    hostname: String,
-    pid: i32,
+    /// Only platform admins are shown where workers run.
+    hostname: Option<String>,
+    pid: Option<i32>,
     version: String,
     started_at: DateTime<Utc>,
     heartbeat_at: DateTime<Utc>,
@@ -1078,7 +1079,11 @@ fn operations_view(queues: &[QueueDepth], workers: &[Worker], now: DateTime<Utc>
                 @for worker in workers {
                     tr data-worker-id=(worker.id) {
                         td { code { (worker.id) } }
-                        td { (worker.hostname) " " span.muted { "pid " (worker.pid) } }
+                        td {
+                            @if let Some(hostname) = &worker.hostname { (hostname) " " }
+                            @if let Some(pid) = worker.pid { span.muted { "pid " (pid) } }
+                            @if worker.hostname.is_none() && worker.pid.is_none() { span.muted { "—" } }
+                        }
                         td { (worker.role) }
                         td { (worker.version) }
                         td { (time(&worker.started_at)) }
