@@ -130,13 +130,14 @@ async fn over_quota(
         }
     }
     if quotas.per_minute > 0 {
-        let since = now - chrono::Duration::seconds(RATE_WINDOW_SECONDS as i64);
         let recent = bounded_count(
             tx,
             "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE tenant_id = $1 \
-             AND created_at > $3 LIMIT $2) AS recent",
+             AND id >= $3 LIMIT $2) AS recent",
             tenant_id,
-            Some(since),
+            Some(first_id_since(
+                now - chrono::Duration::seconds(RATE_WINDOW_SECONDS as i64),
+            )),
             quotas.per_minute,
         )
         .await?;
@@ -151,12 +152,22 @@ async fn over_quota(
     Ok(None)
 }
 
+/// The smallest job id created at or after `since`. Job ids are UUIDv7, whose text sorts by
+/// creation time, so the rate is an index range of the existing `(tenant_id, id)` index rather
+/// than of one more index that every enqueue would have to maintain.
+fn first_id_since(since: DateTime<Utc>) -> String {
+    let millis = u64::try_from(since.timestamp_millis()).unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(millis, &[0; 10])
+        .into_uuid()
+        .to_string()
+}
+
 /// `sql` counting at most `limit + 1` rows (`$1` tenant, `$2` the row limit, `$3` `since`).
 async fn bounded_count(
     tx: &mut Tx,
     sql: &'static str,
     tenant_id: &str,
-    since: Option<DateTime<Utc>>,
+    since: Option<String>,
     limit: u64,
 ) -> Result<u64, sqlx::Error> {
     let rows = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
@@ -168,4 +179,19 @@ async fn bounded_count(
         }
     })?;
     Ok(u64::try_from(count).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_since_a_time_sort_after_its_lower_bound() {
+        let now = Utc::now();
+        let bound = first_id_since(now - chrono::Duration::seconds(60));
+        let recent = uuid::Uuid::now_v7().to_string();
+        let old = first_id_since(now - chrono::Duration::seconds(61));
+        assert!(recent >= bound, "{recent} < {bound}");
+        assert!(old < bound, "{old} >= {bound}");
+    }
 }
