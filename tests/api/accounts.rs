@@ -5,17 +5,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::on_both_backends;
-use crate::support::{PASSWORD, TestApp, totp_code};
-
-fn assert_error(body: &Value, code: &str) {
-    assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
-}
+use crate::support::{PASSWORD, TestApp, assert_error, totp_code};
 
 async fn user_status(app: &TestApp, user_id: &str) -> (String, String, String) {
     docket::with_pool!(&app.state.store, pool => {

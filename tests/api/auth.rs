@@ -4,17 +4,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::on_both_backends;
-use crate::support::{PASSWORD, TestApp, totp_code};
-
-fn assert_error(body: &Value, code: &str) {
-    assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
-}
+use crate::support::{PASSWORD, TestApp, assert_error, totp_code};
 
 on_both_backends! {
     async fn login_refresh_rotation_and_reuse_detection(backend) {

@@ -619,32 +619,29 @@ async fn the_api_docs_render_from_what_docket_serves() {
         let only_docket = "return performance.getEntriesByType('resource')
             .filter(e => e.initiatorType !== 'img')
             .every(e => e.name.startsWith(location.origin) || /^(blob|data):/.test(e.name))";
-        reader.goto("/docs").await;
-        reader
-            .wait_until(
-                "Swagger UI to list the operations",
+        for (path, viewer, ready) in [
+            (
+                "/docs",
+                "Swagger UI",
                 "return document.querySelectorAll('.opblock').length > 50",
-            )
-            .await;
-        assert_eq!(
-            reader.js(only_docket, vec![]).await,
-            json!(true),
-            "{}",
-            reader.js(loaded, vec![]).await
-        );
-        reader.goto("/redoc").await;
-        reader
-            .wait_until(
-                "ReDoc to list the operations",
+            ),
+            (
+                "/redoc",
+                "ReDoc",
                 "return document.querySelectorAll('[data-section-id^=\"operation/\"]').length > 50",
-            )
-            .await;
-        assert_eq!(
-            reader.js(only_docket, vec![]).await,
-            json!(true),
-            "{}",
-            reader.js(loaded, vec![]).await
-        );
+            ),
+        ] {
+            reader.goto(path).await;
+            reader
+                .wait_until(&format!("{viewer} to list the operations"), ready)
+                .await;
+            assert_eq!(
+                reader.js(only_docket, vec![]).await,
+                json!(true),
+                "{viewer}: {}",
+                reader.js(loaded, vec![]).await
+            );
+        }
     })
     .await;
 }
