@@ -96,8 +96,7 @@ async fn ingest(app: &AppState, document: &Document, caller: Caller<'_>) -> Resu
                 document.content_type
             ))
         })?;
-    let (text, structure) =
-        extract::extract(format, &bytes).map_err(|e| Failure::permanent(e.to_string()))?;
+    let (text, structure) = extract_bounded(app, format, bytes).await?;
     let options = ChunkOptions {
         max_tokens: app.config.knowledge_chunk_tokens,
         overlap_tokens: app.config.knowledge_chunk_overlap,
@@ -153,6 +152,31 @@ async fn ingest(app: &AppState, document: &Document, caller: Caller<'_>) -> Resu
     }
     set_status(app, document, "indexed", None, chunks.len()).await?;
     Ok(chunks.len())
+}
+
+/// Extracts the text on a blocking thread within `EXTRACT_TIMEOUT_SECONDS`. Every way this can
+/// fail is permanent: the same bytes hit the same limit (or crash) again. On a timeout the thread
+/// is abandoned and its result dropped; it stops by itself soon after the same deadline.
+async fn extract_bounded(
+    app: &AppState,
+    format: Format,
+    bytes: impl AsRef<[u8]> + Send + 'static,
+) -> Result<(String, Format), Failure> {
+    let limits = app.config.extract_limits;
+    let timeout = app.config.extract_timeout;
+    let deadline = std::time::Instant::now() + timeout;
+    let work = tokio::task::spawn_blocking(move || {
+        extract::extract(format, bytes.as_ref(), &limits, deadline)
+    });
+    match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(extracted)) => extracted.map_err(|e| Failure::permanent(e.to_string())),
+        Ok(Err(crashed)) => Err(Failure::permanent(format!(
+            "the text extractor crashed: {crashed}"
+        ))),
+        Err(_) => Err(Failure::permanent(
+            extract::ExtractError::Timeout.to_string(),
+        )),
+    }
 }
 
 async fn insert_chunk(
