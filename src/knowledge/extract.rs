@@ -719,6 +719,44 @@ mod tests {
         assert!(matches!(error, ExtractError::Timeout), "{error:?}");
     }
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any bytes, as any format, give text within the limit or an error, never a panic
+            /// that escapes; PDF-looking inputs mix real syntax with noise to reach the parser.
+            #[test]
+            fn no_input_crashes_extraction(
+                noise in proptest::collection::vec(any::<u8>(), 0..512),
+                pieces in proptest::collection::vec(prop::sample::select(vec![
+                    "1 0 obj", "<< /Length 5 0 R /Filter [/FlateDecode /LZWDecode] >>", "stream\n",
+                    "endstream", "endobj", "/Type /ObjStm", "xref", "trailer << /Root 1 0 R >>",
+                    "startxref 9", "%%EOF", "/DecodeParms << /Predictor 12 /Columns 4 >>",
+                    "<div>", "<table><tr><td>", "&amp;", "/X Do", "BT (x) Tj ET",
+                ]), 0..40),
+            ) {
+                let mut pdf = b"%PDF-1.4\n".to_vec();
+                for piece in &pieces {
+                    pdf.extend_from_slice(piece.as_bytes());
+                    pdf.push(b'\n');
+                }
+                pdf.extend_from_slice(&noise);
+                let limits = small_limits();
+                for format in [Format::Text, Format::Markdown, Format::Html, Format::Pdf] {
+                    for bytes in [&noise[..], &pdf[..]] {
+                        let deadline = Instant::now() + Duration::from_secs(10);
+                        if let Ok((text, _)) = super::super::extract(format, bytes, &limits, deadline) {
+                            prop_assert!(text.len() <= limits.max_text_bytes);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn deeply_nested_html_is_refused() {
         let html = format!("{}deep{}", "<div>".repeat(5_000), "</div>".repeat(5_000));
