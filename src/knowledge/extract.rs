@@ -177,10 +177,12 @@ fn utf8(bytes: &[u8], limits: &Limits) -> Result<String, ExtractError> {
 fn html_to_text(bytes: &[u8], limits: &Limits, deadline: Instant) -> Result<String, ExtractError> {
     // Plain decorator: `#` headings, `*` list items, `**strong**`; script and style elements are
     // skipped by the renderer. Link footnotes (`[1]: https://…`) would only add noise to chunks.
+    // Tables are rendered raw, one cell after another: laid out, every row is padded to the width
+    // of the widest cell, so a 200 KB table with one long cell rendered to 400 MB.
     let config = || {
         html2text::config::plain()
             .link_footnotes(false)
-            .no_table_borders()
+            .raw_mode(true)
             .allow_width_overflow()
     };
     let rendered = catch_panic(|| {
@@ -798,6 +800,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_table_with_one_long_cell_does_not_multiply_into_padding() {
+        let html = format!(
+            "<table><tr><td>{}</td><td>first</td></tr>{}</table>",
+            "word ".repeat(20_000),
+            "<tr><td>left</td><td>right</td></tr>".repeat(4_000)
+        );
+        // Laid out as a table, each of the 4,000 rows was padded to the long cell: 400 MB.
+        let (text, _) = extract(Format::Html, html.as_bytes()).unwrap();
+        assert!(text.len() < html.len(), "{} bytes", text.len());
+        assert!(text.contains("word word") && text.contains("first"));
+        assert_eq!(text.lines().filter(|line| *line == "right").count(), 4_000);
     }
 
     #[test]
