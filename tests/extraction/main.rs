@@ -7,6 +7,7 @@ mod support;
 
 use std::time::Duration;
 
+use docket::app::Role as ProcessRole;
 use docket::auth::Role;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -119,12 +120,42 @@ fn pdf_bomb() -> Vec<u8> {
     .into_bytes();
     content.extend_from_slice(&data);
     content.extend_from_slice(b"\nendstream");
-    let objects: [Vec<u8>; 4] = [
+    pdf_of(&[
         b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_vec(),
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>".to_vec(),
         content,
+    ])
+}
+
+/// A PDF of `pages` pages, each with a line of text.
+fn long_pdf(pages: usize) -> Vec<u8> {
+    let kids: Vec<String> = (0..pages).map(|i| format!("{} 0 R", 4 + 2 * i)).collect();
+    let mut objects = vec![
+        b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
+        format!(
+            "<< /Type /Pages /Kids [{}] /Count {pages} >>",
+            kids.join(" ")
+        )
+        .into_bytes(),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_vec(),
     ];
+    for i in 0..pages {
+        let content = format!("BT\n/F1 12 Tf\n72 700 Td\n(Page {i} of the cheque manual) Tj\nET\n");
+        objects.push(format!("<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> /Contents {} 0 R >>", 5 + 2 * i).into_bytes());
+        objects.push(
+            format!(
+                "<< /Length {} >>\nstream\n{content}endstream",
+                content.len()
+            )
+            .into_bytes(),
+        );
+    }
+    pdf_of(&objects)
+}
+
+/// A PDF of these objects, numbered from 1 (the catalog), with its cross-reference table.
+fn pdf_of(objects: &[Vec<u8>]) -> Vec<u8> {
     let mut out = b"%PDF-1.4\n".to_vec();
     let mut offsets = Vec::new();
     for (i, object) in objects.iter().enumerate() {
@@ -208,5 +239,20 @@ crate::on_both_backends! {
         let peak = peak_rss_mib();
         eprintln!("peak RSS of the test process after a 1 GiB PDF bomb: {peak} MiB");
         assert!(peak < 400, "peak RSS {peak} MiB");
+    }
+
+    async fn an_extraction_over_its_time_budget_fails_the_document_once(backend) {
+        let env = [("EXTRACT_TIMEOUT_SECONDS", "0.001")];
+        let Some(app) = TestApp::spawn_with(backend, ProcessRole::All, &env).await else { return };
+        let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let kb = collection(&app, &sue, "slow").await;
+        let (status, doc) = upload(&app, &sue, &kb, "manual.pdf", "application/pdf", &long_pdf(1_000)).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{doc}");
+        let failed = wait_status(&app, &sue, &kb, &doc, "failed").await;
+        assert_eq!(failed["error"], "refused: extraction took longer than EXTRACT_TIMEOUT_SECONDS allows", "{failed}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let job_id = doc["job_id"].as_str().unwrap();
+        let job = docket::queue::get(&app.state.store, &sue.tenant_id, job_id).await.unwrap().unwrap();
+        assert_eq!((job.status.as_str(), job.attempts), ("dead", 1), "{job:?}");
     }
 }
