@@ -666,6 +666,28 @@ mod tests {
     }
 
     #[test]
+    fn a_page_naming_one_stream_many_times_is_refused() {
+        let mut content = TEXT.to_vec();
+        content.resize(900 * 1024, b' ');
+        let contents = vec!["4 0 R"; 50].join(" ");
+        let pdf = pdf_from_objects(&[
+            b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_vec(),
+            format!(
+                "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents [{contents}] >>"
+            )
+            .into_bytes(),
+            stream_object("", &content, 1, None),
+        ]);
+        // 50 × 900 KiB, concatenated by lopdf before the page is drawn.
+        let error = extract_with(&small_limits(), &pdf).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "refused: a PDF page draws more than 4 MiB of content (EXTRACT_MAX_DOCUMENT_BYTES)"
+        );
+    }
+
+    #[test]
     fn absurd_filter_chains_are_refused() {
         let pdf = page_pdf(stream_object("", TEXT, 5, None), "", vec![]);
         let error = extract_with(&small_limits(), &pdf).unwrap_err();

@@ -124,8 +124,18 @@ pub fn inspect(
                 decode_chain(&stream.dict, &stream.content, &mut budget)?
             }
         };
-        let entry = decoded.entry(id).or_insert(0);
-        *entry = size.max(*entry);
+        // A cross-reference offset pointing into the number (at the `2` of `12 0 obj`) makes
+        // lopdf read the same object under the shorter number.
+        let mut modulus = 10u64;
+        let mut number = Some(id.0);
+        while let Some(n) = number {
+            let entry = decoded.entry((n, id.1)).or_insert(0);
+            *entry = size.max(*entry);
+            number = (u64::from(id.0) >= modulus)
+                .then(|| u32::try_from(u64::from(id.0) % modulus).ok())
+                .flatten();
+            modulus = modulus.saturating_mul(10);
+        }
     }
     Ok(Inspection { decoded })
 }
@@ -705,6 +715,24 @@ mod tests {
             b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n2 0%c\nobj 3\n99999999999 0 obj\n4 0 R 12 x obj";
         let headers: Vec<ObjectId> = object_headers(pdf).into_iter().map(|(id, _)| id).collect();
         assert_eq!(headers, [(1, 0), (2, 0), (999_999_999, 0)]);
+    }
+
+    #[test]
+    fn a_stream_is_sized_under_every_number_lopdf_may_read_it_as() {
+        let content = deflate(&vec![b' '; 1000]);
+        let mut pdf = format!(
+            "%PDF-1.4\n123 0 obj\n<< /Length {} /Filter /FlateDecode >>\nstream\n",
+            content.len()
+        )
+        .into_bytes();
+        pdf.extend_from_slice(&content);
+        pdf.extend_from_slice(b"\nendstream\nendobj\n");
+        let far = Instant::now() + std::time::Duration::from_secs(60);
+        let inspection = inspect(&pdf, &limits(), far).unwrap();
+        for number in [123, 23, 3] {
+            assert_eq!(inspection.size((number, 0)), 1000, "{number}");
+        }
+        assert_eq!(inspection.size((12, 0)), 0);
     }
 
     #[test]
