@@ -321,6 +321,13 @@ fn lzw(input: &[u8], params: Option<&Dictionary>, max: usize) -> Result<Vec<u8>,
 /// ASCII85 turns at most one byte (`z`) into four, so decoding cannot run away; lopdf's decoder
 /// does it (on a copy of the stream with that one filter).
 fn ascii85(input: &[u8], max: usize) -> Result<Vec<u8>, ExtractError> {
+    // Decoding stops at the `~>` end marker (or before, at any other character outside the
+    // alphabet): only what comes before it is copied, not the rest of the file.
+    let end = input
+        .iter()
+        .position(|&b| b == b'~')
+        .map_or(input.len(), |at| (at + 2).min(input.len()));
+    let input = &input[..end];
     if input.len().saturating_mul(4) > max.saturating_mul(5) {
         return Err(too_big(max));
     }
@@ -689,6 +696,19 @@ mod tests {
         assert_eq!(lzw(&compressed, None, 4 * 1024 * 1024).unwrap(), data);
         assert!(matches!(
             lzw(&compressed, None, 1024 * 1024).unwrap_err(),
+            ExtractError::Limit(_)
+        ));
+    }
+
+    #[test]
+    fn ascii85_decodes_up_to_its_end_marker() {
+        let encoded = b"87cURD]i,\"Ebo80~>";
+        assert_eq!(ascii85(encoded, 100).unwrap(), b"Hello World!");
+        let mut rest_of_file = encoded.to_vec();
+        rest_of_file.extend_from_slice(b"\nendstream\nendobj\n9 0 obj 87cURD]i endobj");
+        assert_eq!(ascii85(&rest_of_file, 100).unwrap(), b"Hello World!");
+        assert!(matches!(
+            ascii85(b"zzzz~>", 8).unwrap_err(),
             ExtractError::Limit(_)
         ));
     }
