@@ -96,12 +96,7 @@ async fn ingest(app: &AppState, document: &Document, caller: Caller<'_>) -> Resu
                 document.content_type
             ))
         })?;
-    let (text, structure) = extract_bounded(app, format, bytes).await?;
-    let options = ChunkOptions {
-        max_tokens: app.config.knowledge_chunk_tokens,
-        overlap_tokens: app.config.knowledge_chunk_overlap,
-    };
-    let chunks = chunk::chunk(&text, structure, options);
+    let chunks = extract_and_chunk(app, format, bytes).await?;
     let ids: Vec<String> = chunks.iter().map(|_| Uuid::now_v7().to_string()).collect();
 
     let mut tx = app.store.begin().await?;
@@ -154,22 +149,29 @@ async fn ingest(app: &AppState, document: &Document, caller: Caller<'_>) -> Resu
     Ok(chunks.len())
 }
 
-/// Extracts the text on a blocking thread within `EXTRACT_TIMEOUT_SECONDS`. Every way this can
-/// fail is permanent: the same bytes hit the same limit (or crash) again. On a timeout the thread
-/// is abandoned and its result dropped; it stops by itself soon after the same deadline.
-async fn extract_bounded(
+/// Extracts the text and chunks it on a blocking thread (both are CPU-bound, and must not hold
+/// up the async workers), within `EXTRACT_TIMEOUT_SECONDS`. Every way this can fail is
+/// permanent: the same bytes hit the same limit (or crash) again. On a timeout the thread is
+/// abandoned and its result dropped; extraction stops by itself soon after the same deadline, and
+/// chunking is bounded by `EXTRACT_MAX_TEXT_BYTES`.
+async fn extract_and_chunk(
     app: &AppState,
     format: Format,
     bytes: impl AsRef<[u8]> + Send + 'static,
-) -> Result<(String, Format), Failure> {
+) -> Result<Vec<chunk::Chunk>, Failure> {
     let limits = app.config.extract_limits;
     let timeout = app.config.extract_timeout;
+    let options = ChunkOptions {
+        max_tokens: app.config.knowledge_chunk_tokens,
+        overlap_tokens: app.config.knowledge_chunk_overlap,
+    };
     let deadline = std::time::Instant::now() + timeout;
     let work = tokio::task::spawn_blocking(move || {
-        extract::extract(format, bytes.as_ref(), &limits, deadline)
+        let (text, structure) = extract::extract(format, bytes.as_ref(), &limits, deadline)?;
+        Ok::<_, extract::ExtractError>(chunk::chunk(&text, structure, options))
     });
     match tokio::time::timeout(timeout, work).await {
-        Ok(Ok(extracted)) => extracted.map_err(|e| Failure::permanent(e.to_string())),
+        Ok(Ok(chunks)) => chunks.map_err(|e| Failure::permanent(e.to_string())),
         Ok(Err(crashed)) => Err(Failure::permanent(format!(
             "the text extractor crashed: {crashed}"
         ))),
