@@ -172,6 +172,9 @@ pub struct Config {
     pub knowledge_chunk_tokens: usize,
     pub knowledge_chunk_overlap: usize,
     pub max_document_bytes: usize,
+    /// What extracting one document's text may use (`EXTRACT_*`).
+    pub extract_limits: crate::knowledge::extract::Limits,
+    pub extract_timeout: Duration,
 }
 
 /// A configuration problem, always tied to the variable that caused it.
@@ -549,6 +552,40 @@ impl Config {
         }
         let max_document_bytes =
             positive::<usize>("MAX_DOCUMENT_MB", get("MAX_DOCUMENT_MB"), 20)? * 1024 * 1024;
+        let extract_defaults = crate::knowledge::extract::Limits::default();
+        let extract_limits = crate::knowledge::extract::Limits {
+            max_stream_bytes: positive(
+                "EXTRACT_MAX_STREAM_BYTES",
+                get("EXTRACT_MAX_STREAM_BYTES"),
+                extract_defaults.max_stream_bytes,
+            )?,
+            max_document_bytes: positive(
+                "EXTRACT_MAX_DOCUMENT_BYTES",
+                get("EXTRACT_MAX_DOCUMENT_BYTES"),
+                extract_defaults.max_document_bytes,
+            )?,
+            max_text_bytes: positive(
+                "EXTRACT_MAX_TEXT_BYTES",
+                get("EXTRACT_MAX_TEXT_BYTES"),
+                extract_defaults.max_text_bytes,
+            )?,
+            max_pages: positive(
+                "EXTRACT_MAX_PAGES",
+                get("EXTRACT_MAX_PAGES"),
+                extract_defaults.max_pages,
+            )?,
+        };
+        if extract_limits.max_stream_bytes > extract_limits.max_document_bytes {
+            return Err(ConfigError::new(
+                "EXTRACT_MAX_STREAM_BYTES",
+                "must not be more than EXTRACT_MAX_DOCUMENT_BYTES",
+            ));
+        }
+        let extract_timeout = seconds(
+            "EXTRACT_TIMEOUT_SECONDS",
+            get("EXTRACT_TIMEOUT_SECONDS"),
+            60.0,
+        )?;
         let pipeline_wait_recheck_seconds = positive::<u64>(
             "PIPELINE_WAIT_RECHECK_SECONDS",
             get("PIPELINE_WAIT_RECHECK_SECONDS"),
@@ -643,6 +680,8 @@ impl Config {
             knowledge_chunk_tokens,
             knowledge_chunk_overlap,
             max_document_bytes,
+            extract_limits,
+            extract_timeout,
         })
     }
 
@@ -844,6 +883,23 @@ impl Config {
             format!(
                 "MAX_DOCUMENT_MB={}",
                 self.max_document_bytes / (1024 * 1024)
+            ),
+            format!(
+                "EXTRACT_MAX_STREAM_BYTES={}",
+                self.extract_limits.max_stream_bytes
+            ),
+            format!(
+                "EXTRACT_MAX_DOCUMENT_BYTES={}",
+                self.extract_limits.max_document_bytes
+            ),
+            format!(
+                "EXTRACT_MAX_TEXT_BYTES={}",
+                self.extract_limits.max_text_bytes
+            ),
+            format!("EXTRACT_MAX_PAGES={}", self.extract_limits.max_pages),
+            format!(
+                "EXTRACT_TIMEOUT_SECONDS={}",
+                self.extract_timeout.as_secs_f64()
             ),
         ]
     }
@@ -1240,6 +1296,50 @@ mod tests {
         assert!(config.secret_key.is_none());
         assert!(config.redis_url.is_none());
         assert!(config.cors_origins.is_empty());
+    }
+
+    #[test]
+    fn extraction_limits_default_and_parse() {
+        let config = load(&[]).unwrap();
+        assert_eq!(
+            config.extract_limits,
+            crate::knowledge::extract::Limits::default()
+        );
+        assert_eq!(config.extract_limits.max_stream_bytes, 64 * 1024 * 1024);
+        assert_eq!(config.extract_timeout, Duration::from_secs(60));
+        let config = load(&[
+            ("EXTRACT_MAX_STREAM_BYTES", "1000"),
+            ("EXTRACT_MAX_DOCUMENT_BYTES", "5000"),
+            ("EXTRACT_MAX_TEXT_BYTES", "300"),
+            ("EXTRACT_MAX_PAGES", "7"),
+            ("EXTRACT_TIMEOUT_SECONDS", "2.5"),
+        ])
+        .unwrap();
+        assert_eq!(config.extract_limits.max_stream_bytes, 1000);
+        assert_eq!(config.extract_limits.max_document_bytes, 5000);
+        assert_eq!(config.extract_limits.max_text_bytes, 300);
+        assert_eq!(config.extract_limits.max_pages, 7);
+        assert_eq!(config.extract_timeout, Duration::from_millis(2500));
+        for (vars, var) in [
+            (
+                &[("EXTRACT_MAX_STREAM_BYTES", "0")][..],
+                "EXTRACT_MAX_STREAM_BYTES",
+            ),
+            (&[("EXTRACT_MAX_PAGES", "many")][..], "EXTRACT_MAX_PAGES"),
+            (
+                &[("EXTRACT_TIMEOUT_SECONDS", "0")][..],
+                "EXTRACT_TIMEOUT_SECONDS",
+            ),
+            (
+                &[
+                    ("EXTRACT_MAX_STREAM_BYTES", "10"),
+                    ("EXTRACT_MAX_DOCUMENT_BYTES", "5"),
+                ][..],
+                "EXTRACT_MAX_STREAM_BYTES",
+            ),
+        ] {
+            assert_eq!(load(vars).unwrap_err().var, var);
+        }
     }
 
     #[test]

@@ -105,13 +105,7 @@ async fn ingest(
                 document.content_type
             ))
         })?;
-    let (text, structure) =
-        extract::extract(format, &bytes).map_err(|e| Failure::permanent(e.to_string()))?;
-    let options = ChunkOptions {
-        max_tokens: app.config.knowledge_chunk_tokens,
-        overlap_tokens: app.config.knowledge_chunk_overlap,
-    };
-    let chunks = chunk::chunk(&text, structure, options);
+    let chunks = extract_and_chunk(app, format, bytes).await?;
     let ids: Vec<String> = chunks.iter().map(|_| Uuid::now_v7().to_string()).collect();
 
     let mut tx = app.store.begin().await?;
@@ -192,6 +186,38 @@ async fn embed(
         .upsert(&scope, entries)
         .await
         .map_err(|e| Failure::transient(e.to_string()))
+}
+
+/// Extracts the text and chunks it on a blocking thread (both are CPU-bound, and must not hold
+/// up the async workers), within `EXTRACT_TIMEOUT_SECONDS`. Every way this can fail is
+/// permanent: the same bytes hit the same limit (or crash) again. On a timeout the thread is
+/// abandoned and its result dropped; extraction stops by itself soon after the same deadline, and
+/// chunking is bounded by `EXTRACT_MAX_TEXT_BYTES`.
+async fn extract_and_chunk(
+    app: &AppState,
+    format: Format,
+    bytes: impl AsRef<[u8]> + Send + 'static,
+) -> Result<Vec<chunk::Chunk>, Failure> {
+    let limits = app.config.extract_limits;
+    let timeout = app.config.extract_timeout;
+    let options = ChunkOptions {
+        max_tokens: app.config.knowledge_chunk_tokens,
+        overlap_tokens: app.config.knowledge_chunk_overlap,
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    let work = tokio::task::spawn_blocking(move || {
+        let (text, structure) = extract::extract(format, bytes.as_ref(), &limits, deadline)?;
+        Ok::<_, extract::ExtractError>(chunk::chunk(&text, structure, options))
+    });
+    match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(chunks)) => chunks.map_err(|e| Failure::permanent(e.to_string())),
+        Ok(Err(crashed)) => Err(Failure::permanent(format!(
+            "the text extractor crashed: {crashed}"
+        ))),
+        Err(_) => Err(Failure::permanent(
+            extract::ExtractError::Timeout.to_string(),
+        )),
+    }
 }
 
 async fn insert_chunk(

@@ -11,6 +11,7 @@ pub mod embed;
 pub mod extract;
 pub mod http;
 pub mod ingest;
+pub mod pdf_guard;
 pub mod search;
 pub mod vectors;
 
