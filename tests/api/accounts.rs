@@ -2,7 +2,7 @@
 
 use docket::auth::Role;
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::on_both_backends;
 use crate::support::{PASSWORD, TestApp, assert_error, totp_code};
