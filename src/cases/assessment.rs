@@ -238,6 +238,7 @@ pub async fn request(
         *params = json!({});
     }
     params["case"] = case_params(row);
+    TaskRow::set_call_depth(&mut job, row.depth());
     crate::queue::enqueue(tx, &state.queue.settings, job, now).await
 }
 

@@ -73,11 +73,13 @@ pub(crate) fn validate_name(field: &str, value: &str, max: usize) -> Result<(), 
 /// queued for review, unless its type has an assessment pipeline: then it waits in `assessing`
 /// for the pipeline's job, enqueued in the same transaction. Also used by pipelines
 /// (`review.request`).
+/// Creates a case. `call_depth` is that of the pipeline step raising it (0 for people and the API).
 pub async fn submit(
     state: &AppState,
     principal: &Principal,
     body: NewCase,
     idempotency_key: Option<String>,
+    call_depth: u32,
 ) -> Result<(Case, bool), CaseError> {
     validate_name("type", &body.case_type, 50)?;
     let reference = body.reference.trim();
@@ -216,6 +218,7 @@ pub async fn submit(
         resume_state: None,
         parked_at: None,
         assessment_job_id: None,
+        call_depth: i32::try_from(call_depth).unwrap_or(i32::MAX),
     };
     let created_state = row.state.clone();
     // Routed at once even when an assessment follows, so the waiting case has a priority, queue
@@ -345,7 +348,7 @@ pub async fn create_case(
         })
         .transpose()?
         .filter(|k| !k.is_empty());
-    let (case, created) = submit(&state, &principal, body, key).await?;
+    let (case, created) = submit(&state, &principal, body, key, 0).await?;
     let status = if case.state == super::assessment::ASSESSING {
         StatusCode::ACCEPTED
     } else if created {

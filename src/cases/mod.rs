@@ -194,6 +194,10 @@ pub struct CaseRow {
     pub parked_at: Option<DateTime<Utc>>,
     /// The job of the assessment pipeline the case waits for (`assessing`) or was assessed by.
     pub assessment_job_id: Option<String>,
+    /// The call depth of the pipeline step that raised the case (0 when a person or the API did):
+    /// the jobs its events and its assessment start are this deep, so a loop through cases stops
+    /// at `PIPELINE_CALL_DEPTH` like any other.
+    pub call_depth: i32,
 }
 
 pub const COLUMNS: &str = "id, tenant_id, type, reference, amount, amount_e4, currency, subject, ai_assessment, \
@@ -201,9 +205,13 @@ pub const COLUMNS: &str = "id, tenant_id, type, reference, amount, amount_e4, cu
     sla_breached_at, policy_version, policy_trace, submitted_by, first_decision, first_decider, assignee_id, \
     lease_expires_at, decision, decided_at, idempotency_key, request_hash, created_at, updated_at, risk_level, flags, \
     require_reason, reason_codes, proposal, hold_until, resume_state, parked_at, assessment_job_id, \
-    submitter_user_id, ai_assessment_source";
+    submitter_user_id, ai_assessment_source, call_depth";
 
 impl CaseRow {
+    pub fn depth(&self) -> u32 {
+        u32::try_from(self.call_depth).unwrap_or(0)
+    }
+
     pub fn is_open(&self) -> bool {
         matches!(
             self.state.as_str(),
@@ -597,7 +605,7 @@ pub async fn insert(tx: &mut Tx, row: &CaseRow) -> Result<(), sqlx::Error> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO cases ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
              $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, \
-             $39, $40, $41, $42, $43)"
+             $39, $40, $41, $42, $43, $44)"
         )))
         .bind(&row.id)
         .bind(&row.tenant_id)
@@ -642,6 +650,7 @@ pub async fn insert(tx: &mut Tx, row: &CaseRow) -> Result<(), sqlx::Error> {
         .bind(&row.assessment_job_id)
         .bind(&row.submitter_user_id)
         .bind(&row.ai_assessment_source)
+        .bind(row.call_depth)
         .execute(conn)
         .await
         .map(|_| ())
@@ -782,7 +791,7 @@ pub async fn record(
         }),
     );
     event.occurred_at = now;
-    let mut jobs = crate::events::record(tx, &state.queue.settings, &event, None, 0)
+    let mut jobs = crate::events::record(tx, &state.queue.settings, &event, None, row.depth())
         .await?
         .unwrap_or_default();
     if row.is_final() {

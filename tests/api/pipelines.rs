@@ -460,6 +460,29 @@ on_both_backends! {
         assert_eq!(events_on(&app, &sue.tenant_id, "loop.echo").await, 3, "the API's event and two published by the pipeline");
     }
 
+    async fn a_loop_through_cases_stops_at_the_call_depth_limit(backend) {
+        // Each new case triggers a pipeline that raises another case: the events about a case a
+        // pipeline raised are as deep as the step that raised it.
+        let Some(app) = TestApp::spawn_with(backend, ProcessRole::All, &[("PIPELINE_CALL_DEPTH", "2")]).await else { return };
+        let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let (status, task) = app.call(Method::POST, "/api/v1/tasks", &sue.access_token, Some(json!({
+            "title": "Raise another", "schedule_kind": "event", "schedule_expr": "case.created",
+            "payload": { "pipeline": [{ "id": "raise", "uses": "review.request", "with": { "type": "loop" } }] }
+        }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{task}");
+        let (status, case) = app.call(Method::POST, "/api/v1/cases", &sue.access_token, Some(json!({
+            "type": "loop", "reference": "first", "amount": "1", "currency": "EUR"
+        }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{case}");
+        let statuses = settled_statuses(&app, &sue.tenant_id, task["id"].as_str().unwrap()).await;
+        assert_eq!(statuses, ["waiting", "waiting", "dead"], "depths 0 to 2");
+        let (_, runs) = app.call(Method::GET, &format!("/api/v1/runs?task_id={}", task["id"].as_str().unwrap()), &sue.access_token, None).await;
+        let errors: Vec<&str> = runs["items"].as_array().unwrap().iter().filter_map(|r| r["error"].as_str()).collect();
+        assert!(errors.len() == 1 && errors[0].contains("call depth limit reached"), "{runs}");
+        let (_, cases) = app.call(Method::GET, "/api/v1/cases?type=loop", &sue.access_token, None).await;
+        assert_eq!(cases["items"].as_array().unwrap().len(), 3, "the API's case and two raised by the pipeline");
+    }
+
     async fn tasks_run_refuses_a_paused_task_but_a_person_may_still_run_it_now(backend) {
         let Some(app) = TestApp::spawn(backend).await else { return };
         let sue = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;

@@ -9,7 +9,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    Suspension, Tool, ToolContext, ToolError, ToolFuture, ToolResult, parse_input, schema_of,
+    Suspension, Tool, ToolContext, ToolError, ToolFuture, ToolResult, child_depth, parse_input,
+    schema_of,
 };
 use crate::auth::principal::Principal;
 use crate::cases::{self, CaseError, CaseRow};
@@ -117,10 +118,11 @@ impl Tool for ReviewRequest {
                 subject: input.subject,
                 ai_assessment: input.ai_assessment,
             };
+            let depth = child_depth(ctx)?;
             let principal = Principal::system(&ctx.tenant_id);
             // One key per job and step: a step repeated after a crash finds its case again.
             let key = format!("pipeline:{}:{}", ctx.job_id, ctx.step_id);
-            let (case, _) = cases::http::submit(&ctx.app, &principal, new_case, Some(key))
+            let (case, _) = cases::http::submit(&ctx.app, &principal, new_case, Some(key), depth)
                 .await
                 .map_err(database)?;
             let row = cases::find(&ctx.app.store, &ctx.tenant_id, &case.id)
