@@ -36,6 +36,9 @@ pub struct LoginRequest {
     /// Not needed with `mfa_token`.
     #[serde(default)]
     pub password: String,
+    /// The tenant's slug. Needed only when the email has accounts in more than one tenant (an
+    /// email is unique within a tenant); without it such a sign-in fails like a wrong password.
+    pub tenant: Option<String>,
     /// The second step: the token from a `mfa_required` or `invalid_mfa_code` answer (in
     /// `details.mfa_token`, single use, 5 minutes) with `totp_code` or `recovery_code`, instead of
     /// sending the password again.
@@ -374,6 +377,8 @@ impl LoginAttempt {
 /// Sign in with email and password (and a TOTP or recovery code when MFA is enabled).
 #[utoipa::path(post, path = "/auth/login", tag = "auth",
     description = "Public. Unknown email, wrong password and an account locked for this address give the same 401. \
+                   An email is unique within a tenant: when it has accounts in several, name the tenant (`tenant`, its slug), \
+                   or the sign-in fails with that same 401. \
                    Repeated failures from one address lock it out of that account and throttle it (429). 503 `busy` \
                    (with Retry-After) when password checks are queued too long.",
     request_body = LoginRequest,
@@ -402,9 +407,13 @@ pub async fn login(
         let attempt = LoginAttempt::new(&origin, &body.email);
         // Counted before any hashing, so that a burst is refused before it costs memory.
         let locked = attempt.count(&state).await?;
-        let user = users::find_by_email(&state.store, &body.email)
-            .await?
-            .filter(|u| u.status != "deleted");
+        let candidate =
+            users::find_for_sign_in(&state.store, &body.email, body.tenant.as_deref()).await?;
+        let (user, unknown_reason) = match candidate {
+            users::SignInCandidate::One(user) => (Some(*user), "unknown_email"),
+            users::SignInCandidate::Unknown => (None, "unknown_email"),
+            users::SignInCandidate::SeveralTenants => (None, "tenant_not_named"),
+        };
         // Hashed even when locked: the answer must take as long as a wrong password's.
         let checked = match &user {
             Some(user) => {
@@ -430,7 +439,7 @@ pub async fn login(
             Some(user) if matches && !locked => (user, attempt),
             user => {
                 let reason = match (&user, locked) {
-                    (None, _) => "unknown_email",
+                    (None, _) => unknown_reason,
                     (Some(_), true) => "locked",
                     (Some(_), false) => "wrong_password",
                 };

@@ -172,7 +172,7 @@ pub async fn insert(
         sqlx::query(
             "INSERT INTO users (id, tenant_id, email, name, role, platform_admin, password_hash, status, \
              totp_enabled, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (email) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (tenant_id, email) DO NOTHING",
         )
         .bind(&row.id)
         .bind(&row.tenant_id)
@@ -191,20 +191,42 @@ pub async fn insert(
     })?;
     if inserted == 0 {
         return Err(AuthError::Conflict(format!(
-            "a user with email {} already exists",
+            "a user with email {} already exists in this tenant",
             row.email
         )));
     }
     Ok(row)
 }
 
-pub async fn find_by_email(store: &Store, email: &str) -> Result<Option<UserRow>, sqlx::Error> {
-    with_pool!(store, pool => {
-        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM users WHERE email = $1")))
-            .bind(email.trim().to_lowercase())
-            .fetch_optional(pool)
-            .await
+/// Whom a sign-in with `email` (and the tenant's slug, when given) is for. Emails are unique per
+/// tenant, so without a tenant an address with accounts in several tenants names no one.
+pub async fn find_for_sign_in(
+    store: &Store,
+    email: &str,
+    tenant_slug: Option<&str>,
+) -> Result<SignInCandidate, sqlx::Error> {
+    let mut found: Vec<UserRow> = with_pool!(store, pool => {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM users WHERE email = $1 AND status <> 'deleted' \
+             AND ($2 IS NULL OR tenant_id = (SELECT id FROM tenants WHERE slug = $2)) LIMIT 2"
+        )))
+        .bind(email.trim().to_lowercase())
+        .bind(tenant_slug.map(str::trim))
+        .fetch_all(pool)
+        .await
+    })?;
+    Ok(match found.len() {
+        0 => SignInCandidate::Unknown,
+        1 => SignInCandidate::One(Box::new(found.remove(0))),
+        _ => SignInCandidate::SeveralTenants,
     })
+}
+
+pub enum SignInCandidate {
+    One(Box<UserRow>),
+    Unknown,
+    /// The address has accounts in more than one tenant and the sign-in named none.
+    SeveralTenants,
 }
 
 pub async fn find(

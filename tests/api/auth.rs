@@ -445,6 +445,48 @@ on_both_backends! {
         assert_eq!(app.login(json!({ "email": "new@acme.test", "password": new_password })).await.0, StatusCode::UNAUTHORIZED);
     }
 
+    async fn an_email_is_unique_within_a_tenant_and_tells_nothing_about_others(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let acme = app.sign_in("acme", "ada@acme.test", Role::Admin).await;
+        let globex = app.sign_in("globex", "gus@globex.test", Role::Admin).await;
+        let create = |token: String| {
+            let app = &app;
+            async move {
+                app.call(Method::POST, "/api/v1/users", &token, Some(json!({
+                    "email": "Sam@Shared.test", "name": "Sam", "role": "reviewer", "password": PASSWORD
+                }))).await
+            }
+        };
+        let (status, in_acme) = create(acme.access_token.clone()).await;
+        assert_eq!(status, StatusCode::CREATED, "{in_acme}");
+        // Another tenant's admin learns nothing: the address is theirs to use too.
+        let (status, in_globex) = create(globex.access_token.clone()).await;
+        assert_eq!(status, StatusCode::CREATED, "{in_globex}");
+        let (status, body) = create(acme.access_token.clone()).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("in this tenant"), "{body}");
+
+        // Without the tenant such a sign-in is refused exactly like an unknown email.
+        let (status, ambiguous) = app.login(json!({ "email": "sam@shared.test", "password": PASSWORD })).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (_, unknown) = app.login(json!({ "email": "nobody@shared.test", "password": PASSWORD })).await;
+        assert_eq!(ambiguous["error"]["code"], unknown["error"]["code"]);
+        assert_eq!(ambiguous["error"]["message"], unknown["error"]["message"]);
+        let (status, _) = app.login(json!({ "email": "sam@shared.test", "password": PASSWORD, "tenant": "initech" })).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "a tenant that does not exist names no one");
+        for (slug, user) in [("acme", &in_acme), ("globex", &in_globex)] {
+            let (status, login) = app.login(json!({ "email": "sam@shared.test", "password": PASSWORD, "tenant": slug })).await;
+            assert_eq!(status, StatusCode::OK, "{login}");
+            let (_, me) = app.call(Method::GET, "/api/v1/auth/me", login["access_token"].as_str().unwrap(), None).await;
+            assert_eq!(me["user"]["id"], user["id"], "{slug}");
+        }
+        // An address in one tenant needs no tenant, and a wrong one is refused.
+        assert_eq!(app.login(json!({ "email": "ada@acme.test", "password": PASSWORD, "tenant": "globex" })).await.0, StatusCode::UNAUTHORIZED);
+        let (status, login) = app.login(json!({ "email": "ada@acme.test", "password": PASSWORD })).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{login}");
+        assert_error(&login, "mfa_required");
+    }
+
     async fn tenants_are_managed_by_platform_admins(backend) {
         let Some(app) = TestApp::spawn(backend).await else { return };
         let root = app.sign_in_as("platform", "root@platform.test", Role::Admin, true).await;

@@ -304,7 +304,7 @@ on_both_backends! {
         let form = page.form("email");
         assert_eq!(form.action, "/console/login");
         assert_eq!(form.get("_csrf"), Some(csrf.value()), "double submit: the form carries the cookie's token");
-        for (id, kind) in [("email", "email"), ("password", "password")] {
+        for (id, kind) in [("email", "email"), ("password", "password"), ("tenant", "text")] {
             let field = html::by_id(&page.body, id).unwrap();
             assert_eq!(field.attr("type"), Some(kind));
             assert!(html::select(&page.body, |t| t.name == "label" && t.attr("for") == Some(id)).len() == 1, "#{id} is labelled");
@@ -434,6 +434,26 @@ on_both_backends! {
             assert_eq!(reply.status, StatusCode::SEE_OTHER, "{next}");
             assert_eq!(reply.location(), Some("/console"), "{next} is not followed");
         }
+    }
+
+    async fn an_email_in_two_tenants_signs_in_to_the_tenant_named(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        for slug in ["acme", "globex"] {
+            let tenant = seed::tenant(&app, slug).await;
+            seed::user(&app, &tenant, "sam@shared.test", "Sam", "supervisor").await;
+        }
+        let mut browser = Browser::new(&app);
+        let reply = browser.sign_in("sam@shared.test", PASSWORD).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.body);
+        let form = reply.form("email");
+        assert_eq!(form.get("email"), Some("sam@shared.test"), "the email is kept");
+        let mut form = form;
+        form.set("password", PASSWORD).set("tenant", "globex");
+        let reply = browser.submit(&form).await;
+        assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.body);
+        let (_, me) = app.call(Method::GET, "/api/v1/auth/me", browser.cookie(ACCESS).unwrap(), None).await;
+        let globex = docket::auth::tenants::find_by_slug(&app.state.store, "globex").await.unwrap().unwrap();
+        assert_eq!(me["user"]["tenant_id"], globex.id.as_str());
     }
 
     async fn signed_out_visitors_are_sent_to_sign_in_and_back(backend) {

@@ -22,6 +22,9 @@ pub struct LoginForm {
     email: String,
     #[serde(default)]
     password: String,
+    /// The tenant's slug, for an email with accounts in several tenants.
+    #[serde(default)]
+    tenant: String,
     /// The second step's stand-in for the password (from the API, single use, short-lived).
     #[serde(default)]
     mfa_token: String,
@@ -36,6 +39,7 @@ struct LoginView<'a> {
     csrf: &'a str,
     next: &'a str,
     email: &'a str,
+    tenant: &'a str,
     /// In the second step (the TOTP code): the API's token for the accepted password, so that the
     /// page never holds the password itself.
     mfa_token: Option<&'a str>,
@@ -70,6 +74,14 @@ fn login_form(status: StatusCode, view: LoginView<'_>, flash: Option<&Flash>) ->
                     input #password type="password" name="password" autocomplete="current-password"
                         required;
                 }
+                div {
+                    label for="tenant" {
+                        "Tenant (optional)"
+                        span.hint { "Only when your email has accounts in several tenants: the tenant's short name." }
+                    }
+                    input #tenant type="text" name="tenant" autocomplete="organization"
+                        value=(view.tenant);
+                }
             }
             div { button type="submit" { "Sign in" } }
         }
@@ -97,6 +109,7 @@ pub async fn login_page(anonymous: Anonymous, Query(query): Query<NextQuery>) ->
             csrf: &anonymous.csrf,
             next: &next,
             email: "",
+            tenant: "",
             mfa_token: None,
         },
         flash.as_ref(),
@@ -111,7 +124,12 @@ pub async fn login(anonymous: Anonymous, form: axum::Form<LoginForm>) -> Respons
         "/console".to_owned()
     };
     let mut body = if form.mfa_token.is_empty() {
-        json!({ "email": form.email.trim(), "password": form.password })
+        let tenant = form.tenant.trim();
+        let mut body = json!({ "email": form.email.trim(), "password": form.password });
+        if !tenant.is_empty() {
+            body["tenant"] = json!(tenant);
+        }
+        body
     } else {
         json!({ "mfa_token": form.mfa_token })
     };
@@ -162,6 +180,7 @@ pub async fn login(anonymous: Anonymous, form: axum::Form<LoginForm>) -> Respons
                     csrf: &anonymous.csrf,
                     next: &next,
                     email: form.email.trim(),
+                    tenant: form.tenant.trim(),
                     mfa_token,
                 },
                 Some(&Flash {
