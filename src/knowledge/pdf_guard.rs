@@ -58,6 +58,18 @@ pub fn inspect(
             "the PDF has more than {MAX_OBJECTS} objects"
         )));
     }
+    // lopdf loads one object per cross-reference entry, before `check_document` can count them:
+    // a table listing one offset a million times made it parse a million copies (40 s, and the
+    // memory to hold them), so the entries are counted first.
+    let mut xref_entries = classic_xref_entries(bytes);
+    let too_many_entries = || {
+        limit(format!(
+            "the PDF's cross-reference tables list more than {MAX_OBJECTS} objects"
+        ))
+    };
+    if xref_entries > MAX_OBJECTS {
+        return Err(too_many_entries());
+    }
     let new_reader = || Reader {
         buffer: bytes,
         document: Document::new(),
@@ -98,6 +110,10 @@ pub fn inspect(
         let Ok(Object::Stream(stream)) = reader.get_object(id, &mut HashSet::new()) else {
             continue;
         };
+        xref_entries = xref_entries.saturating_add(xref_stream_entries(&stream.dict));
+        if xref_entries > MAX_OBJECTS {
+            return Err(too_many_entries());
+        }
         let size = match stream.start_position {
             // The length is a reference: where the real cross-reference table sends it is not
             // known here, so everything from the start of the data to the end of the file counts.
@@ -434,6 +450,52 @@ fn digits(bytes: &[u8], i: usize) -> usize {
         .map_or(bytes.len(), |n| i + n)
 }
 
+/// An upper bound on the entries of the file's classic cross-reference tables: the `n` and `f`
+/// tokens between each `xref` and the `trailer` after it.
+fn classic_xref_entries(bytes: &[u8]) -> usize {
+    let mut entries = 0usize;
+    let mut in_table = false;
+    for token in bytes
+        .split(|&b| is_whitespace(b) || is_delimiter(b))
+        .filter(|t| !t.is_empty())
+    {
+        match token {
+            b"xref" => in_table = true,
+            b"trailer" => in_table = false,
+            b"n" | b"f" if in_table => entries += 1,
+            _ => {}
+        }
+    }
+    entries
+}
+
+/// The entries a cross-reference stream declares: the counts of its `/Index` pairs, or `/Size`.
+fn xref_stream_entries(dict: &Dictionary) -> usize {
+    let is_xref = dict
+        .get(b"Type")
+        .and_then(Object::as_name)
+        .is_ok_and(|name| name == b"XRef");
+    if !is_xref {
+        return 0;
+    }
+    let count = |object: &Object| {
+        object
+            .as_i64()
+            .ok()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0)
+    };
+    match dict.get(b"Index").and_then(Object::as_array) {
+        Ok(index) => index
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .map(count)
+            .fold(0, usize::saturating_add),
+        Err(_) => dict.get(b"Size").map(count).unwrap_or(0),
+    }
+}
+
 /// Every `N G obj` header in the file, with the offset lopdf would be given for it. A header
 /// whose object number does not fit is read from the last digits that do, as lopdf would when
 /// a cross-reference offset points into the number.
@@ -590,6 +652,60 @@ mod tests {
         let mut encoder = ZlibEncoder::new(Vec::new(), Compression::best());
         encoder.write_all(data).unwrap();
         encoder.finish().unwrap()
+    }
+
+    /// A PDF whose cross-reference table lists the catalog `entries` times.
+    fn pdf_listing_one_object(entries: usize) -> Vec<u8> {
+        let mut pdf = b"%PDF-1.4\n".to_vec();
+        let catalog = pdf.len();
+        pdf.extend_from_slice(b"1 0 obj\n<< /Type /Catalog >>\nendobj\n");
+        let xref = pdf.len();
+        pdf.extend_from_slice(format!("xref\n0 {entries}\n").as_bytes());
+        for _ in 0..entries {
+            pdf.extend_from_slice(format!("{catalog:010} 00000 n \n").as_bytes());
+        }
+        pdf.extend_from_slice(
+            format!("trailer\n<< /Size {entries} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n")
+                .as_bytes(),
+        );
+        pdf
+    }
+
+    #[test]
+    fn cross_reference_tables_listing_too_many_objects_are_refused_before_loading() {
+        let far = Instant::now() + std::time::Duration::from_secs(60);
+        let refused = inspect(&pdf_listing_one_object(MAX_OBJECTS + 1), &limits(), far).err();
+        assert!(
+            matches!(&refused, Some(ExtractError::Limit(m)) if m.contains("cross-reference")),
+            "{refused:?}"
+        );
+        assert!(inspect(&pdf_listing_one_object(3), &limits(), far).is_ok());
+    }
+
+    #[test]
+    fn cross_reference_streams_are_counted_by_index_or_size() {
+        let dict = |entries: Vec<(&str, Object)>| {
+            let mut dict = Dictionary::new();
+            for (key, value) in entries {
+                dict.set(key, value);
+            }
+            dict
+        };
+        let xref = || ("Type", Object::Name(b"XRef".to_vec()));
+        assert_eq!(
+            xref_stream_entries(&dict(vec![xref(), ("Size", 7.into())])),
+            7
+        );
+        let index = Object::Array(vec![0.into(), 5.into(), 100.into(), 1_000_000.into()]);
+        assert_eq!(
+            xref_stream_entries(&dict(vec![xref(), ("Size", 7.into()), ("Index", index)])),
+            1_000_005
+        );
+        assert_eq!(
+            xref_stream_entries(&dict(vec![("Size", 7.into())])),
+            0,
+            "not an XRef stream"
+        );
     }
 
     fn limits() -> Limits {
