@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::schedule::Schedule;
+use super::schedule::{Normalised, Schedule, Zone};
 use crate::app::AppState;
 use crate::audit;
 use crate::auth::principal::{Authorized, Principal, ReadTasks, WriteTasks};
@@ -360,7 +360,11 @@ pub struct PreviewSchedule {
     /// IANA time zone; default `UTC`.
     pub timezone: Option<String>,
     /// How many fire times to list (1-50, default 5).
+    #[schema(minimum = 1, maximum = 50)]
     pub count: Option<u32>,
+    /// List the fire times after this instant instead of from now (to look at a window, say
+    /// around a DST change, without a DTSTART in the expression).
+    pub after: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -368,7 +372,7 @@ pub struct SchedulePreview {
     /// The expression as a task would store it (an RRULE gains its `DTSTART`).
     pub schedule_expr: String,
     pub timezone: String,
-    /// The next fire times from now; empty for `event` and `manual` tasks.
+    /// The next fire times from now (or from `after`); empty for `event` and `manual` tasks.
     pub next_fire_times: Vec<DateTime<Utc>>,
 }
 
@@ -472,6 +476,39 @@ fn validate_keys(task: &mut TaskRow) -> Result<(), ApiError> {
 
 fn schedule_error(e: super::schedule::ScheduleError) -> ApiError {
     ApiError::invalid_field(e.field, e.message)
+}
+
+/// Normalises and parses a schedule from a request, off the async runtime: checking a rule walks
+/// it, within bounded but not negligible work.
+async fn plan(
+    kind: String,
+    expr: String,
+    timezone: Option<String>,
+    default_timezone: String,
+    now: DateTime<Utc>,
+) -> Result<(Normalised, Schedule), ApiError> {
+    off_the_runtime(move || {
+        let zone = Zone::from_request(timezone.as_deref(), &default_timezone);
+        let normalised = Schedule::normalise(&kind, &expr, zone, now)?;
+        let schedule = Schedule::parse(&kind, &normalised.expr, &normalised.timezone)?;
+        Ok::<_, super::schedule::ScheduleError>((normalised, schedule))
+    })
+    .await?
+    .map_err(schedule_error)
+}
+
+/// A task as the API shows it, its fire times computed off the async runtime.
+async fn shown(task: TaskRow, now: DateTime<Utc>) -> Result<ResponseJson<Task>, ApiError> {
+    off_the_runtime(move || ResponseJson(Task::from_row(task, now))).await
+}
+
+/// Runs schedule computation on the blocking pool, so a long walk never holds up other requests.
+async fn off_the_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(ApiError::internal)
 }
 
 /// The first occurrence to enqueue for a schedule that starts (or restarts) at `now`.
@@ -619,11 +656,14 @@ pub async fn create_task(
     let now = crate::clock::now();
     let title = validate_text("title", &body.title, 200, true)?;
     let description = validate_text("description", &body.description, 10_000, false)?;
-    let timezone = body.timezone.unwrap_or_else(|| "UTC".to_owned());
-    let expr = Schedule::normalise(&body.schedule_kind, &body.schedule_expr, &timezone, now)
-        .map_err(schedule_error)?;
-    let schedule =
-        Schedule::parse(&body.schedule_kind, &expr, &timezone).map_err(schedule_error)?;
+    let (Normalised { expr, timezone }, schedule) = plan(
+        body.schedule_kind.clone(),
+        body.schedule_expr.clone(),
+        body.timezone.clone(),
+        "UTC".to_owned(),
+        now,
+    )
+    .await?;
     let payload = body.payload.unwrap_or_else(|| json!({}));
     validate_payload(&state, &payload)?;
     let mut task = TaskRow {
@@ -688,7 +728,7 @@ pub async fn create_task(
         )
         .await?;
     commit_and_wake(&state, tx, "task.created", &task).await?;
-    Ok((StatusCode::CREATED, ResponseJson(Task::from_row(task, now))))
+    Ok((StatusCode::CREATED, shown(task, now).await?))
 }
 
 /// The next fire times a schedule would have, validated exactly as when creating a task; nothing is stored.
@@ -706,19 +746,28 @@ pub async fn preview_schedule(
         Some(n @ 1..=50) => n as usize,
         Some(_) => return Err(ApiError::invalid_field("count", "must be between 1 and 50")),
     };
-    let timezone = body.timezone.unwrap_or_else(|| "UTC".to_owned());
-    let expr = Schedule::normalise(&body.schedule_kind, &body.schedule_expr, &timezone, now)
-        .map_err(schedule_error)?;
-    let schedule =
-        Schedule::parse(&body.schedule_kind, &expr, &timezone).map_err(schedule_error)?;
-    let next_fire_times = match first_run(&body.schedule_kind, &schedule, now) {
-        Some(first) => {
-            let mut times = vec![first];
-            times.extend(schedule.upcoming(first, count - 1));
-            times
-        }
-        None => Vec::new(),
-    };
+    let kind = body.schedule_kind.clone();
+    let (Normalised { expr, timezone }, schedule) = plan(
+        body.schedule_kind,
+        body.schedule_expr,
+        body.timezone,
+        "UTC".to_owned(),
+        now,
+    )
+    .await?;
+    let after = body.after;
+    let next_fire_times = off_the_runtime(move || match after {
+        Some(after) => schedule.upcoming(after, count),
+        None => match first_run(&kind, &schedule, now) {
+            Some(first) => {
+                let mut times = vec![first];
+                times.extend(schedule.upcoming(first, count - 1));
+                times
+            }
+            None => Vec::new(),
+        },
+    })
+    .await?;
     Ok(ResponseJson(SchedulePreview {
         schedule_expr: expr,
         timezone,
@@ -759,10 +808,12 @@ pub async fn list_tasks(
         .await
     })?;
     let now = crate::clock::now();
-    let tasks = rows
-        .into_iter()
-        .map(|row| Task::from_row(row, now))
-        .collect();
+    let tasks = off_the_runtime(move || {
+        rows.into_iter()
+            .map(|row| Task::from_row(row, now))
+            .collect()
+    })
+    .await?;
     Ok(ResponseJson(Page::from_overfetch(
         tasks,
         limit,
@@ -781,7 +832,7 @@ pub async fn get_task(
     Path(id): Path<String>,
 ) -> Result<ResponseJson<Task>, ApiError> {
     let task = find_or_404(&state.store, &principal, &id).await?;
-    Ok(ResponseJson(Task::from_row(task, crate::clock::now())))
+    shown(task, crate::clock::now()).await
 }
 
 /// Change a task; its schedule is validated and re-planned.
@@ -811,17 +862,24 @@ pub async fn update_task(
             .schedule_kind
             .clone()
             .unwrap_or(task.schedule_kind.clone());
-        let timezone = body.timezone.clone().unwrap_or(task.timezone.clone());
-        let expr = body
-            .schedule_expr
-            .clone()
-            .unwrap_or(task.schedule_expr.clone());
-        task.schedule_expr =
-            Schedule::normalise(&kind, &expr, &timezone, now).map_err(schedule_error)?;
-        let schedule =
-            Schedule::parse(&kind, &task.schedule_expr, &timezone).map_err(schedule_error)?;
+        let expr = match &body.schedule_expr {
+            Some(expr) => expr.clone(),
+            None if body.timezone.is_some() => {
+                Schedule::restate_for_new_zone(&kind, &task.schedule_expr)
+            }
+            None => task.schedule_expr.clone(),
+        };
+        let (normalised, schedule) = plan(
+            kind.clone(),
+            expr,
+            body.timezone.clone(),
+            task.timezone.clone(),
+            now,
+        )
+        .await?;
+        task.schedule_expr = normalised.expr;
         task.schedule_kind = kind;
-        task.timezone = timezone;
+        task.timezone = normalised.timezone;
         task.next_run_at = first_run(&task.schedule_kind, &schedule, now);
         if task.status == "completed" {
             task.status = "active".to_owned();
@@ -891,7 +949,7 @@ pub async fn update_task(
         )
         .await?;
     commit_and_wake(&state, tx, "task.updated", &task).await?;
-    Ok(ResponseJson(Task::from_row(task, now)))
+    shown(task, now).await
 }
 
 /// Delete a task; its queued jobs are cancelled, its history stays.
@@ -984,7 +1042,7 @@ async fn set_status(
         )
         .await?;
     commit_and_wake(state, tx, topic, &task).await?;
-    Ok(ResponseJson(Task::from_row(task, now)))
+    shown(task, now).await
 }
 
 /// A 409 naming the current state unless the task is in `expected`.

@@ -518,3 +518,94 @@ on_both_backends! {
         assert_eq!(tenant_jobs(&app, &sue.tenant_id).await, 1, "only the caller's job");
     }
 }
+
+on_both_backends! {
+    async fn an_rrule_has_one_zone_and_the_task_shows_it(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let ops = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let create = |expr: &str, timezone: Option<&str>| {
+            let mut body = json!({ "title": "Standup", "schedule_kind": "rrule", "schedule_expr": expr });
+            if let Some(zone) = timezone {
+                body["timezone"] = json!(zone);
+            }
+            app.call(Method::POST, "/api/v1/tasks", &ops.access_token, Some(body))
+        };
+        // A floating DTSTART is local time in the task's zone, not the server's.
+        let (status, floating) = create("DTSTART:20300104T090000\nRRULE:FREQ=DAILY", Some("Asia/Tokyo")).await;
+        assert_eq!(status, StatusCode::CREATED, "{floating}");
+        assert_eq!(floating["schedule_expr"], "DTSTART;TZID=Asia/Tokyo:20300104T090000\nRRULE:FREQ=DAILY");
+        assert_eq!(floating["timezone"], "Asia/Tokyo");
+        assert_eq!(floating["next_fire_times"][0], "2030-01-04T00:00:00Z");
+        // A TZID names the zone when none is given, and the task says so.
+        let (status, named) = create("DTSTART;TZID=America/New_York:20300104T090000\nRRULE:FREQ=DAILY", None).await;
+        assert_eq!(status, StatusCode::CREATED, "{named}");
+        assert_eq!(named["timezone"], "America/New_York");
+        assert_eq!(named["next_fire_times"][0], "2030-01-04T14:00:00Z");
+        // Two different zones are refused, and nothing is created.
+        let (status, conflict) = create("DTSTART;TZID=America/New_York:20300104T090000\nRRULE:FREQ=DAILY", Some("Europe/Berlin")).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{conflict}");
+        assert_eq!(conflict["error"]["details"]["field"], "timezone");
+        let (_, list) = app.call(Method::GET, "/api/v1/tasks", &ops.access_token, None).await;
+        assert_eq!(list["items"].as_array().unwrap().len(), 2);
+        // Changing only the zone keeps the local times and moves them into the new zone.
+        let id = floating["id"].as_str().unwrap();
+        let (status, moved) = app
+            .call(Method::PATCH, &format!("/api/v1/tasks/{id}"), &ops.access_token, Some(json!({ "timezone": "Europe/Berlin" })))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{moved}");
+        assert_eq!(moved["schedule_expr"], "DTSTART;TZID=Europe/Berlin:20300104T090000\nRRULE:FREQ=DAILY");
+        assert_eq!(moved["next_fire_times"][0], "2030-01-04T08:00:00Z");
+    }
+
+    async fn schedules_that_break_the_rfc_or_never_fire_are_refused(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let ops = app.sign_in("acme", "sue@acme.test", Role::Supervisor).await;
+        let refused = [
+            ("rrule", "FREQ=WEEKLY;BYDAY=1MO", "numbered weekday"),
+            ("rrule", "FREQ=DAILY;INTERVAL=0", "INTERVAL=0"),
+            ("rrule", "FREQ=DAILY;COUNT=0", "COUNT=0"),
+            ("rrule", "FREQ=MONTHLY;BYMONTHDAY=0", "BYMONTHDAY=0"),
+            ("rrule", "FREQ=DAILY;COUNT=2;UNTIL=20300101T000000Z", "COUNT and UNTIL"),
+            ("cron", "0 0 30 2 *", "matches no date"),
+            ("once", "9999-12-31T00:00:00Z", "2100-01-01"),
+        ];
+        for (kind, expr, says) in refused {
+            let body = json!({ "title": "Never", "schedule_kind": kind, "schedule_expr": expr });
+            let (status, response) = app.call(Method::POST, "/api/v1/tasks", &ops.access_token, Some(body)).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{expr}: {response}");
+            assert_eq!(response["error"]["details"]["field"], "schedule_expr", "{expr}: {response}");
+            assert!(response["error"]["message"].as_str().unwrap().contains(says), "{expr}: {response}");
+        }
+        let (_, list) = app.call(Method::GET, "/api/v1/tasks", &ops.access_token, None).await;
+        assert_eq!(list["items"], json!([]), "nothing was created");
+
+        // Valid by the RFC, and fires: the -53rd Sunday of a year.
+        let body = json!({ "title": "Rare", "schedule_kind": "rrule", "schedule_expr": "FREQ=YEARLY;BYDAY=-53SU;BYHOUR=9;BYMINUTE=0;BYSECOND=0" });
+        let (status, rare) = app.call(Method::POST, "/api/v1/tasks", &ops.access_token, Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{rare}");
+        assert_eq!(rare["next_fire_times"][0], "2028-01-02T09:00:00Z");
+        // A COUNT without DTSTART fires COUNT times.
+        let body = json!({ "title": "Thrice", "schedule_kind": "rrule", "schedule_expr": "FREQ=DAILY;COUNT=3" });
+        let (status, thrice) = app.call(Method::POST, "/api/v1/tasks", &ops.access_token, Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{thrice}");
+        assert_eq!(thrice["next_fire_times"].as_array().unwrap().len(), 3, "{thrice}");
+    }
+
+    async fn a_preview_looks_at_a_window_across_a_midnight_dst_change(backend) {
+        let Some(app) = TestApp::spawn(backend).await else { return };
+        let viewer = app.sign_in("acme", "val@acme.test", Role::Viewer).await;
+        let preview = |kind: &str, expr: &str| {
+            let body = json!({ "schedule_kind": kind, "schedule_expr": expr, "timezone": "America/Santiago",
+                               "after": "2027-09-04T12:00:00Z", "count": 2 });
+            app.call(Method::POST, "/api/v1/tasks/preview", &viewer.access_token, Some(body))
+        };
+        // Santiago's clocks go from 00:00 to 01:00 on 2027-09-05. RRULE shifts 00:15 by the gap
+        // (RFC 5545); cron runs a skipped fixed time at the end of the gap (Vixie cron).
+        let (status, rrule) = preview("rrule", "FREQ=DAILY;BYHOUR=0;BYMINUTE=15;BYSECOND=0").await;
+        assert_eq!(status, StatusCode::OK, "{rrule}");
+        assert_eq!(rrule["next_fire_times"], json!(["2027-09-05T04:15:00Z", "2027-09-06T03:15:00Z"]));
+        let (status, cron) = preview("cron", "15 0 * * *").await;
+        assert_eq!(status, StatusCode::OK, "{cron}");
+        assert_eq!(cron["next_fire_times"], json!(["2027-09-05T04:00:00Z", "2027-09-06T03:15:00Z"]));
+    }
+}
