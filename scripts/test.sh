@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: formatting, lints, and all tests on SQLite and PostgreSQL (+ Redis).
-# Installs what is missing (redis-server, PostgreSQL 15, Chromium, ChromaDB, moto) when it can; the
-# tests start their own throwaway servers (and browsers) on free loopback ports, so nothing needs to
-# be running beforehand.
+# Installs what is missing (redis-server, PostgreSQL 15, Chromium, ChromaDB, moto, the contract
+# tools) when it can; the tests start their own throwaway servers (and browsers) on free loopback
+# ports, so nothing needs to be running beforehand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -93,6 +93,28 @@ if [ -z "${MOTO_SERVER_BIN:-}" ] && ! { command -v moto_server >/dev/null && mot
     fi
   fi
   if [ -x "$moto_venv/bin/moto_server" ]; then export MOTO_SERVER_BIN="$moto_venv/bin/moto_server"; fi
+fi
+
+# The contract tests' independent tools (an OpenAPI validator, a client generator, python-dateutil
+# for the schedule differential test), pinned in tests/contract/requirements.txt, in a virtualenv
+# named after that file's hash. The tests look for CONTRACT_TOOLS, then this virtualenv.
+contract_hash=$(sha256sum tests/contract/requirements.txt | cut -c1-12)
+contract_venv="$HOME/.cache/docket/contract-tools-$contract_hash"
+if [ -z "${CONTRACT_TOOLS:-}" ] && [ ! -x "$contract_venv/bin/openapi-python-client" ]; then
+  echo "==> installing the contract tools"
+  rm -rf "$contract_venv"
+  if ! { python3 -m venv "$contract_venv" &&
+    "$contract_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+      --root-user-action=ignore -r tests/contract/requirements.txt; }; then
+    rm -rf "$contract_venv"
+    case "${CI:-}" in
+      "" | 0 | false) echo "scripts/test.sh: could not install the contract tools; their tests will skip" >&2 ;;
+      *) echo "scripts/test.sh: could not install the contract tools" >&2; exit 1 ;;
+    esac
+  fi
+fi
+if [ -z "${CONTRACT_TOOLS:-}" ] && [ -x "$contract_venv/bin/openapi-python-client" ]; then
+  export CONTRACT_TOOLS="$contract_venv"
 fi
 
 echo "==> cargo fmt --check"

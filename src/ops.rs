@@ -75,7 +75,7 @@ impl Check {
 }
 
 /// Liveness and version.
-#[utoipa::path(get, path = "/health", tag = "health", security(()), responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/health", tag = "health", operation_id = "get_health", security(()), responses((status = 200, body = Health)))]
 pub async fn health() -> Json<Health> {
     Json(Health {
         status: "ok",
@@ -84,13 +84,13 @@ pub async fn health() -> Json<Health> {
 }
 
 /// Liveness and version, under the API prefix for clients that only know the API's base URL.
-#[utoipa::path(get, path = "/health", tag = "health", operation_id = "api_health", security(()), responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/health", tag = "health", operation_id = "get_api_health", security(()), responses((status = 200, body = Health)))]
 pub async fn api_health() -> Json<Health> {
     health().await
 }
 
 /// The process is up (it does not look at dependencies; restart only if this fails).
-#[utoipa::path(get, path = "/health/live", tag = "health", security(()), responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/health/live", operation_id = "get_liveness", tag = "health", security(()), responses((status = 200, body = Health)))]
 pub async fn live() -> Json<Health> {
     health().await
 }
@@ -101,6 +101,7 @@ pub async fn live() -> Json<Health> {
     get,
     path = "/health/ready",
     tag = "health",
+    operation_id = "get_readiness",
     security(()),
     responses((status = 200, body = Readiness), (status = 503, body = Readiness))
 )]
@@ -210,6 +211,7 @@ async fn check_redis(state: &AppState) -> Check {
     get,
     path = "/metrics",
     tag = "health",
+    operation_id = "get_metrics",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain"), (status = 401, body = crate::http::error::ErrorBody))
 )]
 pub async fn metrics(

@@ -32,7 +32,7 @@ pub struct RunDetail {
     pub duration_seconds: Option<f64>,
     #[schema(value_type = Object)]
     pub input: Value,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub output: Option<Value>,
     pub error: Option<String>,
     /// For pipeline jobs (single run view only): every step of the job so far, with input

@@ -29,7 +29,7 @@ fn cursor(page: &PageParams) -> Result<Option<i64>, ApiError> {
 }
 
 /// The tenant's audit records, newest first.
-#[utoipa::path(get, path = "/audit", tag = "audit",
+#[utoipa::path(get, path = "/audit", operation_id = "list_audit_events", tag = "audit",
     description = "Requires: supervisor or admin (`ReadAudit`), or an API key with `audit:read`.",
     params(Filter, PageParams),
     responses((status = 200, body = Page<Record>)))]
@@ -56,7 +56,7 @@ pub async fn list(
 }
 
 /// Check the tenant's hash chain: reports the first changed, missing or reordered record.
-#[utoipa::path(get, path = "/audit/verify", tag = "audit",
+#[utoipa::path(get, path = "/audit/verify", operation_id = "verify_audit_chain", tag = "audit",
     description = "Requires: supervisor or admin (`ReadAudit`), or an API key with `audit:read`.",
     responses((status = 200, body = Verification)))]
 pub async fn verify(
@@ -75,10 +75,12 @@ pub struct ExportParams {
 }
 
 /// Export the tenant's audit records (oldest first) as CSV or JSON lines.
-#[utoipa::path(get, path = "/audit/export", tag = "audit",
+#[utoipa::path(get, path = "/audit/export", operation_id = "export_audit_log", tag = "audit",
     description = "Requires: supervisor or admin (`ReadAudit`), or an API key with `audit:read`.",
     params(ExportParams, Filter),
-    responses((status = 200, description = "text/csv or application/x-ndjson")))]
+    responses((status = 200, description = "The records: CSV with a header row (`format=csv`) or one JSON \
+                                             object per line (`format=jsonl`)",
+               content((String = "text/csv"), (String = "application/x-ndjson")))))]
 pub async fn export(
     State(state): State<AppState>,
     Authorized(principal, ..): Authorized<ReadAudit>,

@@ -278,7 +278,7 @@ async fn current_user(state: &AppState, principal: &Principal) -> Result<UserRow
 }
 
 /// Start TOTP enrolment: returns a new secret; it takes effect once confirmed with a code.
-#[utoipa::path(post, path = "/auth/mfa/enrol", tag = "auth",
+#[utoipa::path(post, path = "/auth/mfa/enrol", operation_id = "enrol_in_mfa", tag = "auth",
     description = "Requires: any signed-in user (`MfaEnrolment`, also before an admin has MFA).",
     responses((status = 200, body = Enrolment), (status = 409, body = crate::http::error::ErrorBody)))]
 pub async fn enrol(
@@ -314,7 +314,7 @@ pub async fn enrol(
 }
 
 /// Confirm enrolment with a code from the app: MFA is then on, and recovery codes are returned once.
-#[utoipa::path(post, path = "/auth/mfa/confirm", tag = "auth",
+#[utoipa::path(post, path = "/auth/mfa/confirm", operation_id = "confirm_mfa_enrolment", tag = "auth",
     description = "Requires: any signed-in user (`MfaEnrolment`).",
     request_body = ConfirmRequest,
     responses((status = 200, body = RecoveryCodes), (status = 401, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
@@ -380,7 +380,7 @@ pub async fn confirm(
 }
 
 /// Turn MFA off (password and a current code required). Admins cannot: MFA is mandatory for them.
-#[utoipa::path(post, path = "/auth/mfa/disable", tag = "auth",
+#[utoipa::path(post, path = "/auth/mfa/disable", operation_id = "disable_mfa", tag = "auth",
     description = "Requires: any signed-in user (`SignedIn`) who is not an admin.",
     request_body = DisableRequest,
     responses((status = 204), (status = 401, body = crate::http::error::ErrorBody), (status = 403, body = crate::http::error::ErrorBody)))]

@@ -375,7 +375,7 @@ impl LoginAttempt {
 }
 
 /// Sign in with email and password (and a TOTP or recovery code when MFA is enabled).
-#[utoipa::path(post, path = "/auth/login", tag = "auth",
+#[utoipa::path(post, path = "/auth/login", operation_id = "sign_in", tag = "auth",
     description = "Public. Unknown email, wrong password and an account locked for this address give the same 401. \
                    An email is unique within a tenant: when it has accounts in several, name the tenant (`tenant`, its slug), \
                    or the sign-in fails with that same 401. \
@@ -561,7 +561,7 @@ struct RefreshRow {
 
 /// Exchange a refresh token for a new token pair. Each refresh token works once; presenting one
 /// that was already used ends the whole session (it was probably stolen).
-#[utoipa::path(post, path = "/auth/refresh", tag = "auth",
+#[utoipa::path(post, path = "/auth/refresh", operation_id = "refresh_session", tag = "auth",
     description = "Public (the refresh token is the credential).",
     request_body = RefreshRequest,
     security(()),
@@ -667,7 +667,7 @@ async fn end_session_on_reuse(
 }
 
 /// End the current session.
-#[utoipa::path(post, path = "/auth/logout", tag = "auth",
+#[utoipa::path(post, path = "/auth/logout", operation_id = "sign_out", tag = "auth",
     description = "Requires: any signed-in user (`MfaEnrolment`, so it works before MFA enrolment too).",
     responses((status = 204), (status = 401, body = crate::http::error::ErrorBody)))]
 pub async fn logout(
@@ -688,7 +688,7 @@ pub async fn logout(
 }
 
 /// The signed-in user.
-#[utoipa::path(get, path = "/auth/me", tag = "auth",
+#[utoipa::path(get, path = "/auth/me", operation_id = "get_current_user", tag = "auth",
     description = "Requires: any signed-in user (`MfaEnrolment`).",
     responses((status = 200, body = Me), (status = 401, body = crate::http::error::ErrorBody)))]
 pub async fn me(

@@ -40,7 +40,7 @@ pub struct NewCase {
     pub currency: String,
     /// Attributes the policy may look at (`subject.account_age_days`, …).
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, required = false)]
     pub subject: Value,
     pub ai_assessment: Option<AiAssessment>,
 }

@@ -65,7 +65,7 @@ fn validate_topic(topic: &str) -> Result<(), ApiError> {
 }
 
 /// Publish an event; tasks scheduled on its topic get a job each.
-#[utoipa::path(post, path = "/events", tag = "events",
+#[utoipa::path(post, path = "/events", operation_id = "publish_event", tag = "events",
     description = "Requires: supervisor or admin (`PublishEvents`), or an API key with `events:write`.",
     request_body = PublishEvent,
     responses((status = 202, body = Published), (status = 200, description = "duplicate idempotency key", body = Published), (status = 422, body = crate::http::error::ErrorBody), (status = 429, description = "queue quota exceeded; nothing was stored", body = crate::http::error::ErrorBody)))]
@@ -179,13 +179,17 @@ pub struct StreamFilter {
 /// Live events of your tenant as server-sent events. A reconnecting client's `Last-Event-ID` resumes
 /// after that event: from the Redis Stream when `REDIS_URL` is set, otherwise from the last 10,000
 /// events this process published.
-#[utoipa::path(get, path = "/events/stream", tag = "events",
+#[utoipa::path(get, path = "/events/stream", operation_id = "stream_events", tag = "events",
     description = "Requires: any role (`ReadTasks`), or an API key with `tasks:read`. `case.*` events \
                    come only to callers who may read cases (`cases:read` for keys). The stream ends when \
                    the session or key behind it ends (re-checked every `EVENT_STREAM_RECHECK_SECONDS`); \
                    each user or key may hold `EVENT_STREAMS_PER_PRINCIPAL` streams open per process (429).",
     params(StreamFilter),
-    responses((status = 200, description = "text/event-stream"), (status = 429, body = crate::http::error::ErrorBody)))]
+    responses((status = 200, description = "Server-sent events: `id` is the event id, `event` its topic and \
+                                             `data` the event as JSON (an `Envelope`); a comment every 15 s \
+                                             keeps the connection open",
+               content_type = "text/event-stream", body = String),
+              (status = 429, body = crate::http::error::ErrorBody)))]
 pub async fn stream(
     State(state): State<AppState>,
     Authorized(principal, ..): Authorized<ReadTasks>,

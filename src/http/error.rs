@@ -37,8 +37,114 @@ pub struct ErrorDetail {
     /// Human-readable sentence.
     pub message: String,
     /// Structured context (e.g. the offending field); `null` when there is none.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = error_details)]
     pub details: Value,
+}
+
+/// The members `details` may carry; which appear depends on `code`, and a code may add its own.
+fn error_details() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+
+    let member = |kind: Type, description: &str| {
+        ObjectBuilder::new()
+            .schema_type(kind)
+            .description(Some(description))
+    };
+    let members = [
+        (
+            "field",
+            Type::String,
+            "The request field at fault (`validation_failed`), as a dotted path into the body",
+        ),
+        ("reason", Type::String, "Why the field or body was refused"),
+        (
+            "state",
+            Type::String,
+            "The resource's current state, when the request needs another (`invalid_state`, `conflict`)",
+        ),
+        (
+            "status",
+            Type::String,
+            "A task's current status, when the request needs another",
+        ),
+        ("limit", Type::Integer, "The limit that was reached (429)"),
+        (
+            "retry_after_seconds",
+            Type::Integer,
+            "Seconds until the limit allows the request again, as in `Retry-After`",
+        ),
+        (
+            "limit_bytes",
+            Type::Integer,
+            "The request body limit in bytes (413)",
+        ),
+        ("setting", Type::String, "The setting that sets the limit"),
+        (
+            "max_bytes",
+            Type::Integer,
+            "The attachment size limit in bytes (413)",
+        ),
+        (
+            "detected_type",
+            Type::String,
+            "An attachment's detected media type (415)",
+        ),
+        (
+            "mfa_token",
+            Type::String,
+            "Sign-in needs a second factor: send this back to `/auth/login` with `totp_code` or `recovery_code`",
+        ),
+        (
+            "path",
+            Type::String,
+            "Where in the policy document the problem is (`invalid_policy`)",
+        ),
+        (
+            "message",
+            Type::String,
+            "What the problem in the policy document is",
+        ),
+        ("case_id", Type::String, "The case the conflict is about"),
+        (
+            "assignee_id",
+            Type::String,
+            "Who holds the case's review lease",
+        ),
+        (
+            "lease_expires_at",
+            Type::String,
+            "When that lease ends (RFC 3339)",
+        ),
+    ];
+    let mut details = ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            Type::Object,
+            Type::Null,
+        ]))
+        .description(Some(
+            "Structured context (e.g. the offending field); `null` when there is none. Which \
+             members appear depends on `code`.",
+        ))
+        .additional_properties(Some(
+            utoipa::openapi::schema::AdditionalProperties::FreeForm(true),
+        ));
+    for (name, kind, description) in members {
+        details = details.property(name, member(kind, description));
+    }
+    details
+        .property(
+            "allowed_types",
+            ArrayBuilder::new()
+                .items(ObjectBuilder::new().schema_type(Type::String))
+                .description(Some("The media types attachments may have (415)")),
+        )
+        .property(
+            "proposal",
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .description(Some("The first reviewer's decision under dual control")),
+        )
+        .build()
 }
 
 impl ApiError {

@@ -117,6 +117,7 @@ pub fn router(state: AppState, role: Role) -> Router {
     }
     let (router, mut openapi) = app.split_for_parts();
     document_common_errors(&mut openapi, &prefix);
+    complete_responses(&mut openapi);
 
     let mut router = router;
     if let Some(api) = console_api {
@@ -204,6 +205,108 @@ fn document_common_errors(openapi: &mut utoipa::openapi::OpenApi, prefix: &str) 
                         )
                     });
             }
+        }
+    }
+}
+
+/// What OpenAPI 3.1 requires and client generators rely on beyond what the handlers state: a
+/// `servers` entry (the paths carry the API prefix, so it is the root), the refusals any
+/// operation may meet in the middleware (405, 408, 500), `Retry-After` on every 429, and a
+/// description on every response (the status's own where a handler gives none).
+fn complete_responses(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::header::HeaderBuilder;
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    use utoipa::openapi::server::Server;
+    use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+
+    const ANY_OPERATION: [(&str, &str); 3] = [
+        (
+            "405",
+            "The path does not take this method; `Allow` lists the ones it does",
+        ),
+        ("408", "The request took longer than the request timeout"),
+        (
+            "500",
+            "The server failed; the cause is logged under the response's `X-Request-Id`",
+        ),
+    ];
+    openapi.servers = Some(vec![Server::new("/")]);
+    reference_page_items(openapi);
+    let error_body = || Content::new(Some(Ref::from_schema_name("ErrorBody")));
+    for item in openapi.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let responses = &mut operation.responses.responses;
+            for (status, description) in ANY_OPERATION {
+                responses.entry(status.to_owned()).or_insert_with(|| {
+                    RefOr::T(
+                        ResponseBuilder::new()
+                            .description(description)
+                            .content("application/json", error_body())
+                            .build(),
+                    )
+                });
+            }
+            for (status, response) in responses.iter_mut() {
+                let RefOr::T(response) = response else {
+                    continue;
+                };
+                if response.description.is_empty() {
+                    response.description = status
+                        .parse::<u16>()
+                        .ok()
+                        .and_then(|code| axum::http::StatusCode::from_u16(code).ok())
+                        .and_then(|code| code.canonical_reason())
+                        .unwrap_or("Response")
+                        .to_owned();
+                }
+                if status == "429" {
+                    response
+                        .headers
+                        .entry("Retry-After".to_owned())
+                        .or_insert_with(|| {
+                            RefOr::T(
+                                HeaderBuilder::new()
+                                    .schema(Some(ObjectBuilder::new().schema_type(Type::Integer)))
+                                    .description(Some("Seconds to wait before trying again"))
+                                    .build(),
+                            )
+                        });
+                }
+            }
+        }
+    }
+}
+
+/// utoipa writes the item schema of `Page<T>` out in full in every `Page_T`
+/// (juhaku/utoipa#1586); generators then make a second, anonymous model of each item type.
+/// Where `T` is a component of its own, the items refer to it instead.
+fn reference_page_items(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{ArrayItems, Schema};
+    use utoipa::openapi::{Ref, RefOr};
+
+    let Some(components) = openapi.components.as_mut() else {
+        return;
+    };
+    let named: Vec<String> = components.schemas.keys().cloned().collect();
+    for (name, schema) in components.schemas.iter_mut() {
+        let Some(item) = name.strip_prefix("Page_") else {
+            continue;
+        };
+        if !named.iter().any(|n| n == item) {
+            continue;
+        }
+        if let RefOr::T(Schema::Object(page)) = schema
+            && let Some(RefOr::T(Schema::Array(items))) = page.properties.get_mut("items")
+        {
+            items.items =
+                ArrayItems::RefOrSchema(Box::new(RefOr::Ref(Ref::from_schema_name(item))));
         }
     }
 }

@@ -189,7 +189,7 @@ async fn instructions(state: &AppState, tenant_id: &str) -> Result<Option<String
 }
 
 /// Answer a question from a collection, with citations.
-#[utoipa::path(post, path = "/collections/{id}/ask", tag = "knowledge",
+#[utoipa::path(post, path = "/collections/{id}/ask", operation_id = "ask_collection", tag = "knowledge",
     description = "Requires: any role (`ReadKnowledge`), or an API key with `knowledge:read`. Retrieves the \
                    `k` best chunks (hybrid search when embeddings are configured); if none is relevant the \
                    answer is `no_answer` without calling the model. Otherwise the configured model \

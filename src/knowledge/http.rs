@@ -232,7 +232,7 @@ pub struct NewTextDocument {
     pub title: String,
     pub text: String,
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, required = false)]
     pub metadata: Value,
     /// `text/plain` (default), `text/markdown` or `text/html`.
     pub content_type: Option<String>,
@@ -605,7 +605,7 @@ pub async fn delete_document(
 }
 
 /// Search a collection.
-#[utoipa::path(post, path = "/collections/{id}/search", tag = "knowledge",
+#[utoipa::path(post, path = "/collections/{id}/search", operation_id = "search_collection", tag = "knowledge",
     description = "Requires: any role (`ReadKnowledge`), or an API key with `knowledge:read`.",
     params(("id" = String, Path)), request_body = SearchRequest,
     responses((status = 200, body = SearchResponse), (status = 404, body = crate::http::error::ErrorBody),

@@ -33,7 +33,7 @@ pub struct SearchRequest {
     pub k: Option<usize>,
     /// Documents whose metadata has all these key/value pairs.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, required = false)]
     pub filter: serde_json::Map<String, Value>,
     /// Default: hybrid when an embedding endpoint is configured, else lexical.
     pub mode: Option<Mode>,

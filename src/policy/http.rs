@@ -165,7 +165,7 @@ pub struct SimulatedCase {
     pub amount: String,
     pub currency: String,
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, required = false)]
     pub subject: Value,
     pub ai_assessment: Option<AiAssessment>,
 }
@@ -209,7 +209,7 @@ pub struct SimulateResponse {
 }
 
 /// Evaluate a draft (or the current) policy against given or stored cases; nothing changes.
-#[utoipa::path(post, path = "/policy/simulate", tag = "policy",
+#[utoipa::path(post, path = "/policy/simulate", operation_id = "simulate_policy", tag = "policy",
     description = "Requires: admin (`ManagePolicy`).",
     request_body = SimulateRequest,
     responses((status = 200, body = SimulateResponse), (status = 404, body = crate::http::error::ErrorBody), (status = 422, body = crate::http::error::ErrorBody)))]

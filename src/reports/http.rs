@@ -72,7 +72,7 @@ fn format(param: Option<&str>, headers: &HeaderMap) -> Result<Format, ApiError> 
 }
 
 /// Decisions counted by reviewer, action, reason code and day.
-#[utoipa::path(get, path = "/reports/decisions", tag = "reports",
+#[utoipa::path(get, path = "/reports/decisions", operation_id = "report_decisions", tag = "reports",
     description = "Requires: supervisor or admin (`ReadReports`), or an API key with `reports:read`.\n\n\
                    Counts the decisions (`case_history` rows with a decision) made in `[from, to)`. \
                    Grouped by `reason_code`, a decision with several codes counts once under each \
@@ -111,7 +111,7 @@ pub async fn decisions(
 }
 
 /// SLA compliance per queue and priority.
-#[utoipa::path(get, path = "/reports/sla", tag = "reports",
+#[utoipa::path(get, path = "/reports/sla", operation_id = "report_sla_compliance", tag = "reports",
     description = "Requires: supervisor or admin (`ReadReports`), or an API key with `reports:read`.\n\n\
                    Per queue and (current) priority: `decided`, cases a person approved, rejected or \
                    returned in `[from, to)`; `met`, those decided by their SLA deadline; \

@@ -29,7 +29,7 @@ pub struct NextFilter {
 }
 
 /// Claim the most urgent case you may take (priority, then SLA deadline, then age).
-#[utoipa::path(post, path = "/reviews/next", tag = "reviews",
+#[utoipa::path(post, path = "/reviews/next", operation_id = "claim_next_case", tag = "reviews",
     description = "Requires: reviewer or above (`ReviewCases`); people only. 204 when nothing is waiting for you.",
     request_body(content = Option<NextFilter>),
     responses((status = 200, body = Case), (status = 204, description = "nothing to review")))]
@@ -54,7 +54,7 @@ pub async fn next(
 }
 
 /// Claim a case (or extend your lease on it).
-#[utoipa::path(post, path = "/cases/{id}/claim", tag = "reviews",
+#[utoipa::path(post, path = "/cases/{id}/claim", operation_id = "claim_case", tag = "reviews",
     description = "Requires: reviewer or above (`ReviewCases`) and the case's required role.",
     params(("id" = String, Path)),
     responses((status = 200, body = Case), (status = 403, body = crate::http::error::ErrorBody),
@@ -70,7 +70,7 @@ pub async fn claim(
 }
 
 /// Hand a case you hold back to the queue.
-#[utoipa::path(post, path = "/cases/{id}/release", tag = "reviews",
+#[utoipa::path(post, path = "/cases/{id}/release", operation_id = "release_case", tag = "reviews",
     description = "Requires: reviewer or above (`ReviewCases`), holding the case.",
     params(("id" = String, Path)),
     responses((status = 200, body = Case), (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
@@ -114,7 +114,7 @@ fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<Option<
 /// Act on a case you hold: approve, reject, return, hold (until a time), escalate, or ask the
 /// submitter for more information. Under dual control approve/reject/return become a proposal
 /// (`pending_dual_control`) that a different person checks.
-#[utoipa::path(post, path = "/cases/{id}/decision", tag = "reviews",
+#[utoipa::path(post, path = "/cases/{id}/decision", operation_id = "decide_case", tag = "reviews",
     description = "Requires: reviewer or above (`ReviewCases`), holding the case, with its required role; \
                    not the submitter, and not the maker of the proposal under dual control (403 with the reason). \
                    Resulting states: approve → approved, reject → rejected, return → returned (each \
@@ -163,7 +163,7 @@ pub struct CheckRequest {
 
 /// Check a proposal under dual control (maker-checker): `approve` applies the proposed action,
 /// `reject` sends the case back to review with your notes.
-#[utoipa::path(post, path = "/cases/{id}/check", tag = "reviews",
+#[utoipa::path(post, path = "/cases/{id}/check", operation_id = "check_case_decision", tag = "reviews",
     description = "Requires: reviewer or above (`ReviewCases`), holding a `pending_dual_control` case, \
                    with its required role; not its maker or submitter (403). Any other state is 409.",
     params(("id" = String, Path)), request_body = CheckRequest,
@@ -238,7 +238,7 @@ pub struct ReassignRequest {
 }
 
 /// Give an open case to another person, or back to the queue.
-#[utoipa::path(post, path = "/cases/{id}/reassign", tag = "reviews",
+#[utoipa::path(post, path = "/cases/{id}/reassign", operation_id = "reassign_case", tag = "reviews",
     description = "Requires: supervisor or admin (`ReviewCases` with the supervisor role); people only. \
                    The new holder must be an active user of the tenant who may decide the case (its \
                    required role, not its submitter, not the first reviewer under dual control); they \
@@ -295,7 +295,7 @@ pub struct ReviewStats {
 }
 
 /// Review queue statistics.
-#[utoipa::path(get, path = "/reviews/stats", tag = "reviews",
+#[utoipa::path(get, path = "/reviews/stats", operation_id = "get_review_stats", tag = "reviews",
     description = "Requires: supervisor or admin (`ReadReviewStats`), or an API key with `cases:read`.",
     params(StatsWindow),
     responses((status = 200, body = ReviewStats), (status = 422, body = crate::http::error::ErrorBody)))]

@@ -259,7 +259,8 @@ pub struct CreateTask {
     pub schedule_expr: String,
     /// IANA time zone; default `UTC`.
     pub timezone: Option<String>,
-    #[schema(value_type = Object)]
+    /// The pipeline to run (see docs/pipelines.md); default `{}`, a job without steps.
+    #[schema(value_type = Object, required = false)]
     pub payload: Option<Value>,
     pub priority: Option<i32>,
     pub max_retries: Option<i32>,
@@ -286,7 +287,8 @@ pub struct UpdateTask {
     pub schedule_kind: Option<String>,
     pub schedule_expr: Option<String>,
     pub timezone: Option<String>,
-    #[schema(value_type = Object)]
+    /// A new pipeline; without it the task keeps its own.
+    #[schema(value_type = Object, required = false)]
     pub payload: Option<Value>,
     pub priority: Option<i32>,
     pub max_retries: Option<i32>,
@@ -1058,7 +1060,7 @@ fn require_status(task: &TaskRow, expected: &str) -> Result<(), ApiError> {
 }
 
 /// Stop scheduling the task until resumed.
-#[utoipa::path(post, path = "/tasks/{id}/pause", tag = "tasks",
+#[utoipa::path(post, path = "/tasks/{id}/pause", operation_id = "pause_task", tag = "tasks",
     description = "Requires: supervisor or admin (`WriteTasks`), or an API key with `tasks:write`.",
     params(("id" = String, Path)), responses((status = 200, body = Task), (status = 409, body = crate::http::error::ErrorBody)))]
 pub async fn pause(
@@ -1081,7 +1083,7 @@ pub async fn pause(
 }
 
 /// Resume a paused task from its next occurrence after now (missed ones are not replayed).
-#[utoipa::path(post, path = "/tasks/{id}/resume", tag = "tasks",
+#[utoipa::path(post, path = "/tasks/{id}/resume", operation_id = "resume_task", tag = "tasks",
     description = "Requires: supervisor or admin (`WriteTasks`), or an API key with `tasks:write`.",
     params(("id" = String, Path)), responses((status = 200, body = Task), (status = 409, body = crate::http::error::ErrorBody)))]
 pub async fn resume(
@@ -1116,7 +1118,7 @@ pub async fn resume(
 
 /// Postpone the next occurrence: `{"seconds": n}` moves it n seconds later, `{"until": t}` moves
 /// it to t; `{"skip_until": t}` skips every occurrence before t. Later occurrences keep their schedule.
-#[utoipa::path(post, path = "/tasks/{id}/snooze", tag = "tasks",
+#[utoipa::path(post, path = "/tasks/{id}/snooze", operation_id = "snooze_task", tag = "tasks",
     description = "Requires: supervisor or admin (`WriteTasks`), or an API key with `tasks:write`.",
     params(("id" = String, Path)), request_body = Snooze,
     responses((status = 200, body = Task), (status = 409, body = crate::http::error::ErrorBody), (status = 422, body = crate::http::error::ErrorBody)))]

@@ -149,7 +149,46 @@ on_both_backends! {
         assert_eq!(public, ["get /api/v1/health", "get /health", "get /health/live", "get /health/ready",
                             "post /api/v1/auth/login", "post /api/v1/auth/refresh"]);
         let metrics = spec["paths"]["/metrics"]["get"]["responses"].as_object().unwrap();
-        assert_eq!(metrics.keys().collect::<Vec<_>>(), ["200", "401"], "only what the metrics endpoint answers");
+        assert_eq!(metrics.keys().collect::<Vec<_>>(), ["200", "401", "405", "408", "500"],
+                   "only what the metrics endpoint answers, and what any request may meet");
+
+        // What OpenAPI 3.1 requires and generators rely on.
+        assert_eq!(spec["servers"], serde_json::json!([{ "url": "/" }]));
+        for (path, item) in spec["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let id = operation["operationId"].as_str().unwrap_or_default();
+                assert!(id.contains('_'), "{method} {path}: operation id {id:?} should say what it does on what");
+                for (status, response) in operation["responses"].as_object().unwrap() {
+                    let description = response["description"].as_str().unwrap_or_default();
+                    assert!(!description.is_empty(), "{method} {path} {status} has no description");
+                }
+                for status in ["405", "408", "500"] {
+                    assert!(operation["responses"][status].is_object(), "{method} {path} lacks {status}");
+                }
+                if let Some(limited) = operation["responses"].get("429") {
+                    assert_eq!(limited["headers"]["Retry-After"]["schema"]["type"], "integer", "{method} {path}");
+                }
+            }
+        }
+        let schemas = spec["components"]["schemas"].as_object().unwrap();
+        for (name, schema) in schemas.iter().filter(|(name, _)| name.starts_with("Page_")) {
+            let item = name.trim_start_matches("Page_");
+            assert_eq!(schema["properties"]["items"]["items"]["$ref"], format!("#/components/schemas/{item}"), "{name}");
+        }
+        for (schema, field) in [("CreateTask", "payload"), ("UpdateTask", "payload"), ("NewCase", "subject")] {
+            let required = schemas[schema]["required"].as_array().cloned().unwrap_or_default();
+            assert!(!required.contains(&serde_json::json!(field)), "{schema}.{field} is optional");
+        }
+        let limit = spec["paths"]["/api/v1/tasks"]["get"]["parameters"].as_array().unwrap().iter()
+            .find(|p| p["name"] == "limit").unwrap();
+        assert_eq!((limit["schema"]["minimum"].as_i64(), limit["schema"]["maximum"].as_i64()), (Some(1), Some(500)));
+        assert_eq!(schemas["PreviewSchedule"]["properties"]["count"]["minimum"], 1);
+        let export = &spec["paths"]["/api/v1/audit/export"]["get"]["responses"]["200"]["content"];
+        assert!(export["text/csv"].is_object() && export["application/x-ndjson"].is_object(), "{export}");
+        let stream = &spec["paths"]["/api/v1/events/stream"]["get"]["responses"]["200"]["content"];
+        assert!(stream["text/event-stream"].is_object(), "{stream}");
+        let members = &spec["components"]["schemas"]["ErrorDetail"]["properties"]["details"]["properties"];
+        assert_eq!(members["field"]["type"], "string", "details declare their members");
         let details = &spec["components"]["schemas"]["ErrorDetail"]["properties"]["details"];
         assert!(details.to_string().contains("null"), "details may be null: {details}");
         let payload = &spec["components"]["schemas"]["Envelope"]["properties"]["payload"];

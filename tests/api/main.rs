@@ -10,6 +10,7 @@ mod audit;
 mod auth;
 mod cases;
 mod console;
+mod contract;
 mod errors;
 mod events;
 mod health;

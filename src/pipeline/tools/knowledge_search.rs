@@ -22,7 +22,7 @@ pub struct KnowledgeSearchInput {
     pub mode: Option<Mode>,
     /// Only documents whose metadata has these key/value pairs.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, required = false)]
     pub filter: Map<String, Value>,
 }
 

@@ -16,7 +16,7 @@ pub struct PublishInput {
     /// Topic name, e.g. `orders.approved`.
     pub topic: String,
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, required = false)]
     pub payload: Value,
     /// Defaults to one key per job and step, so a resumed pipeline never publishes twice.
     pub idempotency_key: Option<String>,

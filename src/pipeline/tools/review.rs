@@ -34,7 +34,7 @@ pub struct ReviewInput {
     /// ISO 4217; defaults to XXX (no currency).
     pub currency: Option<String>,
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, required = false)]
     pub subject: Value,
     pub ai_assessment: Option<AiAssessment>,
 }

@@ -19,7 +19,7 @@ pub struct RunTaskInput {
     pub task_id: String,
     /// Merged over the started task's pipeline `params`.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, required = false)]
     pub params: Map<String, Value>,
 }
 
