@@ -95,3 +95,35 @@ on_both_backends! {
         assert!(used.contains("submitted and read a case"), "{used}");
     }
 }
+
+/// Fire times against python-dateutil (RRULE) and a reference of the documented cron convention,
+/// across DST changes in a dozen zones (tests/contract/schedule_differential.py). Previews store
+/// nothing, so one backend is enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fire_times_match_independent_implementations() {
+    let Some(tools) = contract_tools() else {
+        return;
+    };
+    let Some(app) = TestApp::spawn_with(
+        support::Backend::Sqlite,
+        docket::app::Role::All,
+        &[("RATE_LIMIT_PER_MINUTE", "100000")],
+    )
+    .await
+    else {
+        return;
+    };
+    let viewer = app.sign_in("acme", "val@acme.test", Role::Viewer).await;
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/contract/schedule_differential.py");
+    let report = run(
+        "the schedule differential test",
+        tokio::process::Command::new(tools.join("bin/python"))
+            .arg(script)
+            .env("DOCKET_URL", app.url(""))
+            .env("DOCKET_TOKEN", &viewer.access_token),
+    )
+    .await;
+    println!("{report}");
+    assert!(report.contains(" 0 differences"), "{report}");
+}

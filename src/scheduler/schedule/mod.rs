@@ -168,25 +168,29 @@ impl Schedule {
         };
         let schedule = Self::parse(kind, &normalised.expr, &normalised.timezone)?;
         schedule.check_bounded(now)?;
-        let never = |what: &str| {
+        let horizon_day = horizon().format("%Y-%m-%d");
+        let never = |what: String| {
             Err(invalid(
                 "schedule_expr",
-                format!(
-                    "{what} before {}, the last instant fire times are computed for",
-                    horizon().format("%Y-%m-%d")
-                ),
+                format!("{what} (fire times are computed up to then)"),
             ))
         };
         match &schedule {
             Self::Once(at) if *at <= now => {
                 return Err(invalid("schedule_expr", "the instant is in the past"));
             }
-            Self::Once(at) if *at >= horizon() => return never("the instant must be"),
+            Self::Once(at) if *at >= horizon() => {
+                return never(format!("the instant must be before {horizon_day}"));
+            }
             Self::Cron { .. } if schedule.next_after(now).is_none() => {
-                return never("the expression matches no date from now");
+                return never(format!(
+                    "the expression matches no date between now and {horizon_day}"
+                ));
             }
             Self::RRule { .. } if schedule.next_after(now).is_none() => {
-                return never("the rule has no occurrence from now");
+                return never(format!(
+                    "the rule has no occurrence between now and {horizon_day}"
+                ));
             }
             _ => {}
         }
