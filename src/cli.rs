@@ -107,6 +107,12 @@ enum BenchCommand {
         #[arg(long, default_value_t = 500)]
         searches: usize,
     },
+    /// Validate and preview the worst schedules a caller can send (`POST /tasks/preview`), each
+    /// ITERATIONS times; report the median and slowest time per schedule. Needs no database.
+    Schedules {
+        #[arg(long, default_value_t = 20)]
+        iterations: usize,
+    },
     /// Run tasks that fire every second with this process's scheduler and worker; report how late
     /// occurrences start (p50/p99/max) and whether any was enqueued twice.
     Scheduler {
@@ -200,6 +206,15 @@ pub async fn run() -> ExitCode {
             enqueue_first,
         }) => bench_queue(config, jobs, workers, keys, tasks, enqueue_first).await,
         Command::Bench(BenchCommand::Chaos(args)) => bench_chaos(config, args).await,
+        Command::Bench(BenchCommand::Schedules { iterations }) => {
+            for figure in crate::scheduler::schedule_bench::run(iterations) {
+                println!(
+                    "{:<66} median {:>10.3?}  max {:>10.3?}  {}",
+                    figure.case, figure.median, figure.max, figure.outcome
+                );
+            }
+            ExitCode::SUCCESS
+        }
         Command::Config => {
             for line in config.redacted_lines() {
                 println!("{line}");

@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod schedule;
+pub mod schedule_bench;
 pub mod tasks;
 
 use std::sync::Arc;

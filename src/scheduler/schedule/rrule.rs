@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, Timelike, Utc};
 use chrono_tz::Tz;
-use rrule::RRuleSet;
+use rrule::{RRule, RRuleSet};
 
 use super::wall::{self, Earliest, Placement};
 use super::{ScheduleError, Zone, invalid, parse_timezone};
@@ -14,10 +14,12 @@ use super::{ScheduleError, Zone, invalid, parse_timezone};
 /// Occurrences an RRULE walk may pass before it gives up. The rrule crate walks from DTSTART:
 /// `FREQ=SECONDLY` with a DTSTART a year back took 35 s for one preview. Rules without COUNT
 /// are moved forward first ([`fast_forward`]), so only COUNT rules walk far, and COUNT is at
-/// most [`MAX_COUNT`].
+/// most [`MAX_COUNT`] (a set of several counted rules can reach the bound and is refused).
 const MAX_STEPS: usize = 200_000;
 /// The largest COUNT accepted: a counted rule is walked from DTSTART, so it must fit the walk.
 pub const MAX_COUNT: u32 = 100_000;
+/// RRULE and EXRULE lines in one rule: each is walked on its own.
+const MAX_RULES: usize = 10;
 /// Wall-clock bound on one walk, for rules whose periods are mostly empty (the crate itself stops
 /// after 100,000 empty periods in a row).
 const MAX_TIME: std::time::Duration = std::time::Duration::from_secs(2);
@@ -162,13 +164,20 @@ pub fn canonicalise(
         }
     };
     let mut text = format!("DTSTART;TZID={}:{}", tz.name(), start.format(STAMP));
-    let mut rules = 0;
+    let (mut rules, mut includes) = (0, 0);
     for line in lines(expr) {
         match line.name.as_str() {
             "DTSTART" => continue,
             "RRULE" | "EXRULE" => {
                 check_rule(&line.name, line.value)?;
-                rules += usize::from(line.name == "RRULE");
+                rules += 1;
+                if rules > MAX_RULES {
+                    return Err(invalid(
+                        "schedule_expr",
+                        format!("at most {MAX_RULES} RRULE and EXRULE lines"),
+                    ));
+                }
+                includes += usize::from(line.name == "RRULE");
                 text.push_str(&format!("\n{}:{}", line.name, line.value));
             }
             "RDATE" | "EXDATE" => {
@@ -198,7 +207,7 @@ pub fn canonicalise(
             }
         }
     }
-    if rules == 0 {
+    if includes == 0 {
         return Err(invalid(
             "schedule_expr",
             "an RRULE line (FREQ=…) is required",
@@ -415,61 +424,107 @@ pub struct Walk {
     pub exhausted: bool,
 }
 
+/// An ordered stream of local times.
+type Times<'a> = std::iter::Peekable<Box<dyn Iterator<Item = NaiveDateTime> + 'a>>;
+
 /// Up to `n` occurrences of the wall-clock rule `set` strictly after `after`, within bounded
-/// work; local times in a DST gap are shifted by the gap, repeated ones are their first.
+/// work; local times in a DST gap are shifted by the gap, repeated ones are their first. Each
+/// RRULE and EXRULE is walked on its own, moved forward to near `after` where it has no COUNT,
+/// and the streams are merged: the set's occurrences are those of its RRULEs and RDATEs, less
+/// those of its EXRULEs and EXDATEs, as the rrule crate defines them.
 pub fn walk(set: &RRuleSet, tz: Tz, after: DateTime<Utc>, n: usize) -> Walk {
     let deadline = std::time::Instant::now() + MAX_TIME;
     let start = wall::walk_start(tz, after);
-    let shifted = fast_forward(set, start);
-    let set = shifted.as_ref().unwrap_or(set).clone().limit();
+    let dt_start = *set.get_dt_start();
+    let alone = |rule: &RRule| {
+        fast_forward(rule, dt_start.naive_utc(), start)
+            .unwrap_or_else(|| RRuleSet::new(dt_start).rrule(rule.clone()))
+            .limit()
+    };
+    let included: Vec<RRuleSet> = set.get_rrule().iter().map(alone).collect();
+    let excluded: Vec<RRuleSet> = set.get_exrule().iter().map(alone).collect();
+    let stream = |rules: &RRuleSet| -> Times<'_> {
+        let times: Box<dyn Iterator<Item = NaiveDateTime> + '_> =
+            Box::new(rules.into_iter().map(|t| t.naive_utc()));
+        times.peekable()
+    };
+    let mut rdates: Vec<NaiveDateTime> = set
+        .get_rdate()
+        .iter()
+        .map(|t| t.naive_utc())
+        .filter(|t| *t >= start)
+        .collect();
+    rdates.sort_unstable();
+    let exdates: std::collections::BTreeSet<NaiveDateTime> =
+        set.get_exdate().iter().map(|t| t.naive_utc()).collect();
+    let mut sources: Vec<Times<'_>> = included.iter().map(stream).collect();
+    let rdates: Box<dyn Iterator<Item = NaiveDateTime>> = Box::new(rdates.into_iter());
+    sources.push(rdates.peekable());
+    let mut exclusions: Vec<Times<'_>> = excluded.iter().map(stream).collect();
+
     let mut earliest = Earliest::new(after, n);
-    for (step, occurrence) in (&set).into_iter().enumerate() {
-        if step >= MAX_STEPS || std::time::Instant::now() > deadline {
-            return Walk {
-                times: earliest.into_vec(),
-                exhausted: true,
-            };
+    let mut steps = 0usize;
+    let mut previous = None;
+    let exhausted = loop {
+        let next = sources
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, times)| times.peek().map(|t| (i, *t)))
+            .min_by_key(|(_, t)| *t);
+        let Some((source, local)) = next else {
+            break false;
+        };
+        sources[source].next();
+        steps += 1;
+        if steps >= MAX_STEPS || std::time::Instant::now() > deadline {
+            break true;
         }
-        let local = occurrence.naive_utc();
-        if local < start {
+        if previous == Some(local) || local < start {
+            previous = Some(local);
             continue;
         }
+        previous = Some(local);
         if local > wall::horizon_wall() {
-            break;
+            break false;
+        }
+        let mut is_excluded = exdates.contains(&local);
+        for times in &mut exclusions {
+            while times.next_if(|t| *t < local).is_some() {
+                steps += 1;
+                if steps >= MAX_STEPS {
+                    break;
+                }
+            }
+            is_excluded |= times.peek() == Some(&local);
+        }
+        if is_excluded {
+            continue;
         }
         let placement = wall::place(tz, local);
         if earliest.complete_before(placement.lower_bound()) {
-            break;
+            break false;
         }
         earliest.offer(match placement {
             Placement::Single(t) | Placement::Fold { first: t, .. } => t,
             Placement::Gap { shifted, .. } => shifted,
         });
-    }
+    };
     Walk {
         times: earliest.into_vec(),
-        exhausted: false,
+        exhausted,
     }
 }
 
-/// The same rule with its DTSTART moved forward by whole periods (`INTERVAL` × `FREQ`) to just
-/// before the local time `from`, so the walk starts near it instead of at DTSTART. The new
+/// The rule alone, with its DTSTART moved forward by whole periods (`INTERVAL` × `FREQ`) to
+/// just before the local time `from`, so the walk starts near it instead of at DTSTART. The new
 /// DTSTART is the start of a period, and the rrule crate has already filled in the parts the
 /// rule took from the old one (the day of the month, the hour, …), so every period from there on
-/// holds the same occurrences. Only for one rule without COUNT: a count runs from the first
-/// DTSTART.
-fn fast_forward(set: &RRuleSet, from: NaiveDateTime) -> Option<RRuleSet> {
+/// holds the same occurrences. Not for a rule with COUNT: a count runs from the first DTSTART.
+fn fast_forward(rule: &RRule, start: NaiveDateTime, from: NaiveDateTime) -> Option<RRuleSet> {
     use chrono::{Datelike, Months, NaiveTime, TimeZone};
     use rrule::Frequency;
 
-    let [rule] = set.get_rrule().as_slice() else {
-        return None;
-    };
-    if rule.get_count().is_some() || !set.get_exrule().is_empty() {
-        return None;
-    }
-    let start = set.get_dt_start().naive_utc();
-    if from <= start {
+    if rule.get_count().is_some() || from <= start {
         return None;
     }
     let interval = i64::from(rule.get_interval().max(1));
@@ -513,14 +568,7 @@ fn fast_forward(set: &RRuleSet, from: NaiveDateTime) -> Option<RRuleSet> {
             midnight(first.checked_add_months(Months::new(months))?)
         }
     };
-    let mut moved_set = RRuleSet::new(rrule::Tz::UTC.from_utc_datetime(&moved)).rrule(rule.clone());
-    for date in set.get_rdate() {
-        moved_set = moved_set.rdate(*date);
-    }
-    for date in set.get_exdate() {
-        moved_set = moved_set.exdate(*date);
-    }
-    Some(moved_set)
+    Some(RRuleSet::new(rrule::Tz::UTC.from_utc_datetime(&moved)).rrule(rule.clone()))
 }
 
 #[cfg(test)]
@@ -588,6 +636,11 @@ mod tests {
             "FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=29",
             "FREQ=YEARLY;INTERVAL=2;BYWEEKNO=20;BYDAY=MO",
             "FREQ=DAILY;UNTIL=20270101T000000Z",
+            // Sets: each rule is walked on its own and the streams merged.
+            "FREQ=MINUTELY;INTERVAL=97\nRRULE:FREQ=HOURLY;INTERVAL=5;BYMINUTE=3,30",
+            "FREQ=DAILY;BYHOUR=9,17\nEXRULE:FREQ=WEEKLY;BYDAY=SA,SU;BYHOUR=9,17",
+            "FREQ=HOURLY;INTERVAL=11\nRRULE:FREQ=DAILY;COUNT=900\nEXRULE:FREQ=DAILY;INTERVAL=3",
+            "FREQ=DAILY\nRDATE:20261225T120000Z,20270101T120000Z\nEXDATE:20261231T000000Z",
         ];
         let afters = [
             "2026-03-08T06:59:59Z",
@@ -606,7 +659,10 @@ mod tests {
                 let set = parse(&expr, tz).unwrap();
                 for after in afters {
                     let after = utc(after);
-                    moved += usize::from(fast_forward(&set, wall::walk_start(tz, after)).is_some());
+                    let start = set.get_dt_start().naive_utc();
+                    let moves =
+                        fast_forward(&set.get_rrule()[0], start, wall::walk_start(tz, after));
+                    moved += usize::from(moves.is_some());
                     let walk = walk(&set, tz, after, 5);
                     assert!(!walk.exhausted, "{expr}");
                     assert_eq!(
