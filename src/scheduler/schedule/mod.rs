@@ -505,6 +505,12 @@ mod tests {
             assert_eq!(refused.field, "schedule_expr", "{expr}");
             assert!(refused.message.contains(says), "{expr}: {refused}");
         }
+        let eleven = vec!["RRULE:FREQ=DAILY"; 11].join("\n");
+        assert!(
+            refusal("rrule", &eleven, None)
+                .message
+                .contains("at most 10")
+        );
         for (expr, says) in [
             ("0 0 30 2 *", "matches no date"),
             ("0 0 31 4,6,9,11 *", "matches no date"),
