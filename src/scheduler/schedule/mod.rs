@@ -505,7 +505,7 @@ mod tests {
             assert_eq!(refused.field, "schedule_expr", "{expr}");
             assert!(refused.message.contains(says), "{expr}: {refused}");
         }
-        let eleven = vec!["RRULE:FREQ=DAILY"; 11].join("\n");
+        let eleven = ["RRULE:FREQ=DAILY"; 11].join("\n");
         assert!(
             refusal("rrule", &eleven, None)
                 .message
