@@ -607,5 +607,22 @@ on_both_backends! {
         let (status, cron) = preview("cron", "15 0 * * *").await;
         assert_eq!(status, StatusCode::OK, "{cron}");
         assert_eq!(cron["next_fire_times"], json!(["2027-09-05T04:00:00Z", "2027-09-06T03:15:00Z"]));
+
+        // A list of fixed times in New York's gap (2027-03-14, 02:00 → 03:00) runs once at 03:00,
+        // as a single time does.
+        let body = json!({ "schedule_kind": "cron", "schedule_expr": "15,45 2 14 3 *", "timezone": "America/New_York",
+                           "after": "2027-03-13T12:00:00Z", "count": 3 });
+        let (status, list) = app.call(Method::POST, "/api/v1/tasks/preview", &viewer.access_token, Some(body)).await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        assert_eq!(list["next_fire_times"], json!(["2027-03-14T07:00:00Z", "2028-03-14T06:15:00Z", "2028-03-14T06:45:00Z"]));
+
+        // The review's CPU case: every second from 380 days back answers at once, with the times.
+        let start = (chrono::Utc::now() - chrono::Duration::days(380)).format("%Y%m%dT%H%M%SZ");
+        let body = json!({ "schedule_kind": "rrule", "schedule_expr": format!("DTSTART:{start}\nRRULE:FREQ=SECONDLY"), "count": 3 });
+        let (status, secondly) = app.call(Method::POST, "/api/v1/tasks/preview", &viewer.access_token, Some(body)).await;
+        assert_eq!(status, StatusCode::OK, "{secondly}");
+        let times: Vec<chrono::DateTime<chrono::Utc>> = serde_json::from_value(secondly["next_fire_times"].clone()).unwrap();
+        assert_eq!(times.len(), 3, "{secondly}");
+        assert!(times.windows(2).all(|w| w[1] - w[0] == chrono::Duration::seconds(1)), "{times:?}");
     }
 }

@@ -153,7 +153,7 @@ impl Schedule {
             "rrule" => {
                 let canonical = rrule::canonicalise(expr, zone, now)?;
                 Normalised {
-                    expr: canonical.text,
+                    expr: rrule::count_as_until(&canonical.text, canonical.tz)?,
                     timezone: canonical.tz.name().to_owned(),
                 }
             }
@@ -343,6 +343,53 @@ mod tests {
             times(&counted, "2030-01-01T09:00:00Z", 5),
             ["2030-01-02T09:00:00+00:00"],
             "strictly after"
+        );
+    }
+
+    #[test]
+    fn a_count_is_stored_as_the_until_of_its_last_occurrence() {
+        let now = utc("2026-01-01T00:00:00Z");
+        let zone = Zone::Given("America/New_York");
+        let expr =
+            "DTSTART:20260305T023000\nRRULE:FREQ=DAILY;COUNT=3\nRRULE:FREQ=DAILY;COUNT=2;BYHOUR=12";
+        let stored = Schedule::normalise("rrule", expr, zone, now).unwrap();
+        // The first rule's last occurrence, 02:30 on 2026-03-07, is an instant; the second's
+        // 12:30 (the minute is DTSTART's) on 2026-03-06 too.
+        assert_eq!(
+            stored.expr,
+            "DTSTART;TZID=America/New_York:20260305T023000\nRRULE:FREQ=DAILY;UNTIL=20260307T073000Z\n\
+             RRULE:FREQ=DAILY;UNTIL=20260306T173000Z;BYHOUR=12"
+        );
+        let counted = rrule(
+            "DTSTART;TZID=America/New_York:20260305T023000\nRRULE:FREQ=DAILY;COUNT=3\nRRULE:FREQ=DAILY;COUNT=2;BYHOUR=12",
+            "America/New_York",
+        );
+        let until = rrule(&stored.expr, &stored.timezone);
+        assert_eq!(
+            times(&until, "2026-03-01T00:00:00Z", 9),
+            times(&counted, "2026-03-01T00:00:00Z", 9)
+        );
+        assert_eq!(times(&until, "2026-03-01T00:00:00Z", 9).len(), 5);
+        // A last occurrence in a DST gap has no instant of its own: its local time is kept.
+        let gap = Schedule::normalise(
+            "rrule",
+            "DTSTART:20260306T023000\nRRULE:FREQ=DAILY;COUNT=3",
+            zone,
+            now,
+        )
+        .unwrap();
+        assert!(
+            gap.expr.ends_with("RRULE:FREQ=DAILY;UNTIL=20260308T023000"),
+            "{}",
+            gap.expr
+        );
+        assert_eq!(
+            times(&rrule(&gap.expr, &gap.timezone), "2026-03-01T00:00:00Z", 5),
+            [
+                "2026-03-06T07:30:00+00:00",
+                "2026-03-07T07:30:00+00:00",
+                "2026-03-08T07:30:00+00:00"
+            ]
         );
     }
 

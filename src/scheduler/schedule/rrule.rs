@@ -232,6 +232,75 @@ pub fn floating(expr: &str) -> String {
         .join("\n")
 }
 
+/// The stored rule with each `COUNT` replaced by the `UNTIL` of its last occurrence, so that
+/// every later walk can start near the time asked for instead of counting from DTSTART (a
+/// second-by-second rule with a large COUNT would otherwise be walked from its start on every
+/// tick). The same occurrences: RFC 5545 counts each rule's own occurrences, before EXDATE and
+/// EXRULE remove any. The UNTIL is the last occurrence's instant, or, for one in a DST gap, its
+/// local time (no instant has that local time).
+pub fn count_as_until(text: &str, tz: Tz) -> Result<String, ScheduleError> {
+    let start = lines(text)
+        .find(|l| l.name == "DTSTART")
+        .map(|l| {
+            let params: String = l.params.iter().map(|(k, v)| format!(";{k}={v}")).collect();
+            format!("DTSTART{params}:{}", l.value)
+        })
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for line in lines(text) {
+        let counted = matches!(line.name.as_str(), "RRULE" | "EXRULE")
+            && line
+                .value
+                .split(';')
+                .any(|p| p.trim().to_ascii_uppercase().starts_with("COUNT="));
+        if !counted {
+            let params: String = line
+                .params
+                .iter()
+                .map(|(k, v)| format!(";{k}={v}"))
+                .collect();
+            out.push(format!("{}{params}:{}", line.name, line.value));
+            continue;
+        }
+        let alone = parse(&format!("{start}\nRRULE:{}", line.value), tz)?.limit();
+        let deadline = std::time::Instant::now() + MAX_TIME;
+        let mut occurrences = (&alone).into_iter().take(MAX_COUNT as usize);
+        let mut last = None;
+        for occurrence in occurrences.by_ref() {
+            if std::time::Instant::now() > deadline {
+                return Err(invalid(
+                    "schedule_expr",
+                    format!("{}: its COUNT takes too long to count", line.name),
+                ));
+            }
+            last = Some(occurrence.naive_utc());
+        }
+        let Some(last) = last else {
+            out.push(format!("{}:{}", line.name, line.value));
+            continue;
+        };
+        let until = match wall::place(tz, last) {
+            Placement::Single(t) | Placement::Fold { first: t, .. } => {
+                format!("{}Z", t.naive_utc().format(STAMP))
+            }
+            Placement::Gap { .. } => last.format(STAMP).to_string(),
+        };
+        let parts: Vec<String> = line
+            .value
+            .split(';')
+            .map(|part| {
+                if part.trim().to_ascii_uppercase().starts_with("COUNT=") {
+                    format!("UNTIL={until}")
+                } else {
+                    part.to_owned()
+                }
+            })
+            .collect();
+        out.push(format!("{}:{}", line.name, parts.join(";")));
+    }
+    Ok(out.join("\n"))
+}
+
 /// Refuses what RFC 5545 §3.3.10 forbids and the rrule crate lets through, each with its reason.
 fn check_rule(name: &str, value: &str) -> Result<(), ScheduleError> {
     let refuse = |message: String| Err(invalid("schedule_expr", format!("{name}: {message}")));
