@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::schedule::{Normalised, Schedule, Zone};
+use super::schedule::{Normalised, Schedule, Zone, horizon};
 use crate::app::AppState;
 use crate::audit;
 use crate::auth::principal::{Authorized, Principal, ReadTasks, WriteTasks};
@@ -1133,6 +1133,14 @@ pub async fn snooze(
         (Some(seconds), None, None) if seconds > 0 => {
             Postponement::By(chrono::Duration::seconds(i64::from(seconds)))
         }
+        (None, Some(until), None) | (None, None, Some(until)) if until >= horizon() => {
+            let field = if body.until.is_some() {
+                "until"
+            } else {
+                "skip_until"
+            };
+            return Err(ApiError::invalid_field(field, beyond_the_horizon()));
+        }
         (None, Some(until), None) if until > now => Postponement::To(until),
         (None, None, Some(until)) if until > now => Postponement::SkipUntil(until),
         (Some(_), None, None) => {
@@ -1171,6 +1179,9 @@ pub async fn snooze(
                 ApiError::conflict("The task has no next occurrence to postpone.")
             })?;
             task.next_run_at = match (postponement, schedule) {
+                (Postponement::By(delay), _) if next + delay >= horizon() => {
+                    return Err(ApiError::invalid_field("seconds", beyond_the_horizon()));
+                }
                 (Postponement::By(delay), _) => Some(next + delay),
                 (Postponement::To(until), _) => Some(next.max(until)),
                 (Postponement::SkipUntil(until), Schedule::Once(at)) => Some(at.max(until)),
@@ -1182,6 +1193,13 @@ pub async fn snooze(
         },
     )
     .await
+}
+
+fn beyond_the_horizon() -> String {
+    format!(
+        "must lead to a time before {}, the last one fire times are computed for",
+        horizon().format("%Y-%m-%d")
+    )
 }
 
 #[cfg(test)]

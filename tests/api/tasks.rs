@@ -154,6 +154,17 @@ on_both_backends! {
         assert!(next >= until && next - until <= chrono::Duration::days(1), "{next} vs {until}");
         let (status, _) = app.call(Method::POST, &format!("/api/v1/tasks/{id}/snooze"), &ops.access_token, Some(json!({ "seconds": 0 }))).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        // Nothing is postponed past the horizon of computed fire times.
+        for (body, field) in [(json!({ "until": "9999-12-31T00:00:00Z" }), "until"),
+                              (json!({ "skip_until": "2100-01-01T00:00:00Z" }), "skip_until"),
+                              (json!({ "seconds": u32::MAX }), "seconds")] {
+            let (status, refused) = app.call(Method::POST, &format!("/api/v1/tasks/{id}/snooze"), &ops.access_token, Some(body)).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+            assert_eq!(refused["error"]["details"]["field"], field, "{refused}");
+        }
+        let (_, unchanged) = app.call(Method::GET, &format!("/api/v1/tasks/{id}"), &ops.access_token, None).await;
+        let stored: chrono::DateTime<chrono::Utc> = serde_json::from_value(unchanged["next_run_at"].clone()).unwrap();
+        assert_eq!(stored.timestamp_micros(), next.timestamp_micros(), "(PostgreSQL keeps microseconds)");
 
         let (status, _) = app.call(Method::DELETE, &format!("/api/v1/tasks/{id}"), &ops.access_token, None).await;
         assert_eq!(status, StatusCode::NO_CONTENT);
