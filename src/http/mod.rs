@@ -231,6 +231,11 @@ fn complete_responses(openapi: &mut utoipa::openapi::OpenApi) {
         ),
     ];
     openapi.servers = Some(vec![Server::new("/")]);
+    openapi
+        .components
+        .get_or_insert_with(Default::default)
+        .schemas
+        .extend(crate::pipeline::definition::openapi_components());
     reference_page_items(openapi);
     let error_body = || Content::new(Some(Ref::from_schema_name("ErrorBody")));
     for item in openapi.paths.paths.values_mut() {

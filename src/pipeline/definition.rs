@@ -54,6 +54,101 @@ pub struct Definition {
     pub steps: Vec<Step>,
 }
 
+/// The OpenAPI components for a task payload, as [`Definition::from_payload`] reads it:
+/// `TaskPayload` (any object; `params` and `pipeline` have meaning) and `PipelineStep`.
+pub fn openapi_components() -> Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::Schema>)> {
+    use utoipa::openapi::schema::{AdditionalProperties, ArrayBuilder, ObjectBuilder, Type};
+    use utoipa::openapi::{Ref, RefOr};
+
+    let name = || {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[A-Za-z0-9_-]{1,64}$"))
+    };
+    let step = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some("One step of a pipeline (docs/pipelines.md)."))
+        .property("id", name().description(Some("Unique within the pipeline.")))
+        .required("id")
+        .property(
+            "uses",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some("The tool, one of `GET /tools`.")),
+        )
+        .required("uses")
+        .property(
+            "with",
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .description(Some(
+                    "The tool's inputs (its `input_schema`); string values may hold templates \
+                     such as `${params.x}` or `${steps.fetch.body}`.",
+                )),
+        )
+        .property(
+            "save_as",
+            name().description(Some("Where the output goes, `steps.<save_as>`; default the id.")),
+        )
+        .property(
+            "if",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some("A JMESPath expression over `{params, steps, run}`; the step runs when it is truthy.")),
+        )
+        .property(
+            "retry",
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .maximum(Some(MAX_RETRIES)),
+        )
+        .property(
+            "timeout_seconds",
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1))
+                .maximum(Some(MAX_STEP_TIMEOUT_SECONDS)),
+        )
+        .property(
+            "on_error",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["fail", "continue"]))
+                .description(Some("`fail` (default) fails the job; `continue` saves `{\"error\": …}` and goes on.")),
+        )
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+    let payload = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(
+            "A task's payload: handed to its jobs; with `pipeline`, the steps they run. Other \
+             members are kept and passed on.",
+        ))
+        .property(
+            "params",
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .description(Some("Values the steps read as `${params.…}`.")),
+        )
+        .property(
+            "pipeline",
+            ArrayBuilder::new()
+                .items(RefOr::Ref(Ref::from_schema_name("PipelineStep")))
+                .min_items(Some(1))
+                .max_items(Some(MAX_STEPS)),
+        )
+        .additional_properties(Some(AdditionalProperties::FreeForm(true)));
+    vec![
+        ("TaskPayload".to_owned(), RefOr::T(payload.into())),
+        ("PipelineStep".to_owned(), RefOr::T(step.into())),
+    ]
+}
+
+/// Where a payload field refers to [`openapi_components`].
+pub fn payload_schema() -> utoipa::openapi::Ref {
+    utoipa::openapi::Ref::from_schema_name("TaskPayload")
+}
+
 /// A validation failure, naming the field (e.g. `payload.pipeline[2].with.url`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]

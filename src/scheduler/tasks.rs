@@ -200,7 +200,7 @@ fn bounded_key(key: String) -> String {
 pub struct Task {
     #[serde(flatten)]
     pub task: TaskRow,
-    #[schema(value_type = Object)]
+    #[schema(schema_with = crate::pipeline::definition::payload_schema)]
     pub payload: Value,
     /// The next (up to) five occurrences, while the task is active.
     pub next_fire_times: Vec<DateTime<Utc>>,
@@ -260,7 +260,7 @@ pub struct CreateTask {
     /// IANA time zone; default `UTC`.
     pub timezone: Option<String>,
     /// The pipeline to run (see docs/pipelines.md); default `{}`, a job without steps.
-    #[schema(value_type = Object, required = false)]
+    #[schema(schema_with = crate::pipeline::definition::payload_schema, required = false)]
     pub payload: Option<Value>,
     pub priority: Option<i32>,
     pub max_retries: Option<i32>,
@@ -288,7 +288,7 @@ pub struct UpdateTask {
     pub schedule_expr: Option<String>,
     pub timezone: Option<String>,
     /// A new pipeline; without it the task keeps its own.
-    #[schema(value_type = Object, required = false)]
+    #[schema(schema_with = crate::pipeline::definition::payload_schema, required = false)]
     pub payload: Option<Value>,
     pub priority: Option<i32>,
     pub max_retries: Option<i32>,

@@ -179,6 +179,8 @@ on_both_backends! {
             let required = schemas[schema]["required"].as_array().cloned().unwrap_or_default();
             assert!(!required.contains(&serde_json::json!(field)), "{schema}.{field} is optional");
         }
+        assert_eq!(schemas["CreateTask"]["properties"]["payload"]["$ref"], "#/components/schemas/TaskPayload");
+        assert_eq!(schemas["TaskPayload"]["properties"]["pipeline"]["items"]["$ref"], "#/components/schemas/PipelineStep");
         let limit = spec["paths"]["/api/v1/tasks"]["get"]["parameters"].as_array().unwrap().iter()
             .find(|p| p["name"] == "limit").unwrap();
         assert_eq!((limit["schema"]["minimum"].as_i64(), limit["schema"]["maximum"].as_i64()), (Some(1), Some(500)));

@@ -18,9 +18,13 @@ from docket_client.models import (
     LoginRequest,
     NewCase,
     PageTask,
+    PipelineStep,
+    PipelineStepOnError,
+    PipelineStepWith,
     PreviewSchedule,
     SchedulePreview,
     Task,
+    TaskPayload,
     TokenPair,
     UpdateTask,
 )
@@ -54,6 +58,32 @@ assert len(first.items) == 2 and isinstance(first.next_cursor, str), first
 second = list_tasks.sync(client=client, limit=2, cursor=first.next_cursor)
 assert len(second.items) == 1 and second.next_cursor is None, second
 assert sorted(t.title for t in first.items + second.items) == sorted(t.title for t in created)
+
+# A task with a pipeline, built from the declared payload and step models.
+announce = PipelineStep(
+    id="announce",
+    uses="events.publish",
+    with_=PipelineStepWith.from_dict({"topic": "reports.ready", "payload": {"report": "${params.report}"}}),
+    on_error=PipelineStepOnError.CONTINUE,
+    retry=2,
+)
+piped = create_task.sync(
+    client=client,
+    body=CreateTask(
+        title="Announce the report",
+        schedule_kind="manual",
+        payload=TaskPayload(pipeline=[announce], params=TaskPayload.from_dict({"params": {"report": "q4"}}).params),
+    ),
+)
+assert isinstance(piped, Task), piped
+assert isinstance(piped.payload, TaskPayload), piped
+step = piped.payload.pipeline[0]
+assert (step.id, step.uses, step.on_error, step.retry) == ("announce", "events.publish", PipelineStepOnError.CONTINUE, 2), step
+assert piped.payload.params.to_dict() == {"report": "q4"}, piped.payload
+created.append(piped)
+first = list_tasks.sync(client=client, limit=2)
+second = list_tasks.sync(client=client, limit=2, cursor=first.next_cursor)
+assert len(second.items) == 2 and second.next_cursor is None, second
 
 # A change without a payload keeps the task's own.
 renamed = update_task.sync(client=client, id=created[0].id, body=UpdateTask(title="Morning brief"))
