@@ -235,7 +235,11 @@ fn complete_responses(openapi: &mut utoipa::openapi::OpenApi) {
         .components
         .get_or_insert_with(Default::default)
         .schemas
-        .extend(crate::pipeline::definition::openapi_components());
+        .extend(
+            crate::pipeline::definition::openapi_components()
+                .into_iter()
+                .chain(crate::policy::schema::openapi_components()),
+        );
     reference_page_items(openapi);
     let error_body = || Content::new(Some(Ref::from_schema_name("ErrorBody")));
     for item in openapi.paths.paths.values_mut() {

@@ -21,7 +21,7 @@ pub struct PolicyVersion {
     pub version: i32,
     /// `environment` or `tenant`.
     pub source: String,
-    #[schema(value_type = Object)]
+    #[schema(schema_with = super::schema::document)]
     pub document: Value,
     pub created_by: Option<String>,
     pub created_at: Option<DateTime<Utc>>,
@@ -70,7 +70,7 @@ pub async fn get_policy(
 /// Store a new policy version; it routes every case submitted from now on.
 #[utoipa::path(put, path = "/policy", tag = "policy",
     description = "Requires: admin (`ManagePolicy`). A document that does not validate is 422 with the JSON pointer of the failing element in `details.path`.",
-    request_body(content = Object),
+    request_body(content = ref("#/components/schemas/PolicyDocument"), description = "The new policy"),
     responses((status = 200, body = PolicyVersion), (status = 422, body = crate::http::error::ErrorBody)))]
 pub async fn put_policy(
     State(state): State<AppState>,
@@ -174,7 +174,7 @@ pub struct SimulatedCase {
 #[serde(deny_unknown_fields)]
 pub struct SimulateRequest {
     /// A draft policy document; the policy in force when omitted.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = super::schema::optional_document)]
     pub policy: Option<Value>,
     /// Cases given inline.
     #[serde(default)]

@@ -6,6 +6,7 @@
 
 pub mod engine;
 pub mod http;
+pub mod schema;
 
 use chrono::{DateTime, Utc};
 use utoipa_axum::router::OpenApiRouter;

@@ -181,6 +181,9 @@ on_both_backends! {
         }
         assert_eq!(schemas["CreateTask"]["properties"]["payload"]["$ref"], "#/components/schemas/TaskPayload");
         assert_eq!(schemas["TaskPayload"]["properties"]["pipeline"]["items"]["$ref"], "#/components/schemas/PipelineStep");
+        let policy = &spec["paths"]["/api/v1/policy"]["put"]["requestBody"]["content"]["application/json"]["schema"];
+        assert_eq!(policy["$ref"], "#/components/schemas/PolicyDocument");
+        assert_eq!(schemas["PolicyRule"]["properties"]["when"]["$ref"], "#/components/schemas/PolicyCondition");
         let limit = spec["paths"]["/api/v1/tasks"]["get"]["parameters"].as_array().unwrap().iter()
             .find(|p| p["name"] == "limit").unwrap();
         assert_eq!((limit["schema"]["minimum"].as_i64(), limit["schema"]["maximum"].as_i64()), (Some(1), Some(500)));
