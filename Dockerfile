@@ -21,17 +21,20 @@ WORKDIR /src
 # Cargo.lock, so editing the sources does not rebuild the several hundred dependencies. The stub's
 # own artifacts are deleted afterwards so that the real build cannot mistake them for up to date.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+COPY crates/docket-rules/Cargo.toml crates/docket-rules/
+RUN mkdir -p src crates/docket-rules/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
+    && touch src/lib.rs crates/docket-rules/src/lib.rs \
     && cargo build --release --locked \
-    && rm -rf src target/release/docket target/release/docket.d \
+    && rm -rf src crates/docket-rules/src target/release/docket target/release/docket.d \
         target/release/deps/docket-* target/release/deps/libdocket-* \
+        target/release/deps/docket_rules-* target/release/deps/libdocket_rules-* \
         target/release/.fingerprint/docket-*
 
 # Migrations, the console's script and stylesheet and the vendored API docs viewers are compiled
 # into the binary, so the runtime image needs none of these files.
 COPY src ./src
+COPY crates ./crates
 COPY migrations ./migrations
 COPY vendor ./vendor
 RUN cargo build --release --locked

@@ -7,7 +7,8 @@ use std::sync::OnceLock;
 
 use docket::config::Config;
 use docket::pipeline::tools::Tools;
-use docket::pipeline::{Definition, condition};
+use docket::pipeline::Definition;
+use docket_rules::condition;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
 

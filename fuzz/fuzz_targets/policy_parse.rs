@@ -23,9 +23,12 @@ fuzz_target!(|data: &[u8]| {
         recommendation: Recommendation::Approve,
         confidence: 0.9,
         reasons: vec![],
+        summary: None,
+        factors: None,
+        citations: None,
     };
     for amount in [0i64, 4999, 5000, 10_000, -3] {
-        for ai in [None, Some(&ai)] {
+        for (ai, advisory_ai) in [(None, false), (Some(&ai), false), (Some(&ai), true)] {
             let outcome = policy.evaluate(&CaseFacts {
                 case_type: "payment",
                 reference: "INV-1",
@@ -33,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
                 currency: "EUR",
                 subject: &subject,
                 ai,
+                advisory_ai,
             });
             for (i, flag) in outcome.flags.iter().enumerate() {
                 assert!(!outcome.flags[..i].contains(flag), "flags repeat");

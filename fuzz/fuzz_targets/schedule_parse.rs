@@ -3,7 +3,7 @@
 #![no_main]
 
 use chrono::{DateTime, Utc};
-use docket::scheduler::schedule::Schedule;
+use docket_rules::schedule::{Schedule, Zone};
 use libfuzzer_sys::fuzz_target;
 
 const KINDS: &[&str] = &["cron", "rrule", "once", "event", "manual"];
@@ -27,9 +27,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(schedule) = Schedule::parse(kind, expr, zone) {
         let _ = schedule.upcoming(now, 3);
     }
-    if let Ok(normalised) = Schedule::normalise(kind, expr, zone, now) {
+    if let Ok(normalised) = Schedule::normalise(kind, expr, Zone::Given(zone), now) {
         // What normalise stores must parse again.
-        let again = Schedule::parse(kind, &normalised, zone);
+        let again = Schedule::parse(kind, &normalised.expr, &normalised.timezone);
         assert!(
             again.is_ok(),
             "normalised {normalised:?} does not parse: {again:?}"

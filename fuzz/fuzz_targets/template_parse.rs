@@ -2,7 +2,7 @@
 //! validator (`expressions`) on a JSON string holding the same text.
 #![no_main]
 
-use docket::pipeline::template;
+use docket_rules::template;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

@@ -43,14 +43,7 @@ pub fn routes() -> OpenApiRouter<crate::app::AppState> {
         .routes(routes!(http::stream))
 }
 
-/// Topic names: 1-200 letters, digits and `. _ - : /`.
-pub fn is_valid_topic(topic: &str) -> bool {
-    !topic.is_empty()
-        && topic.len() <= 200
-        && topic
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-:/".contains(&b))
-}
+pub use docket_rules::topic::is_valid_topic;
 
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Envelope {

@@ -6,9 +6,9 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value};
 
-use super::condition;
-use super::template::{self, Expr, Segment};
 use super::tools::Tools;
+use docket_rules::condition;
+use docket_rules::template::{self, Expr, Segment};
 
 pub const MAX_STEPS: usize = 100;
 pub const MAX_RETRIES: u32 = 10;

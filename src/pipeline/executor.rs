@@ -8,11 +8,11 @@ use serde_json::{Map, Value, json};
 
 use super::definition::{Definition, OnError, Step};
 use super::steps::{self, StepRecord};
-use super::template::{self, Scope};
 use super::tools::{ToolContext, ToolError, ToolResult};
 use crate::app::AppState;
 use crate::queue::Outcome;
 use crate::queue::worker::JobContext;
+use docket_rules::template::{self, Scope};
 
 /// First delay between step retries; doubles each time, capped at 30 s.
 const RETRY_BASE: Duration = Duration::from_millis(500);
@@ -156,7 +156,7 @@ fn should_run(step: &Step, scope: &Scope) -> Result<bool, String> {
         return Ok(true);
     };
     // Bounded again here: definitions saved before the bounds existed may hold anything.
-    let expression = super::condition::compile(condition).map_err(|e| format!("if: {e}"))?;
+    let expression = docket_rules::condition::compile(condition).map_err(|e| format!("if: {e}"))?;
     let data = json!({ "params": scope.params, "steps": scope.steps, "run": scope.run });
     let result = expression.search(data).map_err(|e| format!("if: {e}"))?;
     Ok(result.is_truthy())

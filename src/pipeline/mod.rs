@@ -3,12 +3,10 @@
 //! [`tools`]. Templates (`${params.x}`, `${steps.id.path}`, …) feed results forward; JMESPath
 //! conditions decide whether a step runs.
 
-pub mod condition;
 pub mod definition;
 pub mod executor;
 pub mod http;
 pub mod steps;
-pub mod template;
 pub mod tools;
 pub mod usage;
 

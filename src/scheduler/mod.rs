@@ -6,7 +6,6 @@
 //! woken early by task changes (in-process, and through `LISTEN/NOTIFY` on PostgreSQL).
 
 pub mod bench;
-pub mod schedule;
 pub mod schedule_bench;
 pub mod tasks;
 

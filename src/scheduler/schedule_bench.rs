@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use super::schedule::{Schedule, Zone};
+use docket_rules::schedule::{Schedule, Zone};
 
 /// The cases: what each stresses, kind, expression, zone. DTSTARTs are relative to now.
 fn cases(now: DateTime<Utc>) -> Vec<(&'static str, &'static str, String, &'static str)> {

@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::schedule::{Normalised, Schedule, Zone, horizon};
 use crate::app::AppState;
 use crate::audit;
 use crate::auth::principal::{Authorized, Principal, ReadTasks, WriteTasks};
@@ -18,6 +17,7 @@ use crate::http::pagination::{Page, PageParams};
 use crate::queue::{self, Job, NewJob};
 use crate::store::{Store, Tx};
 use crate::{with_pool, with_tx};
+use docket_rules::schedule::{Normalised, Schedule, ScheduleError, Zone, horizon};
 
 /// The job kind of task occurrences.
 pub const TASK_JOB_KIND: &str = "task";
@@ -60,7 +60,7 @@ pub struct TaskRow {
 }
 
 impl TaskRow {
-    pub fn schedule(&self) -> Result<Schedule, super::schedule::ScheduleError> {
+    pub fn schedule(&self) -> Result<Schedule, ScheduleError> {
         Schedule::parse(&self.schedule_kind, &self.schedule_expr, &self.timezone)
     }
 
@@ -476,7 +476,7 @@ fn validate_keys(task: &mut TaskRow) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn schedule_error(e: super::schedule::ScheduleError) -> ApiError {
+fn schedule_error(e: ScheduleError) -> ApiError {
     ApiError::invalid_field(e.field, e.message)
 }
 
@@ -493,7 +493,7 @@ async fn plan(
         let zone = Zone::from_request(timezone.as_deref(), &default_timezone);
         let normalised = Schedule::normalise(&kind, &expr, zone, now)?;
         let schedule = Schedule::parse(&kind, &normalised.expr, &normalised.timezone)?;
-        Ok::<_, super::schedule::ScheduleError>((normalised, schedule))
+        Ok::<_, ScheduleError>((normalised, schedule))
     })
     .await?
     .map_err(schedule_error)

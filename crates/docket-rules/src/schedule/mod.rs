@@ -107,7 +107,7 @@ impl Schedule {
                 }),
             "event" => {
                 let topic = expr.trim();
-                if crate::events::is_valid_topic(topic) {
+                if crate::topic::is_valid_topic(topic) {
                     Ok(Self::Event(topic.to_owned()))
                 } else {
                     Err(invalid(
