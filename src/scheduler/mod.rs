@@ -116,10 +116,16 @@ pub async fn tick(
             }
         };
         let grace = chrono::Duration::seconds(i64::from(task.misfire_grace_seconds));
-        let mut next = task.next_run_at;
+        let first = task.next_run_at;
+        // Walking a schedule is bounded but not free: off the async runtime.
+        let (due, next) = tokio::task::spawn_blocking(move || due_occurrences(&schedule, first, now, grace))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(task_id = %task.id, error = %e, "computing the task's occurrences failed");
+                (Vec::new(), first)
+            });
         let mut missed: Option<(DateTime<Utc>, DateTime<Utc>, usize)> = None;
-        let mut walked = 0;
-        while let Some(at) = next.filter(|at| *at <= now) {
+        for at in due {
             if now - at > grace {
                 let (first, _, count) = missed.unwrap_or((at, at, 0));
                 missed = Some((first, at, count + 1));
@@ -141,13 +147,6 @@ pub async fn tick(
                     report.deduplicated += 1;
                 }
             }
-            walked += 1;
-            next = if walked >= MAX_OCCURRENCES_PER_TICK {
-                // A long outage: skip straight to the occurrences that are still within grace.
-                schedule.next_after(now - grace)
-            } else {
-                schedule.next_after(at)
-            };
         }
         if let Some((first, last, count)) = missed {
             let reason = format!(
@@ -184,6 +183,28 @@ pub async fn tick(
 }
 
 /// The earliest pending occurrence of any active task.
+/// The occurrences of a task due by `now`, from its `first` pending one, and the one after them.
+/// After [`MAX_OCCURRENCES_PER_TICK`] (a long outage) it skips once, straight to the occurrences
+/// still within `grace`.
+fn due_occurrences(
+    schedule: &docket_rules::schedule::Schedule,
+    first: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    grace: chrono::Duration,
+) -> (Vec<DateTime<Utc>>, Option<DateTime<Utc>>) {
+    let mut due = Vec::new();
+    let mut next = first;
+    while let Some(at) = next.filter(|at| *at <= now) {
+        due.push(at);
+        next = if due.len() == MAX_OCCURRENCES_PER_TICK {
+            schedule.next_after((now - grace).max(at))
+        } else {
+            schedule.next_after(at)
+        };
+    }
+    (due, next)
+}
+
 async fn next_due(store: &Store) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     with_pool!(store, pool => {
         sqlx::query_scalar("SELECT MIN(next_run_at) FROM tasks WHERE status = 'active'").fetch_one(pool).await

@@ -148,6 +148,20 @@ on_both_backends! {
         assert_eq!(task(&h.store, "minutely").await.next_run_at, Some(at(11, 1, 0)));
     }
 
+    async fn a_long_outage_skips_once_to_the_occurrences_within_the_grace(backend) {
+        let Some(h) = harness(backend).await else { return };
+        insert_task(&h.store, "minutely", "cron", "* * * * *", at(10, 0, 0), 30).await;
+        // Down for two days: 2,880 occurrences, more than one tick walks.
+        let back = at(10, 0, 10) + chrono::Duration::days(2);
+        // Before, the walk jumped to the same occurrence again and again and the tick never ended.
+        let tick = scheduler::tick(&h.store, &h.settings, docket::queue::quota::Quotas::NONE, back);
+        let report = tokio::time::timeout(Duration::from_secs(120), tick).await.expect("the tick ends").unwrap();
+        assert_eq!((report.missed, report.enqueued), (1000, 1), "the first 1000 missed, then straight to now");
+        let jobs = jobs_of(&h.store, "minutely").await;
+        assert_eq!(jobs, [("missed".to_owned(), at(10, 0, 0)), ("queued".to_owned(), at(10, 0, 0) + chrono::Duration::days(2))]);
+        assert_eq!(task(&h.store, "minutely").await.next_run_at, Some(at(10, 1, 0) + chrono::Duration::days(2)));
+    }
+
     async fn one_shot_tasks_complete(backend) {
         let Some(h) = harness(backend).await else { return };
         insert_task(&h.store, "once", "once", "2030-01-01T12:00:00Z", at(12, 0, 0), 30).await;
