@@ -22,13 +22,14 @@ WORKDIR /src
 # own artifacts are deleted afterwards so that the real build cannot mistake them for up to date.
 COPY Cargo.toml Cargo.lock ./
 COPY crates/docket-rules/Cargo.toml crates/docket-rules/
-RUN mkdir -p src crates/docket-rules/src \
+COPY crates/docket-types/Cargo.toml crates/docket-types/
+RUN mkdir -p src crates/docket-rules/src crates/docket-types/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs crates/docket-rules/src/lib.rs \
+    && touch src/lib.rs crates/docket-rules/src/lib.rs crates/docket-types/src/lib.rs \
     && cargo build --release --locked \
-    && rm -rf src crates/docket-rules/src target/release/docket target/release/docket.d \
+    && rm -rf src crates/*/src target/release/docket target/release/docket.d \
         target/release/deps/docket-* target/release/deps/libdocket-* \
-        target/release/deps/docket_rules-* target/release/deps/libdocket_rules-* \
+        target/release/deps/docket_* target/release/deps/libdocket_* \
         target/release/.fingerprint/docket-*
 
 # Migrations, the console's script and stylesheet and the vendored API docs viewers are compiled

@@ -2,7 +2,7 @@
 //! through `to_document` and evaluate a few fixed cases without panicking, with flags unique.
 #![no_main]
 
-use docket::policy::engine::{AiAssessment, CaseFacts, Policy, Recommendation};
+use docket_rules::policy::engine::{AiAssessment, CaseFacts, Policy, Recommendation};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
 

@@ -238,7 +238,7 @@ fn complete_responses(openapi: &mut utoipa::openapi::OpenApi) {
         .extend(
             crate::pipeline::definition::openapi_components()
                 .into_iter()
-                .chain(crate::policy::schema::openapi_components()),
+                .chain(docket_rules::policy::schema::openapi_components()),
         );
     reference_page_items(openapi);
     let error_body = || Content::new(Some(Ref::from_schema_name("ErrorBody")));

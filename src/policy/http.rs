@@ -21,7 +21,7 @@ pub struct PolicyVersion {
     pub version: i32,
     /// `environment` or `tenant`.
     pub source: String,
-    #[schema(schema_with = super::schema::document)]
+    #[schema(schema_with = docket_rules::policy::schema::document)]
     pub document: Value,
     pub created_by: Option<String>,
     pub created_at: Option<DateTime<Utc>>,
@@ -144,7 +144,7 @@ pub async fn list_versions(
     items.push(
         super::Versioned {
             version: 0,
-            policy: Policy::from_config(&state.config),
+            policy: super::environment_default(&state.config),
             created_by: None,
             created_at: None,
         }
@@ -174,7 +174,7 @@ pub struct SimulatedCase {
 #[serde(deny_unknown_fields)]
 pub struct SimulateRequest {
     /// A draft policy document; the policy in force when omitted.
-    #[schema(schema_with = super::schema::optional_document)]
+    #[schema(schema_with = docket_rules::policy::schema::optional_document)]
     pub policy: Option<Value>,
     /// Cases given inline.
     #[serde(default)]

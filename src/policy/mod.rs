@@ -4,9 +4,7 @@
 //! built from the environment (`DUAL_CONTROL_THRESHOLD`, `HIGH_PRIORITY_THRESHOLD`, …) applies as
 //! version 0. Every change is a new version; cases record the version that routed them.
 
-pub mod engine;
 pub mod http;
-pub mod schema;
 
 use chrono::{DateTime, Utc};
 use utoipa_axum::router::OpenApiRouter;
@@ -15,7 +13,18 @@ use utoipa_axum::routes;
 use crate::config::Config;
 use crate::store::Tx;
 use crate::with_tx;
-pub use engine::Policy;
+pub use docket_rules::policy::{Policy, engine};
+
+/// The policy in force until a tenant stores one (version 0), from the environment.
+pub fn environment_default(config: &Config) -> Policy {
+    Policy::from_settings(
+        config.high_priority_threshold,
+        config.dual_control_threshold,
+        config.default_sla_hours,
+        config.ai_enabled,
+        config.ai_confidence_threshold,
+    )
+}
 
 pub fn routes() -> OpenApiRouter<crate::app::AppState> {
     OpenApiRouter::new()
@@ -53,7 +62,7 @@ impl PolicyRow {
                     version = self.version,
                     "stored policy does not parse; using the environment default"
                 );
-                Policy::from_config(config)
+                environment_default(config)
             });
         Versioned {
             version: self.version,
@@ -83,7 +92,7 @@ pub async fn current(
         Some(row) => row.into_versioned(config),
         None => Versioned {
             version: 0,
-            policy: Policy::from_config(config),
+            policy: environment_default(config),
             created_by: None,
             created_at: None,
         },
@@ -119,4 +128,31 @@ async fn save(
         .map(|_| ())
     })?;
     Ok(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_default_uses_the_environment() {
+        let vars = [
+            ("DUAL_CONTROL_THRESHOLD", "2500.50"),
+            ("HIGH_PRIORITY_THRESHOLD", "7000"),
+            ("DEFAULT_SLA_HOURS", "12"),
+            ("AI_ENABLED", "true"),
+            ("AI_CONFIDENCE_THRESHOLD", "0.9"),
+        ];
+        let config = Config::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+        .expect("config");
+        let decimal = |s: &str| s.parse::<rust_decimal::Decimal>().unwrap();
+        assert_eq!(
+            environment_default(&config),
+            Policy::from_settings(decimal("7000"), decimal("2500.5"), 12, true, 0.9)
+        );
+    }
 }
