@@ -8,7 +8,6 @@ use object_store::ObjectStoreExt;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::chunk::{self, ChunkOptions};
 use super::extract::{self, Format};
 use super::vectors::{Entry, Scope};
 use super::{Document, find_document};
@@ -17,6 +16,7 @@ use crate::pipeline::tools::llm::Caller;
 use crate::queue::Outcome;
 use crate::queue::worker::JobContext;
 use crate::store::Tx;
+use docket_rules::chunk::{self, ChunkOptions};
 
 /// Why ingestion stopped: `retry` errors may succeed later (network, database), others never will.
 struct Failure {

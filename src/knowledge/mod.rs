@@ -6,7 +6,6 @@
 pub mod ask;
 pub mod bench;
 pub mod chroma;
-pub mod chunk;
 pub mod embed;
 pub mod extract;
 pub mod http;

@@ -20,7 +20,7 @@ use std::sync::LazyLock;
 use text_splitter::{ChunkConfig, MarkdownSplitter, TextSplitter};
 use tiktoken_rs::CoreBPE;
 
-use super::extract::Format;
+use crate::document::Format;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chunk {
