@@ -347,6 +347,9 @@ on_both_backends! {
         let indexed = wait_status(&app, &sue, &kb, &first, "indexed").await;
         assert_eq!(indexed["error"], Value::Null, "a later success clears the error");
         let job_id = first["job_id"].as_str().unwrap();
+        // The handler marks the document indexed; the worker records the job's completion after
+        // it returns (completions are written in batches), so the run may still be running here.
+        app.wait_for_job(&sue.tenant_id, job_id, "succeeded").await;
         let runs = docket::queue::runs_of(&app.state.store, &sue.tenant_id, job_id).await.unwrap();
         let statuses: Vec<&str> = runs.iter().map(|r| r.status.as_str()).collect();
         assert_eq!(statuses, ["failed", "succeeded"], "the job failed after three tries and was retried");
