@@ -6,7 +6,8 @@
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use docket::knowledge::extract::{Format, Limits, extract};
+use docket::knowledge::extract::{Limits, extract};
+use docket_rules::document::Format;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -24,11 +24,11 @@ use crate::app::AppState;
 use crate::auth::principal::{Authorized, ManagePolicy};
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
-use crate::policy::engine::AiAssessment;
 use crate::queue::Job;
 use crate::scheduler::tasks::TaskRow;
 use crate::store::Tx;
 use crate::{with_pool, with_tx};
+use docket_rules::policy::engine::AiAssessment;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(get_assessment, put_assessment, delete_assessment))

@@ -18,8 +18,8 @@ use crate::auth::principal::{Authorized, Principal, ReadCases, WriteCases};
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
 use crate::http::pagination::{Page, PageParams};
-use crate::policy::engine::{AiAssessment, Priority};
 use crate::with_pool;
+use docket_rules::policy::engine::{AiAssessment, Priority};
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -30,10 +30,10 @@ use crate::app::AppState;
 use crate::auth::principal::Principal;
 use crate::events::Envelope;
 use crate::http::error::ApiError;
-use crate::policy::engine::{AiAssessment, CaseFacts};
 use crate::queue::Job;
 use crate::store::{Store, Tx};
 use crate::{with_pool, with_tx};
+use docket_rules::policy::engine::{AiAssessment, CaseFacts};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -314,7 +314,10 @@ impl CaseRow {
     /// Evaluates `policy` against this case's facts. Only an assessment pipeline's assessment is
     /// a fact: one sent with the case came from the submitter, who could otherwise approve their
     /// own case (or steer its routing) by claiming a high confidence.
-    pub fn evaluate(&self, policy: &crate::policy::Policy) -> crate::policy::engine::Outcome {
+    pub fn evaluate(
+        &self,
+        policy: &docket_rules::policy::Policy,
+    ) -> docket_rules::policy::engine::Outcome {
         let subject = self.subject();
         let source = self.assessment_source();
         let ai = self

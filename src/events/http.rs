@@ -54,7 +54,7 @@ struct EventRow {
 }
 
 fn validate_topic(topic: &str) -> Result<(), ApiError> {
-    if super::is_valid_topic(topic) {
+    if docket_rules::topic::is_valid_topic(topic) {
         Ok(())
     } else {
         Err(ApiError::invalid_field(

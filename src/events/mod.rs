@@ -43,8 +43,6 @@ pub fn routes() -> OpenApiRouter<crate::app::AppState> {
         .routes(routes!(http::stream))
 }
 
-pub use docket_rules::topic::is_valid_topic;
-
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Envelope {
     pub id: String,

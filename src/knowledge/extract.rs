@@ -12,6 +12,8 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
+use docket_rules::document::Format;
+
 use super::pdf_guard;
 
 /// What one extraction may use.
@@ -40,8 +42,6 @@ impl Default for Limits {
 /// Elements nested deeper than this are refused: the HTML parser slows down with every level
 /// (quadratically in all), and the renderer's size estimate recurses over the tree.
 pub const MAX_HTML_DEPTH: usize = 256;
-
-pub use docket_rules::document::Format;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {

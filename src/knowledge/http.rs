@@ -9,7 +9,6 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::extract::Format;
 use super::search::{SearchError, SearchRequest, SearchResponse};
 use super::vectors::Scope;
 use super::{Collection, DOCUMENT_COLUMNS, Document, DocumentRow, StoredChunk};
@@ -20,6 +19,7 @@ use crate::http::extract::Json;
 use crate::http::pagination::{Page, PageParams};
 use crate::queue::{self, NewJob};
 use crate::{with_pool, with_tx};
+use docket_rules::document::Format;
 
 /// How the document upload route's template ends, for the body limit middleware.
 pub const DOCUMENTS_ROUTE_SUFFIX: &str = "/collections/{id}/documents";

@@ -8,7 +8,7 @@ use object_store::ObjectStoreExt;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::extract::{self, Format};
+use super::extract;
 use super::vectors::{Entry, Scope};
 use super::{Document, find_document};
 use crate::app::AppState;
@@ -17,6 +17,7 @@ use crate::queue::Outcome;
 use crate::queue::worker::JobContext;
 use crate::store::Tx;
 use docket_rules::chunk::{self, ChunkOptions};
+use docket_rules::document::Format;
 
 /// Why ingestion stopped: `retry` errors may succeed later (network, database), others never will.
 struct Failure {

@@ -6,13 +6,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::engine::{AiAssessment, CaseFacts, Outcome, Policy, PolicyError};
 use crate::app::AppState;
 use crate::auth::principal::{Authorized, ManagePolicy};
 use crate::cases::{self, CaseRow};
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
 use crate::with_pool;
+use docket_rules::policy::engine::{AiAssessment, CaseFacts, Outcome, Policy, PolicyError};
 
 /// A policy version.
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 use crate::config::Config;
 use crate::store::Tx;
 use crate::with_tx;
-pub use docket_rules::policy::{Policy, engine};
+use docket_rules::policy::Policy;
 
 /// The policy in force until a tenant stores one (version 0), from the environment.
 pub fn environment_default(config: &Config) -> Policy {

@@ -15,9 +15,9 @@ use utoipa_axum::routes;
 use crate::app::AppState;
 use crate::auth::principal::Principal;
 use crate::cases::{self, CaseError, CaseRow, Change, OPEN_STATES, Proposal};
-use crate::policy::engine::Priority;
 use crate::store::Tx;
 use crate::with_tx;
+use docket_rules::policy::engine::Priority;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

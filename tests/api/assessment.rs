@@ -206,7 +206,7 @@ on_both_backends! {
         assert_eq!(job.payload["payload"]["params"]["case"]["reference"], "CHQ-1");
 
         // Repeating the step after success changes nothing; another job cannot assess it.
-        let ai: docket::policy::engine::AiAssessment = serde_json::from_value(json!({ "recommendation": "reject", "confidence": 1.0 })).unwrap();
+        let ai: docket_rules::policy::engine::AiAssessment = serde_json::from_value(json!({ "recommendation": "reject", "confidence": 1.0 })).unwrap();
         let again = docket::cases::assessment::assess(&app.state, &admin.tenant_id, &job_id, confident["id"].as_str().unwrap(), ai.clone()).await.unwrap();
         assert_eq!((again.state.as_str(), again.decision.as_deref()), ("auto_approved", Some("approve")));
         let other = docket::cases::assessment::assess(&app.state, &admin.tenant_id, "another-job", confident["id"].as_str().unwrap(), ai).await;

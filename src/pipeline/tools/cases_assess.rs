@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{Tool, ToolContext, ToolError, ToolFuture, ToolResult, parse_input, schema_of};
 use crate::cases::{CaseError, assessment};
-use crate::policy::engine::{AiAssessment, Citation, Recommendation};
+use docket_rules::policy::engine::{AiAssessment, Citation, Recommendation};
 
 pub struct CasesAssess;
 

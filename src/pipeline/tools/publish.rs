@@ -38,7 +38,7 @@ impl Tool for PublishEvent {
     fn call<'a>(&'a self, ctx: &'a ToolContext, input: Value) -> ToolFuture<'a> {
         Box::pin(async move {
             let input: PublishInput = parse_input(input)?;
-            if !events::is_valid_topic(&input.topic) {
+            if !docket_rules::topic::is_valid_topic(&input.topic) {
                 return Err(ToolError::permanent(
                     "topic must be 1-200 letters, digits or . _ - : /",
                 ));

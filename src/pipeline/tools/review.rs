@@ -14,7 +14,7 @@ use super::{
 };
 use crate::auth::principal::Principal;
 use crate::cases::{self, CaseError, CaseRow};
-use crate::policy::engine::AiAssessment;
+use docket_rules::policy::engine::AiAssessment;
 
 pub struct ReviewRequest {
     /// How often a waiting step looks at its case even without a wake-up.
