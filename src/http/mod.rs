@@ -140,8 +140,9 @@ pub fn router(state: AppState, role: Role) -> Router {
 /// Adds the refusals that middleware and extractors give on any operation, which handlers do not
 /// list one by one, so clients and contract tests know every status an operation may answer:
 /// authentication, authorisation and rate limits (API operations under `prefix` that are not
-/// public, `security(())`), bad parameters, refused JSON bodies, and unknown ids in the path. A
-/// status an operation documents itself is kept.
+/// public, `security(())`), bad parameters, refused JSON bodies, unknown ids in the path, and on
+/// every operation a wrong method, a timeout and a server failure. A status an operation documents
+/// itself is kept.
 fn document_common_errors(openapi: &mut utoipa::openapi::OpenApi, prefix: &str) {
     use utoipa::openapi::security::SecurityRequirement;
     use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
@@ -160,25 +161,30 @@ fn document_common_errors(openapi: &mut utoipa::openapi::OpenApi, prefix: &str) 
         ("415", "Unsupported `Content-Type` for the body"),
     ];
     const RESOURCE: [(&str, &str); 1] = [("404", "No such resource (or not this tenant's)")];
+    const ANY_OPERATION: [(&str, &str); 3] = [
+        (
+            "405",
+            "The path does not take this method; `Allow` lists the ones it does",
+        ),
+        ("408", "The request took longer than the request timeout"),
+        (
+            "500",
+            "The server failed; the cause is logged under the response's `X-Request-Id`",
+        ),
+    ];
 
     for (path, item) in openapi.paths.paths.iter_mut() {
         let in_api = path.starts_with(prefix);
         let names_a_resource = path.contains('{');
-        let operations = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
-        ];
-        for operation in operations.into_iter().flatten() {
+        for operation in operations_of(item) {
             let public = operation
                 .security
                 .as_ref()
                 .is_some_and(|any_of| any_of.contains(&SecurityRequirement::default()));
             let has_parameters = operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
             let has_body = operation.request_body.is_some();
-            let groups: [(bool, &[(&str, &str)]); 4] = [
+            let groups: [(bool, &[(&str, &str)]); 5] = [
+                (true, &ANY_OPERATION),
                 (in_api && !public, &SIGNED_IN),
                 (has_parameters || has_body, &INPUT),
                 (has_body, &BODY),
@@ -210,26 +216,15 @@ fn document_common_errors(openapi: &mut utoipa::openapi::OpenApi, prefix: &str) 
 }
 
 /// What OpenAPI 3.1 requires and client generators rely on beyond what the handlers state: a
-/// `servers` entry (the paths carry the API prefix, so it is the root), the refusals any
-/// operation may meet in the middleware (405, 408, 500), `Retry-After` on every 429, and a
-/// description on every response (the status's own where a handler gives none).
+/// `servers` entry (the paths carry the API prefix, so it is the root), the components of JSON
+/// fields with a shape of their own, `Retry-After` on every 429, and a description on every
+/// response (the status's own where a handler gives none).
 fn complete_responses(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::RefOr;
     use utoipa::openapi::header::HeaderBuilder;
     use utoipa::openapi::schema::{ObjectBuilder, Type};
     use utoipa::openapi::server::Server;
-    use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 
-    const ANY_OPERATION: [(&str, &str); 3] = [
-        (
-            "405",
-            "The path does not take this method; `Allow` lists the ones it does",
-        ),
-        ("408", "The request took longer than the request timeout"),
-        (
-            "500",
-            "The server failed; the cause is logged under the response's `X-Request-Id`",
-        ),
-    ];
     openapi.servers = Some(vec![Server::new("/")]);
     openapi
         .components
@@ -241,28 +236,9 @@ fn complete_responses(openapi: &mut utoipa::openapi::OpenApi) {
                 .chain(docket_rules::policy::schema::openapi_components()),
         );
     reference_page_items(openapi);
-    let error_body = || Content::new(Some(Ref::from_schema_name("ErrorBody")));
     for item in openapi.paths.paths.values_mut() {
-        let operations = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
-        ];
-        for operation in operations.into_iter().flatten() {
-            let responses = &mut operation.responses.responses;
-            for (status, description) in ANY_OPERATION {
-                responses.entry(status.to_owned()).or_insert_with(|| {
-                    RefOr::T(
-                        ResponseBuilder::new()
-                            .description(description)
-                            .content("application/json", error_body())
-                            .build(),
-                    )
-                });
-            }
-            for (status, response) in responses.iter_mut() {
+        for operation in operations_of(item) {
+            for (status, response) in operation.responses.responses.iter_mut() {
                 let RefOr::T(response) = response else {
                     continue;
                 };
@@ -291,6 +267,21 @@ fn complete_responses(openapi: &mut utoipa::openapi::OpenApi) {
             }
         }
     }
+}
+
+/// Every operation of a path (the methods Docket routes).
+fn operations_of(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// utoipa writes the item schema of `Page<T>` out in full in every `Page_T`

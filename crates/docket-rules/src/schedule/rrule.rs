@@ -58,6 +58,20 @@ impl<'a> Line<'a> {
     fn param(&self, name: &str) -> Option<&'a str> {
         self.params.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
     }
+
+    /// `;K=V` for every parameter but those in `dropped`.
+    fn params_text(&self, dropped: &[&str]) -> String {
+        self.params
+            .iter()
+            .filter(|(k, _)| !dropped.contains(&k.as_str()))
+            .map(|(k, v)| format!(";{k}={v}"))
+            .collect()
+    }
+
+    /// The line written back, without the parameters in `dropped`.
+    fn render(&self, dropped: &[&str]) -> String {
+        format!("{}{}:{}", self.name, self.params_text(dropped), self.value)
+    }
 }
 
 fn lines(text: &str) -> impl Iterator<Item = Line<'_>> {
@@ -184,11 +198,7 @@ pub fn canonicalise(
                 let floating = line.param("TZID").is_none()
                     && line.param("VALUE").is_none()
                     && !line.value.ends_with(['Z', 'z']);
-                let params: String = line
-                    .params
-                    .iter()
-                    .map(|(k, v)| format!(";{k}={v}"))
-                    .collect();
+                let params = line.params_text(&[]);
                 let zone = if floating {
                     format!(";TZID={}", tz.name())
                 } else {
@@ -219,15 +229,7 @@ pub fn canonicalise(
 /// The rule with the TZID taken off its local times (see [`super::Schedule::restate_for_new_zone`]).
 pub fn floating(expr: &str) -> String {
     lines(expr)
-        .map(|line| {
-            let params: String = line
-                .params
-                .iter()
-                .filter(|(k, _)| k != "TZID")
-                .map(|(k, v)| format!(";{k}={v}"))
-                .collect();
-            format!("{}{params}:{}", line.name, line.value)
-        })
+        .map(|line| line.render(&["TZID"]))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -241,10 +243,7 @@ pub fn floating(expr: &str) -> String {
 pub fn count_as_until(text: &str, tz: Tz) -> Result<String, ScheduleError> {
     let start = lines(text)
         .find(|l| l.name == "DTSTART")
-        .map(|l| {
-            let params: String = l.params.iter().map(|(k, v)| format!(";{k}={v}")).collect();
-            format!("DTSTART{params}:{}", l.value)
-        })
+        .map(|l| l.render(&[]))
         .unwrap_or_default();
     let mut out = Vec::new();
     for line in lines(text) {
@@ -254,12 +253,7 @@ pub fn count_as_until(text: &str, tz: Tz) -> Result<String, ScheduleError> {
                 .split(';')
                 .any(|p| p.trim().to_ascii_uppercase().starts_with("COUNT="));
         if !counted {
-            let params: String = line
-                .params
-                .iter()
-                .map(|(k, v)| format!(";{k}={v}"))
-                .collect();
-            out.push(format!("{}{params}:{}", line.name, line.value));
+            out.push(line.render(&[]));
             continue;
         }
         let alone = parse(&format!("{start}\nRRULE:{}", line.value), tz)?.limit();
@@ -431,14 +425,7 @@ fn wall_clock_text(expr: &str, tz: Tz) -> Result<String, ScheduleError> {
                     .collect::<Result<Vec<_>, _>>()?;
                 out.push(format!("{}:{}", line.name, values.join(",")));
             }
-            _ => {
-                let params: String = line
-                    .params
-                    .iter()
-                    .map(|(k, v)| format!(";{k}={v}"))
-                    .collect();
-                out.push(format!("{}{params}:{}", line.name, line.value));
-            }
+            _ => out.push(line.render(&[])),
         }
     }
     Ok(out.join("\n"))
